@@ -1,0 +1,121 @@
+//! Never delete through a mount point.
+//!
+//! `mmdebstrap --mode=root` mounts into the tree it builds: `/proc`, an
+//! rbind of the host's `/sys`, and bind mounts of host device nodes and of
+//! the host's `/dev/shm`. It unmounts them when it exits normally, but if it
+//! is killed, they stay. A plain recursive delete of such a staging
+//! directory would then walk into the host's `/dev/shm` and delete other
+//! programs' shared memory. So before deleting a tree, everything mounted
+//! under it is detached, and if anything is still mounted the tree is left
+//! alone.
+
+use std::path::{Path, PathBuf};
+
+/// Mount points strictly under `path` (from `/proc/self/mountinfo`),
+/// deepest first.
+pub(crate) fn mounts_under(path: &Path) -> Vec<PathBuf> {
+    let Ok(base) = path.canonicalize() else {
+        return Vec::new();
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape(field)))
+        .filter(|mount| mount.starts_with(&base) && mount != &base)
+        .collect();
+    found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    found.dedup();
+    found
+}
+
+/// Decodes the octal escapes (`\040` for a space, ...) of mountinfo fields.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && let Some(code) = bytes
+                .get(i + 1..i + 4)
+                .and_then(|o| std::str::from_utf8(o).ok())
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(code);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Detaches everything mounted under `path`. Fails if something stays
+/// mounted (e.g. when not root), so the caller does not delete the tree.
+pub(crate) fn detach_all_under(path: &Path) -> std::io::Result<()> {
+    let mounts = mounts_under(path);
+    if mounts.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(?mounts, "detaching mounts left in a build directory");
+    for mount in &mounts {
+        if let Err(e) = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::debug!(mount = %mount.display(), error = %e, "umount failed");
+        }
+    }
+    let left = mounts_under(path);
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "file systems are still mounted under it ({}); unmount them, then delete it",
+            left.iter()
+                .map(|m| m.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::remove_tree;
+
+    #[test]
+    fn unescapes_mountinfo_fields() {
+        assert_eq!(unescape("/a\\040b"), "/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape("/odd\\"), "/odd\\");
+    }
+
+    #[test]
+    fn remove_tree_does_not_delete_through_bind_mounts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("precious"), b"keep me").unwrap();
+        let staging = tmp.path().join(".staging-x");
+        let shm = staging.join("root/dev/shm");
+        std::fs::create_dir_all(&shm).unwrap();
+        let mounted = nix::mount::mount(
+            Some(&outside),
+            &shm,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        );
+        if let Err(e) = mounted {
+            eprintln!("cannot bind-mount here ({e}); skipping");
+            return;
+        }
+        assert_eq!(mounts_under(&staging), [shm.canonicalize().unwrap()]);
+        remove_tree(&staging).unwrap();
+        assert!(!staging.exists());
+        assert_eq!(std::fs::read(outside.join("precious")).unwrap(), b"keep me");
+        assert!(mounts_under(tmp.path()).is_empty());
+    }
+}

@@ -1,0 +1,487 @@
+//! Creating sandboxes: image, disk, VM, agent.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, SystemTime};
+
+use warren_image::{Image, ImageStore, Progress};
+use warren_vmm::host::HostCapacity;
+use warren_vmm::qemu::QemuVmm;
+use warren_vmm::{Accel, AccelChoice, DiskConfig, DiskFormat, Vm, VmConfig, Vmm};
+
+use crate::agent::{AgentConnection, SandboxShared};
+use crate::error::{CreateError, ManagerError};
+use crate::id::{is_valid_sandbox_id, new_sandbox_id};
+use crate::sandbox::Sandbox;
+use crate::spec::SandboxSpec;
+
+/// File name of a sandbox's metadata inside its directory.
+pub const SANDBOX_META: &str = "sandbox.json";
+/// File name of a sandbox's root disk overlay.
+pub const DISK_OVERLAY: &str = "disk.qcow2";
+
+/// How a manager runs VMs.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Where images and sandboxes live ($WARREN_HOME).
+    pub data_dir: PathBuf,
+    /// Image cache directory, if not `data_dir/images`
+    /// ($WARREN_IMAGE_CACHE; the test suite shares one across runs).
+    pub image_cache: Option<PathBuf>,
+    /// KVM, TCG, or pick.
+    pub accel: AccelChoice,
+    /// QEMU binary (default: `qemu-system-x86_64` from PATH).
+    pub qemu_binary: Option<PathBuf>,
+    /// The static guest agent binary (default: found next to warren).
+    pub guest_agent: Option<PathBuf>,
+    /// How long a guest may take to boot (default: 120 s under TCG, 30 s
+    /// under KVM).
+    pub boot_timeout: Option<Duration>,
+    /// VMs die with this process (one-shot use such as `warren run` and
+    /// tests) instead of outliving it.
+    pub ephemeral: bool,
+}
+
+impl ManagerConfig {
+    /// Reads `WARREN_HOME`, `WARREN_IMAGE_CACHE`, `WARREN_ACCEL`, `WARREN_QEMU`,
+    /// `WARREN_GUEST_AGENT` and `WARREN_BOOT_TIMEOUT` (seconds).
+    pub fn from_env() -> Result<Self, String> {
+        let accel = match std::env::var("WARREN_ACCEL") {
+            Ok(value) => value.parse::<AccelChoice>()?,
+            Err(_) => AccelChoice::Auto,
+        };
+        let boot_timeout = match std::env::var("WARREN_BOOT_TIMEOUT") {
+            Ok(value) => Some(Duration::from_secs(value.trim().parse::<u64>().map_err(
+                |_| format!("WARREN_BOOT_TIMEOUT={value:?} is not a number of seconds"),
+            )?)),
+            Err(_) => None,
+        };
+        Ok(Self {
+            data_dir: warren_image::default_data_dir(),
+            image_cache: std::env::var_os("WARREN_IMAGE_CACHE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            accel,
+            qemu_binary: std::env::var_os("WARREN_QEMU").map(PathBuf::from),
+            guest_agent: std::env::var_os("WARREN_GUEST_AGENT").map(PathBuf::from),
+            boot_timeout,
+            ephemeral: true,
+        })
+    }
+}
+
+/// Creates and tracks sandboxes on this host.
+pub struct Manager {
+    config: ManagerConfig,
+    images: Arc<ImageStore>,
+    vmm: Arc<dyn Vmm>,
+    host: HostCapacity,
+    sandboxes_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("data_dir", &self.config.data_dir)
+            .field("accel", &self.vmm.accel())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Metadata written into each sandbox directory, so leftovers can be
+/// identified and cleaned after a crash.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SandboxMeta {
+    /// Sandbox id.
+    pub id: String,
+    /// What it was created with.
+    pub spec: SandboxSpec,
+    /// Image key.
+    pub image_key: String,
+    /// Creation time, ms since the epoch.
+    pub created_unix_ms: u64,
+    /// Pid of the warren process that created it.
+    pub owner_pid: u32,
+    /// Dies with its owner.
+    pub ephemeral: bool,
+}
+
+impl Manager {
+    /// Opens the data directory and picks the VM backend.
+    pub fn new(config: ManagerConfig) -> Result<Self, ManagerError> {
+        let sandboxes_dir = config.data_dir.join("sandboxes");
+        std::fs::create_dir_all(&sandboxes_dir).map_err(|source| ManagerError::DataDir {
+            path: sandboxes_dir.clone(),
+            source,
+        })?;
+        let images = Arc::new(match &config.image_cache {
+            Some(cache) => ImageStore::open_at(cache)?,
+            None => ImageStore::open(&config.data_dir)?,
+        });
+        let accel =
+            warren_vmm::accel::resolve(config.accel).map_err(warren_vmm::LaunchError::from)?;
+        let vmm = Arc::new(QemuVmm::new(config.qemu_binary.clone(), accel)?);
+        let manager = Self {
+            config,
+            images,
+            vmm,
+            host: HostCapacity::probe(),
+            sandboxes_dir,
+        };
+        let swept = manager.sweep_orphans();
+        if swept > 0 {
+            tracing::info!(
+                swept,
+                "removed sandboxes left behind by processes that died"
+            );
+        }
+        Ok(manager)
+    }
+
+    /// The accelerator sandboxes run with.
+    pub fn accel(&self) -> Accel {
+        self.vmm.accel()
+    }
+
+    /// The VM backend.
+    pub fn vmm(&self) -> &Arc<dyn Vmm> {
+        &self.vmm
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// Where sandbox directories live.
+    pub fn sandboxes_dir(&self) -> &Path {
+        &self.sandboxes_dir
+    }
+
+    /// The image store.
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    /// Host capacity used to validate requests.
+    pub fn host(&self) -> HostCapacity {
+        self.host
+    }
+
+    /// Boot timeout in effect.
+    pub fn boot_timeout(&self) -> Duration {
+        self.config.boot_timeout.unwrap_or(match self.accel() {
+            Accel::Kvm => Duration::from_secs(30),
+            Accel::Tcg => Duration::from_secs(120),
+        })
+    }
+
+    /// Makes sure an image exists (building it on first use) and returns it.
+    pub async fn prepare_image(
+        &self,
+        name: &str,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Image, CreateError> {
+        let agent = match &self.config.guest_agent {
+            Some(path) => path.clone(),
+            None => warren_image::find_guest_agent()?,
+        };
+        let images = self.images.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || images.ensure(&name, &agent, progress.as_ref()))
+            .await
+            .map_err(|e| CreateError::Disk(format!("image task failed: {e}")))?
+            .map_err(CreateError::from)
+    }
+
+    /// The VM configuration a sandbox of `spec` on `image` gets; also used
+    /// by the benchmark that boots plain QEMU with identical arguments.
+    pub fn vm_config(
+        &self,
+        id: &str,
+        dir: &Path,
+        spec: &SandboxSpec,
+        image: &Image,
+        disk: &Path,
+    ) -> VmConfig {
+        VmConfig {
+            id: id.to_string(),
+            dir: dir.to_path_buf(),
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            kernel: image.kernel.clone(),
+            initramfs: image.initramfs.clone(),
+            kernel_args: Vec::new(),
+            root_disk: DiskConfig {
+                path: disk.to_path_buf(),
+                format: DiskFormat::Qcow2,
+                read_only: false,
+            },
+            accel: self.accel(),
+            die_with_parent: self.config.ephemeral,
+        }
+    }
+
+    /// Creates a sandbox and returns it once its agent answers.
+    pub async fn create(
+        &self,
+        spec: SandboxSpec,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Sandbox, CreateError> {
+        spec.validate(&self.host)
+            .map_err(CreateError::InvalidSpec)?;
+        let image = self.prepare_image(&spec.image, progress).await?;
+        let id = new_sandbox_id();
+        let dir = self.sandboxes_dir.join(&id);
+        std::fs::create_dir(&dir).map_err(|source| CreateError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        // Removes the directory on error *and* if this future is dropped
+        // midway (a caller's timeout or Ctrl-C); the VM handle inside
+        // `boot` kills its process on drop the same way.
+        let guard = DirGuard(Some(dir.clone()));
+        let sandbox = self.boot(&id, &dir, spec, &image).await?;
+        guard.disarm();
+        Ok(sandbox)
+    }
+
+    async fn boot(
+        &self,
+        id: &str,
+        dir: &Path,
+        spec: SandboxSpec,
+        image: &Image,
+    ) -> Result<Sandbox, CreateError> {
+        let meta = SandboxMeta {
+            id: id.to_string(),
+            spec: spec.clone(),
+            image_key: image.key.clone(),
+            created_unix_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64,
+            owner_pid: std::process::id(),
+            ephemeral: self.config.ephemeral,
+        };
+        let meta_path = dir.join(SANDBOX_META);
+        let meta_json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
+        warren_vmm::qemu::write_atomic(&meta_path, &meta_json).map_err(|source| {
+            CreateError::Io {
+                path: meta_path.clone(),
+                source,
+            }
+        })?;
+
+        let disk = dir.join(DISK_OVERLAY);
+        create_overlay(&image.rootfs, &disk).await?;
+
+        let config = self.vm_config(id, dir, &spec, image, &disk);
+        let vm = self.vmm.launch(config).await?;
+        let connected = connect_agent(id, vm.as_ref(), self.boot_timeout()).await;
+        let agent = match connected {
+            Ok(agent) => agent,
+            Err(error) => {
+                let _ = vm.kill().await;
+                return Err(error);
+            }
+        };
+        let shared = Arc::new(SandboxShared {
+            id: id.to_string(),
+            console_log: vm.console_log().to_path_buf(),
+            exit: vm.exit_watch(),
+            destroyed: AtomicBool::new(false),
+        });
+        let sandbox = Sandbox::new(
+            shared,
+            dir.to_path_buf(),
+            vm,
+            agent,
+            spec,
+            image.key.clone(),
+        );
+        let info = sandbox.info().await.map_err(|e| CreateError::Agent {
+            id: id.to_string(),
+            detail: e.to_string(),
+        })?;
+        if info.protocol_version != warren_proto::PROTOCOL_VERSION {
+            return Err(CreateError::Agent {
+                id: id.to_string(),
+                detail: format!(
+                    "guest agent protocol {} but host speaks {}; rebuild the image (the guest agent changed)",
+                    info.protocol_version,
+                    warren_proto::PROTOCOL_VERSION
+                ),
+            });
+        }
+        sandbox.sync_clock().await.map_err(|e| CreateError::Agent {
+            id: id.to_string(),
+            detail: format!("setting the guest clock failed: {e}"),
+        })?;
+        Ok(sandbox)
+    }
+
+    /// Removes sandboxes whose ephemeral owner process died (killing any VM
+    /// that survived it) and directories of creations that never finished.
+    /// Returns how many were removed.
+    pub fn sweep_orphans(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.sandboxes_dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str() else { continue };
+            if !is_valid_sandbox_id(id) {
+                continue;
+            }
+            let dir = entry.path();
+            let meta = std::fs::read(dir.join(SANDBOX_META))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<SandboxMeta>(&bytes).ok());
+            let orphan = match &meta {
+                Some(meta) => {
+                    meta.ephemeral
+                        && meta.owner_pid != std::process::id()
+                        && !pid_alive(meta.owner_pid)
+                }
+                // No metadata: a creation that died before writing it.
+                None => dir_age(&dir).is_some_and(|age| age > Duration::from_secs(600)),
+            };
+            if !orphan {
+                continue;
+            }
+            kill_leftover_vm(&dir, id);
+            if std::fs::remove_dir_all(&dir).is_ok() {
+                tracing::info!(%id, "removed orphaned sandbox");
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+/// Creates the per-sandbox copy-on-write overlay over the shared base.
+async fn create_overlay(base: &Path, overlay: &Path) -> Result<(), CreateError> {
+    let output = tokio::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(base)
+        .arg(overlay)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| {
+            CreateError::Disk(if e.kind() == std::io::ErrorKind::NotFound {
+                "qemu-img is not installed; run `apt-get install qemu-utils` (or ./dev.sh up)"
+                    .into()
+            } else {
+                format!("running qemu-img failed: {e}")
+            })
+        })?;
+    if !output.status.success() {
+        return Err(CreateError::Disk(format!(
+            "qemu-img create failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Waits for the agent handshake, or the VM's death, or the timeout.
+async fn connect_agent(
+    id: &str,
+    vm: &dyn Vm,
+    timeout: Duration,
+) -> Result<AgentConnection, CreateError> {
+    let mut exit = vm.exit_watch();
+    let connect = AgentConnection::connect(vm.agent_socket().to_path_buf(), timeout);
+    tokio::select! {
+        result = connect => match result {
+            Ok(agent) => Ok(agent),
+            Err(error) => {
+                if let Some(exit) = vm.exit() {
+                    return Err(CreateError::BootFailed {
+                        id: id.to_string(),
+                        exit,
+                        console_tail: warren_vmm::qemu::tail_of(vm.console_log(), 1500),
+                    });
+                }
+                if error.0.contains("did not answer the handshake") {
+                    Err(CreateError::BootTimeout {
+                        id: id.to_string(),
+                        after: timeout,
+                        console_tail: warren_vmm::qemu::tail_of(vm.console_log(), 1500),
+                    })
+                } else {
+                    Err(CreateError::Agent { id: id.to_string(), detail: error.0 })
+                }
+            }
+        },
+        _ = exit.wait_for(Option::is_some) => Err(CreateError::BootFailed {
+            id: id.to_string(),
+            exit: vm.exit().expect("exit is set"),
+            console_tail: warren_vmm::qemu::tail_of(vm.console_log(), 1500),
+        }),
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None) {
+        Ok(()) => true,
+        Err(nix::errno::Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+fn dir_age(dir: &Path) -> Option<Duration> {
+    let modified = std::fs::metadata(dir).ok()?.modified().ok()?;
+    SystemTime::now().duration_since(modified).ok()
+}
+
+/// Kills the VM recorded in a sandbox directory, if it still runs and is
+/// really that sandbox's VM (the pid may have been reused).
+fn kill_leftover_vm(dir: &Path, id: &str) {
+    let Some(pid) = std::fs::read_to_string(dir.join(warren_vmm::config::files::PID))
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let marker = format!("warren-{id}");
+    if cmdline
+        .split(|&b| b == 0)
+        .any(|arg| arg == marker.as_bytes())
+    {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        // It is not our child; wait for it to vanish.
+        for _ in 0..200 {
+            if !pid_alive(pid as u32) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Removes a directory when dropped, unless disarmed.
+struct DirGuard(Option<PathBuf>);
+
+impl DirGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! A live sandbox: one VM plus the connection to its agent.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use warren_proto::link::{LinkError, RawThroughput};
+use warren_proto::pb;
+use warren_proto::pb::agent_client::AgentClient;
+use warren_vmm::Vm;
+use warren_vmm::host::{ProcessMemory, process_memory};
+
+use crate::agent::{AgentConnection, SandboxShared};
+use crate::error::{DestroyError, ExecError};
+use crate::exec::{Command, Output, Process, ProcessInfo, status_to_exec_error_sync};
+use crate::spec::SandboxSpec;
+
+/// What the guest agent reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GuestInfo {
+    /// warren-guest version.
+    pub agent_version: String,
+    /// Agent protocol version.
+    pub protocol_version: u32,
+    /// Guest hostname.
+    pub hostname: String,
+    /// Guest kernel release.
+    pub kernel_release: String,
+    /// Guest uptime.
+    pub uptime_ms: u64,
+    /// Guest wall clock (ms since the epoch).
+    pub unix_time_ms: i64,
+    /// Guest RAM.
+    pub mem_total_bytes: u64,
+    /// Guest RAM available.
+    pub mem_available_bytes: u64,
+    /// Guest CPUs.
+    pub cpus: u32,
+}
+
+impl From<pb::InfoResponse> for GuestInfo {
+    fn from(info: pb::InfoResponse) -> Self {
+        Self {
+            agent_version: info.agent_version,
+            protocol_version: info.protocol_version,
+            hostname: info.hostname,
+            kernel_release: info.kernel_release,
+            uptime_ms: info.uptime_ms,
+            unix_time_ms: info.unix_time_ms,
+            mem_total_bytes: info.mem_total_bytes,
+            mem_available_bytes: info.mem_available_bytes,
+            cpus: info.cpus,
+        }
+    }
+}
+
+/// A running sandbox.
+///
+/// Dropping it without [`Sandbox::destroy`] still kills the VM and removes
+/// its directory (synchronously), so a panic never leaks a VM. Call
+/// `destroy` to do it asynchronously and see errors.
+pub struct Sandbox {
+    shared: Arc<SandboxShared>,
+    dir: PathBuf,
+    vm: Option<Box<dyn Vm>>,
+    agent: AgentConnection,
+    spec: SandboxSpec,
+    image_key: String,
+    created_at: SystemTime,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("id", &self.shared.id)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    pub(crate) fn new(
+        shared: Arc<SandboxShared>,
+        dir: PathBuf,
+        vm: Box<dyn Vm>,
+        agent: AgentConnection,
+        spec: SandboxSpec,
+        image_key: String,
+    ) -> Self {
+        Self {
+            shared,
+            dir,
+            vm: Some(vm),
+            agent,
+            spec,
+            image_key,
+            created_at: SystemTime::now(),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &SandboxShared {
+        &self.shared
+    }
+
+    pub(crate) fn client(&self) -> AgentClient<tonic::transport::Channel> {
+        self.agent.client()
+    }
+
+    fn vm(&self) -> &dyn Vm {
+        self.vm.as_deref().expect("vm present until drop")
+    }
+
+    /// The sandbox id (`sb-...`).
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// What it was created with.
+    pub fn spec(&self) -> &SandboxSpec {
+        &self.spec
+    }
+
+    /// Hash key of the image it runs.
+    pub fn image_key(&self) -> &str {
+        &self.image_key
+    }
+
+    /// When it became ready.
+    pub fn created_at(&self) -> SystemTime {
+        self.created_at
+    }
+
+    /// Its directory on the host.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Host pid of its VM process.
+    pub fn vm_pid(&self) -> u32 {
+        self.vm().pid()
+    }
+
+    /// Path of the guest's serial console log.
+    pub fn console_log_path(&self) -> &Path {
+        self.vm().console_log()
+    }
+
+    /// The guest console log so far (at most the last `max_bytes`).
+    pub fn console_log(&self, max_bytes: u64) -> String {
+        warren_vmm::qemu::tail_of(self.vm().console_log(), max_bytes)
+    }
+
+    /// Host memory used by the VM process (RSS and PSS).
+    pub fn host_memory(&self) -> Option<ProcessMemory> {
+        process_memory(self.vm_pid())
+    }
+
+    /// `Some` once the VM has exited; the sandbox is then unusable.
+    pub fn vm_exit(&self) -> Option<warren_vmm::VmExit> {
+        self.vm().exit()
+    }
+
+    /// Asks the agent about the guest.
+    pub async fn info(&self) -> Result<GuestInfo, ExecError> {
+        self.ensure_usable()?;
+        match self.client().info(pb::InfoRequest {}).await {
+            Ok(response) => Ok(response.into_inner().into()),
+            Err(status) => Err(status_to_exec_error_sync(&self.shared, status)
+                .resolve()
+                .await),
+        }
+    }
+
+    /// Sets the guest clock to the host's. Returns the previous offset.
+    pub async fn sync_clock(&self) -> Result<Duration, ExecError> {
+        self.ensure_usable()?;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let request = pb::SetClockRequest {
+            unix_time_ns: now.as_nanos() as i64,
+        };
+        match self.client().set_clock(request).await {
+            Ok(response) => Ok(Duration::from_nanos(
+                response.into_inner().previous_offset_ns.unsigned_abs(),
+            )),
+            Err(status) => Err(status_to_exec_error_sync(&self.shared, status)
+                .resolve()
+                .await),
+        }
+    }
+
+    fn ensure_usable(&self) -> Result<(), ExecError> {
+        match self.shared.unavailable() {
+            Some(unavailable) => Err(ExecError::Unavailable(unavailable)),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts a process and returns once it runs.
+    pub async fn exec(&self, command: Command) -> Result<Process, ExecError> {
+        command.validate()?;
+        self.ensure_usable()?;
+        let start = command.to_start(&self.spec.env);
+        Process::start(self.client(), self.shared.clone(), start).await
+    }
+
+    /// Runs a process to completion and collects its output.
+    pub async fn run(&self, command: Command) -> Result<Output, ExecError> {
+        self.exec(command).await?.wait_with_output().await
+    }
+
+    /// Processes the agent knows about.
+    pub async fn processes(&self) -> Result<Vec<ProcessInfo>, ExecError> {
+        self.ensure_usable()?;
+        match self
+            .client()
+            .list_processes(pb::ListProcessesRequest {})
+            .await
+        {
+            Ok(response) => Ok(response
+                .into_inner()
+                .processes
+                .into_iter()
+                .map(ProcessInfo::from)
+                .collect()),
+            Err(status) => Err(status_to_exec_error_sync(&self.shared, status)
+                .resolve()
+                .await),
+        }
+    }
+
+    /// Re-attaches to a process (running or exited in the background);
+    /// `replay` first delivers its buffered output.
+    pub async fn attach(&self, pid: u32, replay: bool) -> Result<Process, ExecError> {
+        self.ensure_usable()?;
+        match self
+            .client()
+            .attach(pb::AttachRequest { pid, replay })
+            .await
+        {
+            Ok(response) => Ok(Process::attached(
+                pid,
+                response.into_inner(),
+                self.shared.clone(),
+            )),
+            Err(status) => Err(status_to_exec_error_sync(&self.shared, status)
+                .resolve()
+                .await),
+        }
+    }
+
+    /// Writes to a process's stdin by pid (and optionally closes it).
+    pub async fn send_input(
+        &self,
+        pid: u32,
+        data: impl Into<bytes::Bytes>,
+        close: bool,
+    ) -> Result<(), ExecError> {
+        self.ensure_usable()?;
+        let request = pb::SendInputRequest {
+            pid,
+            data: data.into(),
+            close,
+        };
+        match self.client().send_input(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => Err(status_to_exec_error_sync(&self.shared, status)
+                .resolve()
+                .await),
+        }
+    }
+
+    /// Sends a signal to a process's group by pid.
+    pub async fn signal(&self, pid: u32, signal: i32) -> Result<(), ExecError> {
+        self.ensure_usable()?;
+        match self
+            .client()
+            .signal(pb::SignalRequest { pid, signal })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(status) => Err(status_to_exec_error_sync(&self.shared, status)
+                .resolve()
+                .await),
+        }
+    }
+
+    /// Resizes a process's terminal by pid.
+    pub async fn resize_pty(&self, pid: u32, rows: u16, cols: u16) -> Result<(), ExecError> {
+        self.ensure_usable()?;
+        let request = pb::ResizePtyRequest {
+            pid,
+            size: Some(pb::PtySize {
+                rows: rows.into(),
+                cols: cols.into(),
+            }),
+        };
+        match self.client().resize_pty(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => Err(status_to_exec_error_sync(&self.shared, status)
+                .resolve()
+                .await),
+        }
+    }
+
+    /// Flushes guest filesystems (optionally dropping caches).
+    pub async fn sync_filesystems(&self, drop_caches: bool) -> Result<(), ExecError> {
+        self.ensure_usable()?;
+        match self.client().sync(pb::SyncRequest { drop_caches }).await {
+            Ok(_) => Ok(()),
+            Err(status) => Err(status_to_exec_error_sync(&self.shared, status)
+                .resolve()
+                .await),
+        }
+    }
+
+    /// Raw guest → host throughput of the agent channel (benchmarks).
+    pub async fn raw_download(&self, bytes: u64) -> Result<RawThroughput, LinkError> {
+        self.agent.raw_download(bytes).await
+    }
+
+    /// Raw host → guest throughput of the agent channel (benchmarks).
+    pub async fn raw_upload(&self, bytes: u64) -> Result<RawThroughput, LinkError> {
+        self.agent.raw_upload(bytes).await
+    }
+
+    /// Link-level round trip to the agent (benchmarks, health).
+    pub async fn ping(&self) -> Result<Duration, LinkError> {
+        self.agent.ping().await
+    }
+
+    /// Kills the VM and removes the sandbox directory.
+    pub async fn destroy(mut self) -> Result<(), DestroyError> {
+        self.shared.destroyed.store(true, Ordering::SeqCst);
+        let vm = self.vm.take().expect("vm present until destroy");
+        let killed = vm.kill().await;
+        drop(vm);
+        let removed = remove_dir(&self.dir);
+        killed?;
+        removed
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(vm) = self.vm.take() {
+            self.shared.destroyed.store(true, Ordering::SeqCst);
+            // QemuVm's Drop kills and reaps the process synchronously.
+            drop(vm);
+            let _ = remove_dir(&self.dir);
+        }
+    }
+}
+
+fn remove_dir(dir: &Path) -> Result<(), DestroyError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DestroyError::Cleanup {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}

@@ -1,0 +1,130 @@
+//! What a sandbox is created with.
+
+use std::collections::BTreeMap;
+
+/// Default image name.
+pub const DEFAULT_IMAGE: &str = "debian";
+/// Default guest memory.
+pub const DEFAULT_MEMORY_MIB: u32 = 512;
+/// Default vCPU count.
+pub const DEFAULT_VCPUS: u32 = 1;
+/// Smallest memory a sandbox may ask for: below this the Debian userland
+/// runs out of memory on ordinary commands.
+pub const MIN_MEMORY_MIB: u32 = 128;
+
+/// The request to create a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxSpec {
+    /// Image name (see `warren images`).
+    pub image: String,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// Environment variables every process in the sandbox gets.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Caller's labels (not visible in the guest).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Default for SandboxSpec {
+    fn default() -> Self {
+        Self {
+            image: DEFAULT_IMAGE.into(),
+            vcpus: DEFAULT_VCPUS,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            env: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
+impl SandboxSpec {
+    /// Checks the request against itself and the host's capacity.
+    pub fn validate(&self, host: &warren_vmm::host::HostCapacity) -> Result<(), String> {
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(format!(
+                "memory of {} MiB is too small; give at least {MIN_MEMORY_MIB} MiB",
+                self.memory_mib
+            ));
+        }
+        if u64::from(self.memory_mib) > host.memory_total_mib {
+            return Err(format!(
+                "memory of {} MiB is more than this host has ({} MiB in total)",
+                self.memory_mib, host.memory_total_mib
+            ));
+        }
+        if self.vcpus == 0 {
+            return Err("a sandbox needs at least 1 vCPU".into());
+        }
+        if self.vcpus > host.cpus {
+            return Err(format!(
+                "{} vCPUs requested but this host has {} CPUs",
+                self.vcpus, host.cpus
+            ));
+        }
+        if self.image.is_empty() {
+            return Err("the image name is empty".into());
+        }
+        for (key, value) in &self.env {
+            if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+                return Err(format!(
+                    "invalid environment variable {key:?}: names must be non-empty without '=' or NUL"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_vmm::host::HostCapacity;
+
+    const HOST: HostCapacity = HostCapacity {
+        memory_total_mib: 4096,
+        memory_available_mib: 2048,
+        cpus: 2,
+    };
+
+    #[test]
+    fn accepts_the_default() {
+        assert_eq!(SandboxSpec::default().validate(&HOST), Ok(()));
+    }
+
+    #[test]
+    fn refuses_bad_sizes_with_a_reason() {
+        let spec = |memory_mib, vcpus| SandboxSpec {
+            memory_mib,
+            vcpus,
+            ..SandboxSpec::default()
+        };
+        assert!(
+            spec(0, 1)
+                .validate(&HOST)
+                .unwrap_err()
+                .contains("at least 128")
+        );
+        assert!(
+            spec(8192, 1)
+                .validate(&HOST)
+                .unwrap_err()
+                .contains("4096 MiB")
+        );
+        assert!(
+            spec(512, 0)
+                .validate(&HOST)
+                .unwrap_err()
+                .contains("at least 1 vCPU")
+        );
+        assert!(
+            spec(512, 3)
+                .validate(&HOST)
+                .unwrap_err()
+                .contains("has 2 CPUs")
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! What a VM is launched with.
+
+use std::path::PathBuf;
+
+use crate::accel::Accel;
+
+/// Everything needed to launch one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Identifier used in process names, logs and the guest hostname.
+    pub id: String,
+    /// Directory of this VM's runtime files (sockets, RAM file, logs). Must
+    /// exist. Unix socket paths inside it must stay under 108 bytes.
+    pub dir: PathBuf,
+    /// Number of virtual CPUs.
+    pub vcpus: u32,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// Kernel image (bzImage).
+    pub kernel: PathBuf,
+    /// Initramfs (cpio).
+    pub initramfs: PathBuf,
+    /// Extra kernel command line parameters, appended to the backend's own.
+    pub kernel_args: Vec<String>,
+    /// The root disk (virtio-blk, /dev/vda in the guest).
+    pub root_disk: DiskConfig,
+    /// Accelerator to run with.
+    pub accel: Accel,
+    /// Kill the VM if this process dies (ephemeral sandboxes, tests). A
+    /// service that must let VMs outlive a restart sets this to false.
+    pub die_with_parent: bool,
+}
+
+/// A disk attached to the VM.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    /// Image file.
+    pub path: PathBuf,
+    /// Its format.
+    pub format: DiskFormat,
+    /// Attach read-only.
+    pub read_only: bool,
+}
+
+/// Disk image formats the backend understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    /// Raw image.
+    Raw,
+    /// QEMU copy-on-write image (used for per-sandbox overlays).
+    Qcow2,
+}
+
+impl DiskFormat {
+    /// Name as QEMU spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// Names of the runtime files inside [`VmConfig::dir`].
+pub mod files {
+    /// QMP control socket.
+    pub const QMP_SOCKET: &str = "qmp.sock";
+    /// Agent channel socket.
+    pub const AGENT_SOCKET: &str = "agent.sock";
+    /// Guest serial console output.
+    pub const CONSOLE_LOG: &str = "console.log";
+    /// The VMM's own stdout/stderr.
+    pub const VMM_LOG: &str = "vmm.log";
+    /// File-backed guest RAM.
+    pub const MEMORY: &str = "memory";
+    /// Pid of the VMM process.
+    pub const PID: &str = "vmm.pid";
+}

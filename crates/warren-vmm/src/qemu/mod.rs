@@ -1,0 +1,461 @@
+//! The QEMU backend.
+//!
+//! A VM is one `qemu-system-x86_64` process in its own process group (so a
+//! terminal's Ctrl-C never reaches it and a kill takes any helper with it),
+//! watched through a pidfd so its exit is noticed at once even when warren
+//! is not its parent.
+
+pub mod cmdline;
+mod spawn;
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+use crate::accel::Accel;
+use crate::config::{VmConfig, files};
+use crate::error::{KillError, LaunchError};
+use crate::qmp::QmpClient;
+use crate::{Vm, VmExit, Vmm};
+
+/// Longest unix socket path (sun_path is 108 bytes including the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// How long QEMU may take to create and answer its control socket.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a SIGKILLed VM may take to disappear.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Launches VMs with `qemu-system-x86_64`.
+#[derive(Debug, Clone)]
+pub struct QemuVmm {
+    binary: PathBuf,
+    accel: Accel,
+}
+
+impl QemuVmm {
+    /// A backend using `binary` (or `qemu-system-x86_64` from PATH) and the
+    /// given accelerator.
+    pub fn new(binary: Option<PathBuf>, accel: Accel) -> Result<Self, LaunchError> {
+        let binary = match binary {
+            Some(path) => path,
+            None => find_in_path("qemu-system-x86_64").ok_or_else(|| LaunchError::VmmMissing {
+                binary: "qemu-system-x86_64".into(),
+            })?,
+        };
+        if !binary.exists() {
+            return Err(LaunchError::VmmMissing {
+                binary: binary.display().to_string(),
+            });
+        }
+        Ok(Self { binary, accel })
+    }
+
+    /// The QEMU binary in use.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    fn validate(&self, config: &VmConfig) -> Result<(), LaunchError> {
+        if config.vcpus == 0 {
+            return Err(LaunchError::InvalidConfig(
+                "a VM needs at least one vCPU".into(),
+            ));
+        }
+        if config.memory_mib < 64 {
+            return Err(LaunchError::InvalidConfig(format!(
+                "{} MiB of memory is too little to boot Linux; give at least 64",
+                config.memory_mib
+            )));
+        }
+        for (what, path) in [
+            ("kernel", &config.kernel),
+            ("initramfs", &config.initramfs),
+            ("root disk", &config.root_disk.path),
+            ("VM directory", &config.dir),
+        ] {
+            if !path.exists() {
+                return Err(LaunchError::MissingFile {
+                    what,
+                    path: path.clone(),
+                });
+            }
+        }
+        for name in [files::QMP_SOCKET, files::AGENT_SOCKET] {
+            let path = config.dir.join(name);
+            let len = path.as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                return Err(LaunchError::SocketPathTooLong { path, len });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Vmm for QemuVmm {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    async fn launch(&self, mut config: VmConfig) -> Result<Box<dyn Vm>, LaunchError> {
+        config.accel = self.accel;
+        self.validate(&config)?;
+        remove_runtime_files(&config.dir);
+        let vmm_log_path = config.dir.join(files::VMM_LOG);
+        let vmm_log = File::create(&vmm_log_path).map_err(|source| LaunchError::Io {
+            path: vmm_log_path.clone(),
+            source,
+        })?;
+        let args = cmdline::build_args(&config);
+        tracing::debug!(id = %config.id, ?args, "launching qemu");
+        let child = spawn::spawn(spawn::SpawnRequest {
+            binary: self.binary.clone(),
+            args,
+            log: vmm_log,
+            die_with_parent: config.die_with_parent,
+        })
+        .map_err(|source| LaunchError::Spawn {
+            binary: self.binary.display().to_string(),
+            source,
+        })?;
+        let pid = child.id();
+        let vm = QemuVm::supervise(config, child)?;
+        let pid_path = vm.config.dir.join(files::PID);
+        if let Err(source) = write_atomic(&pid_path, format!("{pid}\n").as_bytes()) {
+            let _ = vm.kill().await;
+            return Err(LaunchError::Io {
+                path: pid_path,
+                source,
+            });
+        }
+        match vm.connect_qmp().await {
+            Ok(()) => Ok(Box::new(vm)),
+            Err(error) => {
+                let _ = vm.kill().await;
+                Err(error)
+            }
+        }
+    }
+}
+
+/// One QEMU process.
+pub struct QemuVm {
+    config: VmConfig,
+    pid: u32,
+    child: Arc<Mutex<Option<Child>>>,
+    exit_tx: Arc<watch::Sender<Option<VmExit>>>,
+    exit_rx: watch::Receiver<Option<VmExit>>,
+    kill_requested: Arc<AtomicBool>,
+    detached: AtomicBool,
+    agent_socket: PathBuf,
+    console_log: PathBuf,
+    qmp: tokio::sync::OnceCell<QmpClient>,
+    supervisor: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for QemuVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QemuVm")
+            .field("id", &self.config.id)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QemuVm {
+    fn supervise(config: VmConfig, child: Child) -> Result<Self, LaunchError> {
+        let pid = child.id();
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let exit_tx = Arc::new(exit_tx);
+        let child = Arc::new(Mutex::new(Some(child)));
+        let kill_requested = Arc::new(AtomicBool::new(false));
+        let pidfd = pidfd_open(pid).map_err(|source| LaunchError::Io {
+            path: PathBuf::from(format!("/proc/{pid}")),
+            source,
+        })?;
+        let supervisor = {
+            let child = child.clone();
+            let exit_tx = exit_tx.clone();
+            let kill_requested = kill_requested.clone();
+            let vmm_log = config.dir.join(files::VMM_LOG);
+            let id = config.id.clone();
+            tokio::spawn(async move {
+                // SAFETY: the AsyncFd owns the pidfd and nothing else closes
+                // or replaces it while registered.
+                if let Ok(fd) = unsafe { AsyncFd::register(pidfd) } {
+                    let _ = fd.readable().await;
+                }
+                let exit = reap(&child, &kill_requested, &vmm_log);
+                if exit.requested {
+                    tracing::debug!(%id, %exit, "VM process ended");
+                } else {
+                    tracing::warn!(%id, %exit, "VM process ended unexpectedly");
+                }
+                exit_tx.send_replace(Some(exit));
+            })
+        };
+        Ok(Self {
+            agent_socket: config.dir.join(files::AGENT_SOCKET),
+            console_log: config.dir.join(files::CONSOLE_LOG),
+            config,
+            pid,
+            child,
+            exit_tx,
+            exit_rx,
+            kill_requested,
+            detached: AtomicBool::new(false),
+            qmp: tokio::sync::OnceCell::new(),
+            supervisor,
+        })
+    }
+
+    async fn connect_qmp(&self) -> Result<(), LaunchError> {
+        let socket = self.config.dir.join(files::QMP_SOCKET);
+        let deadline = Instant::now() + CONTROL_TIMEOUT;
+        let mut exit = self.exit_rx.clone();
+        loop {
+            if let Some(exit) = exit.borrow().clone() {
+                return Err(LaunchError::ExitedEarly(exit));
+            }
+            if socket.exists() {
+                match QmpClient::connect(&socket, CONTROL_TIMEOUT).await {
+                    Ok(client) => {
+                        let _ = self.qmp.set(client);
+                        return Ok(());
+                    }
+                    Err(error) if Instant::now() >= deadline => return Err(error.into()),
+                    Err(_) => {}
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(LaunchError::ControlTimeout(CONTROL_TIMEOUT));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(5), exit.changed()).await;
+        }
+    }
+
+    /// The QMP session of this VM.
+    pub fn qmp(&self) -> Option<&QmpClient> {
+        self.qmp.get()
+    }
+
+    fn kill_now(&self) -> Result<(), KillError> {
+        self.kill_requested.store(true, Ordering::SeqCst);
+        match killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(source) => Err(KillError::Signal {
+                pid: self.pid,
+                source,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Vm for QemuVm {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    fn agent_socket(&self) -> &Path {
+        &self.agent_socket
+    }
+
+    fn console_log(&self) -> &Path {
+        &self.console_log
+    }
+
+    fn exit(&self) -> Option<VmExit> {
+        self.exit_rx.borrow().clone()
+    }
+
+    fn exit_watch(&self) -> watch::Receiver<Option<VmExit>> {
+        self.exit_rx.clone()
+    }
+
+    async fn kill(&self) -> Result<VmExit, KillError> {
+        if let Some(exit) = self.exit() {
+            remove_runtime_files(&self.config.dir);
+            return Ok(exit);
+        }
+        self.kill_now()?;
+        let mut exit = self.exit_rx.clone();
+        let waited = tokio::time::timeout(KILL_TIMEOUT, exit.wait_for(Option::is_some)).await;
+        let result = match waited {
+            Ok(Ok(exit)) => Ok(exit.clone().expect("waited for Some")),
+            _ => Err(KillError::StillRunning {
+                pid: self.pid,
+                timeout: KILL_TIMEOUT,
+            }),
+        };
+        remove_runtime_files(&self.config.dir);
+        result
+    }
+
+    fn detach(&self) {
+        self.detached.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        if self.detached.load(Ordering::SeqCst) || self.exit_rx.borrow().is_some() {
+            self.supervisor.abort();
+            return;
+        }
+        // Dropped while running and not detached: never leak the process.
+        let _ = self.kill_now();
+        self.supervisor.abort();
+        let exit = reap_blocking(
+            &self.child,
+            &self.kill_requested,
+            &self.config.dir.join(files::VMM_LOG),
+        );
+        self.exit_tx.send_replace(Some(exit));
+        remove_runtime_files(&self.config.dir);
+    }
+}
+
+fn reap(child: &Mutex<Option<Child>>, requested: &AtomicBool, vmm_log: &Path) -> VmExit {
+    let status = child
+        .lock()
+        .ok()
+        .and_then(|mut guard| guard.take())
+        .and_then(|mut child| child.wait().ok());
+    exit_from(status, requested.load(Ordering::SeqCst), vmm_log)
+}
+
+fn reap_blocking(child: &Mutex<Option<Child>>, requested: &AtomicBool, vmm_log: &Path) -> VmExit {
+    // SIGKILL has been sent; wait() returns as soon as the kernel tears the
+    // process down (milliseconds).
+    reap(child, requested, vmm_log)
+}
+
+fn exit_from(status: Option<std::process::ExitStatus>, requested: bool, vmm_log: &Path) -> VmExit {
+    use std::os::unix::process::ExitStatusExt;
+    VmExit {
+        code: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| s.signal()),
+        at: SystemTime::now(),
+        requested,
+        vmm_log_tail: tail_of(vmm_log, 2048),
+    }
+}
+
+/// The last `max` bytes of a log file, trimmed to whole lines.
+pub fn tail_of(path: &Path, max: u64) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(max);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    let _ = file.take(max).read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let text = if start > 0 {
+        text.split_once('\n')
+            .map(|(_, rest)| rest.to_string())
+            .unwrap_or(text)
+    } else {
+        text
+    };
+    text.trim().to_string()
+}
+
+/// Removes the files a running VM owns (not its disks or logs).
+fn remove_runtime_files(dir: &Path) {
+    for name in [
+        files::QMP_SOCKET,
+        files::AGENT_SOCKET,
+        files::MEMORY,
+        files::PID,
+    ] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a fresh fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Writes a small file atomically: temp file, fsync, rename, fsync dir.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, "first line\nsecond line\nthird\n").unwrap();
+        assert_eq!(tail_of(&path, 15), "third");
+        assert_eq!(tail_of(&path, 1000), "first line\nsecond line\nthird");
+        assert_eq!(tail_of(&dir.path().join("missing"), 10), "");
+    }
+
+    #[test]
+    fn atomic_write_replaces_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The README's commands. Run as root on Debian 12:
+#   ./dev.sh up      set up the host, build, start warren
+#   ./dev.sh test    set up the host, build, run the whole test suite
+# Also: ./dev.sh build (host packages + binaries only), ./dev.sh bench.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$REPO"
+
+GUEST_TARGET=x86_64-unknown-linux-gnu
+GUEST_BIN="$REPO/target/$GUEST_TARGET/release/warren-guest"
+# Debian packages the host needs. qemu-utils must come from the same QEMU
+# release as qemu-system-x86, so both are always installed together.
+HOST_PACKAGES=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs dpkg apt ca-certificates)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'dev.sh: %s\n' "$*" >&2; exit 1; }
+
+need_root() {
+  [ "$(id -u)" = 0 ] || die "run as root: building guest images (mmdebstrap, ext4 ownership) and installing packages need it"
+}
+
+install_host_packages() {
+  local missing=()
+  for pkg in "${HOST_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  # qemu-utils from another QEMU release (e.g. a backport) conflicts with
+  # qemu-system-x86 from bookworm: require the same version.
+  if [ ${#missing[@]} -eq 0 ]; then
+    local sys utils
+    sys=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
+    utils=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+    [ "${sys%%+*}" = "${utils%%+*}" ] || missing+=(qemu-system-x86 qemu-utils)
+  fi
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends --allow-downgrades "${HOST_PACKAGES[@]}" >/dev/null
+  fi
+  command -v cargo >/dev/null || die "cargo is not installed; install a Rust toolchain (rustup) first"
+}
+
+build_guest() {
+  log "building the guest agent (static)"
+  CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release --locked -p warren-guest --target "$GUEST_TARGET"
+}
+
+build_release() {
+  build_guest
+  log "building warren (release)"
+  cargo build --release --locked -p warren-cli
+  install -m 0755 "$GUEST_BIN" "$REPO/target/release/warren-guest"
+}
+
+cmd_up() {
+  need_root
+  install_host_packages
+  build_release
+  local warren="$REPO/target/release/warren"
+  log "building the default image on first use, then booting a sandbox"
+  "$warren" images build debian
+  log "warren is ready: $warren run -- CMD runs a command in a fresh sandbox"
+  exec "$warren" run -- sh -c 'echo "hello from $(hostname): $(uname -sr), $(python3 --version)"'
+}
+
+cmd_test() {
+  need_root
+  install_host_packages
+  build_guest
+  export WARREN_GUEST_AGENT="$GUEST_BIN"
+  # Tests keep their image cache apart from a running warren's.
+  export WARREN_IMAGE_CACHE="${WARREN_IMAGE_CACHE:-/var/lib/warren/test-images}"
+  export RUST_BACKTRACE=1
+  log "running the test suite"
+  cargo test --workspace --locked -- --test-threads=2
+  log "checking that no VM or sandbox directory was left behind"
+  local leftovers
+  leftovers=$(pgrep -af 'qemu-system-x86_64 -name warren-' | grep -F "$WARREN_IMAGE_CACHE" || true)
+  [ -z "$leftovers" ] || die "QEMU processes left behind by the tests:\n$leftovers"
+  log "all tests passed"
+}
+
+cmd_bench() {
+  need_root
+  install_host_packages
+  build_release
+  "$REPO/target/release/warren" bench boot --json
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  test) cmd_test ;;
+  build) need_root; install_host_packages; build_release ;;
+  bench) cmd_bench ;;
+  *) echo "usage: $0 {up|test|build|bench}" >&2; exit 2 ;;
+esac

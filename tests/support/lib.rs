@@ -1,0 +1,125 @@
+//! Helpers shared by the integration tests.
+//!
+//! Every test gets its own data directory (so "nothing left behind" can be
+//! checked exactly) and shares the image cache named by
+//! `WARREN_IMAGE_CACHE` (default `/var/lib/warren/test-images`), so images
+//! are built once per machine, not once per test.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use warren_sandbox::{Manager, ManagerConfig, NoProgress, Sandbox, SandboxSpec};
+
+/// Image cache used when the environment names none.
+pub const DEFAULT_TEST_IMAGE_CACHE: &str = "/var/lib/warren/test-images";
+
+/// A manager over a private data directory.
+pub struct TestEnv {
+    /// The manager.
+    pub manager: Manager,
+    /// Its data directory (deleted on drop).
+    pub data_dir: TempDir,
+}
+
+impl TestEnv {
+    /// Sets up a fresh data directory with the shared image cache.
+    pub fn new() -> Self {
+        let data_dir = tempfile::Builder::new()
+            .prefix("wt")
+            .tempdir_in(std::env::temp_dir())
+            .expect("create a test data dir");
+        let mut config = ManagerConfig::from_env().expect("valid WARREN_* environment");
+        config.data_dir = data_dir.path().to_path_buf();
+        config.image_cache = Some(
+            config
+                .image_cache
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_TEST_IMAGE_CACHE)),
+        );
+        config.ephemeral = true;
+        let manager = Manager::new(config).expect("manager");
+        Self { manager, data_dir }
+    }
+
+    /// Creates a sandbox from the default image.
+    pub async fn sandbox(&self) -> Sandbox {
+        self.sandbox_with(SandboxSpec::default()).await
+    }
+
+    /// Creates a sandbox from a spec, failing the test with the error.
+    pub async fn sandbox_with(&self, spec: SandboxSpec) -> Sandbox {
+        match self.manager.create(spec, Arc::new(NoProgress)).await {
+            Ok(sandbox) => sandbox,
+            Err(error) => panic!("creating a sandbox failed: {error}"),
+        }
+    }
+
+    /// Sandbox directories that exist now.
+    pub fn sandbox_dirs(&self) -> Vec<PathBuf> {
+        match std::fs::read_dir(self.manager.sandboxes_dir()) {
+            Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Asserts that no VM process and no sandbox directory of this
+    /// environment remains.
+    pub fn assert_clean(&self) {
+        let dirs = self.sandbox_dirs();
+        assert!(dirs.is_empty(), "sandbox directories left behind: {dirs:?}");
+        let processes = processes_mentioning(self.data_dir.path());
+        assert!(
+            processes.is_empty(),
+            "VM processes left behind: {processes:?}"
+        );
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Pids of processes whose command line mentions `path`.
+pub fn processes_mentioning(path: &Path) -> Vec<u32> {
+    let needle = path.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(&needle) && !text.contains("cargo") {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// Runs `future`, failing the test if it takes longer than `seconds`: a
+/// hung VM must fail a test, not hang the suite.
+pub async fn within<T>(seconds: u64, what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(seconds), future).await {
+        Ok(value) => value,
+        Err(_) => panic!("{what} did not finish within {seconds} s"),
+    }
+}
+
+/// Hex SHA-256 of bytes.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
