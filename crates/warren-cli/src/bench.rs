@@ -35,6 +35,9 @@ pub struct BootBenchArgs {
     /// Guest memory, MiB.
     #[arg(long, default_value_t = warren_sandbox::spec::DEFAULT_MEMORY_MIB)]
     pub memory: u32,
+    /// vCPUs of the sandboxes.
+    #[arg(long, default_value_t = warren_sandbox::spec::DEFAULT_VCPUS)]
+    pub cpus: u32,
 }
 
 /// Percentile of already-collected samples (nearest rank).
@@ -64,6 +67,7 @@ pub async fn boot(manager: Manager, args: BootBenchArgs) -> Result<Value> {
     let spec = SandboxSpec {
         image: args.image.clone(),
         memory_mib: args.memory,
+        vcpus: args.cpus,
         ..SandboxSpec::default()
     };
     eprintln!("warren bench boot: preparing image {:?}", spec.image);
@@ -123,7 +127,29 @@ pub async fn boot(manager: Manager, args: BootBenchArgs) -> Result<Value> {
     let mut download = Vec::new();
     let mut raw_up = Vec::new();
     let mut raw_down = Vec::new();
+    let mut sink_up = Vec::new();
+    let mut source_down = Vec::new();
     for _ in 0..3 {
+        // The same transfers with the guest's file system out of the way
+        // (appending to /dev/null, reading /dev/zero): what the protocol
+        // alone costs, to tell it apart from guest page-cache work.
+        let mut reader: &[u8] = &payload;
+        let start = Instant::now();
+        let options = WriteOptions {
+            append: true,
+            ..WriteOptions::default()
+        };
+        sandbox
+            .write_file_from("/dev/null", &mut reader, options, &())
+            .await?;
+        sink_up.push(mib_s(bytes, start.elapsed()));
+        let start = Instant::now();
+        let mut sink = tokio::io::sink();
+        let read = sandbox
+            .read_file_range_to("/dev/zero", 0, bytes, &mut sink)
+            .await?;
+        source_down.push(mib_s(read, start.elapsed()));
+
         let mut reader: &[u8] = &payload;
         let start = Instant::now();
         write(&sandbox, "/tmp/bench.bin", &mut reader).await?;
@@ -154,6 +180,7 @@ pub async fn boot(manager: Manager, args: BootBenchArgs) -> Result<Value> {
         "accel": manager.accel().as_str(),
         "image": args.image,
         "memory_mib": args.memory,
+        "vcpus": args.cpus,
         "runs": args.runs,
         "cold_create_ms_p50": round2(create_p50),
         "cold_create_ms_p99": round2(percentile(&create_ms, 99.0)),
@@ -170,6 +197,8 @@ pub async fn boot(manager: Manager, args: BootBenchArgs) -> Result<Value> {
         "raw_channel_upload_mib_s": round2(raw_upload),
         "raw_channel_download_mib_s": round2(raw_download),
         "upload_vs_raw_ratio": round2(upload_mib_s / raw_upload),
+        "upload_to_dev_null_mib_s": round2(percentile(&sink_up, 50.0)),
+        "download_from_dev_zero_mib_s": round2(percentile(&source_down, 50.0)),
         "download_vs_raw_ratio": round2(download_mib_s / raw_download),
         "idle_host_rss_mib": round2(idle.rss_bytes as f64 / 1048576.0),
         "idle_host_pss_mib": round2(idle.pss_bytes as f64 / 1048576.0),

@@ -3,32 +3,45 @@
 //!
 //! Host side ([`HostLink::establish`]): connects, sends padding + Hello with
 //! a fresh epoch and nonce, waits for the matching HelloAck (skipping
-//! anything older), then pumps bytes between a [`tokio::io::DuplexStream`]
-//! (handed to the gRPC client) and Data frames.
+//! anything older), then exposes the connection as a [`LinkStream`] for the
+//! gRPC client.
 //!
-//! Guest side ([`serve_guest_port`]): reads the port on a blocking thread
-//! (the virtio-serial port returns EOF while no host is connected, which an
-//! epoll loop would spin on), and on every new Hello hands a fresh duplex
-//! stream to the gRPC server, dropping the previous one.
+//! Guest side ([`serve_guest_port`], [`serve_guest_stream`]): reads the
+//! channel on a blocking thread (the virtio-serial port returns EOF while
+//! no host is connected, which an epoll loop would spin on), and on every
+//! new Hello hands a fresh [`LinkStream`] to the gRPC server, ending the
+//! previous one.
+//!
+//! [`LinkStream`] turns writes straight into frames and reads straight out
+//! of received payloads: no intermediate pipe, because under software
+//! emulation every copy of bulk data costs guest CPU that file transfers
+//! need.
 
 use std::io::{Read, Write};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::PollSender;
 
-use crate::frame::{self, Decoder, Frame, FrameKind, HEADER_LEN, Hello, MAX_PAYLOAD};
+use crate::frame::{self, Decoder, Frame, FrameKind, HEADER_LEN, Hello};
 
 /// Version of the link layer (framing + handshake).
 pub const LINK_VERSION: u32 = 1;
-/// Buffer of the in-memory pipe between the gRPC stack and the link pumps.
-const DUPLEX_BUFFER: usize = 1024 * 1024;
-/// Frames queued for the writer before producers wait.
-const WRITE_QUEUE_FRAMES: usize = 64;
+/// Payload of the frames we send: header plus payload fill exactly 32 KiB,
+/// the most a single write to a virtio-serial port takes, so every frame
+/// is one write and one virtqueue buffer.
+pub const SEND_PAYLOAD: usize = 32 * 1024 - HEADER_LEN;
+/// Frames queued towards the transport before writers wait.
+const WRITE_QUEUE_FRAMES: usize = 128;
+/// Received payloads queued towards the reader before the transport waits.
+const READ_QUEUE_FRAMES: usize = 512;
 
 /// Why a link could not be established or used.
 #[derive(Debug, thiserror::Error)]
@@ -76,9 +89,136 @@ impl RawThroughput {
     }
 }
 
-struct Outgoing {
-    kind: FrameKind,
-    payload: Bytes,
+/// A whole encoded frame (header + payload) ready for one write.
+type WireFrame = Bytes;
+
+/// Encodes one frame into a single buffer.
+fn wire(kind: FrameKind, epoch: u32, payload: &[u8]) -> WireFrame {
+    Bytes::from(frame::encode(kind, epoch, payload))
+}
+
+/// One connection's byte stream over the link, for an HTTP/2 endpoint.
+///
+/// Reads yield the payloads of the connection's Data frames in order;
+/// writes become Data frames (one per write, at most [`SEND_PAYLOAD`]
+/// bytes). Dropping it ends the connection on this side.
+pub struct LinkStream {
+    epoch: u32,
+    inbound: mpsc::Receiver<Bytes>,
+    current: Bytes,
+    outbound: PollSender<Outgoing>,
+}
+
+impl std::fmt::Debug for LinkStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkStream")
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkStream {
+    /// The connection epoch this stream belongs to.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+}
+
+/// Lets a tonic server accept link streams as connections.
+impl tonic::transport::server::Connected for LinkStream {
+    type ConnectInfo = u32;
+
+    /// The connection's epoch.
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.epoch
+    }
+}
+
+impl AsyncRead for LinkStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        while self.current.is_empty() {
+            match ready!(self.inbound.poll_recv(cx)) {
+                Some(payload) => self.current = payload,
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = self.current.len().min(buf.remaining());
+        buf.put_slice(&self.current[..n]);
+        self.current.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl LinkStream {
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        if ready!(self.outbound.poll_reserve(cx)).is_err() {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        let n = total.min(SEND_PAYLOAD);
+        let mut frame = Vec::with_capacity(HEADER_LEN + n);
+        frame.extend_from_slice(&frame::encode_header(FrameKind::Data, self.epoch, n));
+        let mut left = n;
+        for slice in bufs {
+            if left == 0 {
+                break;
+            }
+            let take = slice.len().min(left);
+            frame.extend_from_slice(&slice[..take]);
+            left -= take;
+        }
+        let out = Outgoing {
+            epoch: self.epoch,
+            frame: Bytes::from(frame),
+            pad: false,
+        };
+        match self.outbound.send_item(out) {
+            Ok(()) => Poll::Ready(Ok(n)),
+            Err(_) => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+}
+
+impl AsyncWrite for LinkStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_send(cx, &[std::io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_send(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.outbound.close();
+        Poll::Ready(Ok(()))
+    }
 }
 
 #[derive(Default)]
@@ -90,10 +230,12 @@ struct BenchState {
 
 /// A host-side link to one guest agent, for one connection epoch.
 ///
-/// Dropping it (or the stream it handed out being closed) ends the pumps.
+/// The pumps live while either this handle or the [`LinkStream`] it handed
+/// out is alive; once both are gone the transport is closed, so the VMM
+/// accepts the next connection.
 pub struct HostLink {
     epoch: u32,
-    stream: Option<DuplexStream>,
+    stream: Option<LinkStream>,
     out_tx: mpsc::Sender<Outgoing>,
     bench: Arc<BenchState>,
     tasks: Vec<JoinHandle<()>>,
@@ -101,8 +243,7 @@ pub struct HostLink {
 
 impl Drop for HostLink {
     fn drop(&mut self) {
-        // The stream pump keeps running while the gRPC side holds its end;
-        // only the pumps that would otherwise outlive everything are ended.
+        // If the stream was never taken nobody else needs the pumps.
         if self.stream.is_some() {
             for task in &self.tasks {
                 task.abort();
@@ -182,64 +323,39 @@ impl HostLink {
             }
         }
 
-        let (grpc_end, link_end) = tokio::io::duplex(DUPLEX_BUFFER);
-        let (mut from_grpc, mut to_grpc) = tokio::io::split(link_end);
         let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(WRITE_QUEUE_FRAMES);
+        let (in_tx, in_rx) = mpsc::channel::<Bytes>(READ_QUEUE_FRAMES);
         let bench = Arc::new(BenchState::default());
-        // Set when the gRPC side closed its end: every pump then stops and
-        // the transport is closed, so the VMM accepts the next connection.
-        let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
+        // Set when the inbound side ends (transport closed, or the stream's
+        // reader gone): the writer then stops too, closing the transport so
+        // the VMM accepts the next connection.
+        let (closed_tx, mut closed_rx) = tokio::sync::watch::channel(false);
 
         // Writer: the only task that writes to the transport.
-        let mut writer_closed = closed_rx.clone();
         let writer_task = tokio::spawn(async move {
             loop {
                 let out = tokio::select! {
-                    out = out_rx.recv() => match out { Some(out) => out, None => break },
-                    _ = writer_closed.wait_for(|closed| *closed) => break,
+                    out = out_rx.recv() => match out {
+                        Some(out) => out,
+                        None => break,
+                    },
+                    _ = closed_rx.wait_for(|closed| *closed) => break,
                 };
-                let header = frame::encode_header(out.kind, epoch, out.payload.len());
-                if writer.write_all(&header).await.is_err()
-                    || writer.write_all(&out.payload).await.is_err()
-                {
+                if writer.write_all(&out.frame).await.is_err() {
                     break;
                 }
                 if out_rx.is_empty() && writer.flush().await.is_err() {
                     break;
                 }
             }
-            // Dropping the write half (with the read half) closes the
-            // transport; no explicit shutdown, so a transport shared with a
-            // later connection (as in tests) stays usable.
         });
 
-        // gRPC → transport.
-        let data_tx = out_tx.clone();
-        let outbound_task = tokio::spawn(async move {
-            let mut chunk = vec![0u8; MAX_PAYLOAD];
-            loop {
-                match from_grpc.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let out = Outgoing {
-                            kind: FrameKind::Data,
-                            payload: Bytes::copy_from_slice(&chunk[..n]),
-                        };
-                        if data_tx.send(out).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            let _ = closed_tx.send(true);
-        });
-
-        // Transport → gRPC, plus link-level control frames.
+        // Transport → stream, plus link-level control frames. Ends at EOF,
+        // or when the stream's reader is gone (in_tx closed).
         let bench_in = bench.clone();
-        let pong_tx = out_tx.clone();
-        let mut inbound_closed = closed_rx;
+        let control_tx = out_tx.clone();
         let inbound_task = tokio::spawn(async move {
-            // Frames that were already decoded with the ack stay valid.
+            let _closed = CloseOnDrop(closed_tx);
             let mut pending: Vec<Frame> = std::iter::from_fn(|| decoder.next_frame()).collect();
             loop {
                 for frame in pending.drain(..) {
@@ -248,7 +364,7 @@ impl HostLink {
                     }
                     match frame.kind {
                         FrameKind::Data => {
-                            if to_grpc.write_all(&frame.payload).await.is_err() {
+                            if in_tx.send(frame.payload).await.is_err() {
                                 return;
                             }
                         }
@@ -270,11 +386,11 @@ impl HostLink {
                             }
                         }
                         FrameKind::Ping => {
-                            let _ = pong_tx
-                                .send(Outgoing {
-                                    kind: FrameKind::Pong,
-                                    payload: frame.payload,
-                                })
+                            let _ = control_tx
+                                .send(Outgoing::frame(
+                                    epoch,
+                                    wire(FrameKind::Pong, epoch, &frame.payload),
+                                ))
                                 .await;
                         }
                         FrameKind::Hello | FrameKind::HelloAck | FrameKind::BenchPull => {}
@@ -282,13 +398,10 @@ impl HostLink {
                 }
                 let read = tokio::select! {
                     read = reader.read(&mut buf) => read,
-                    _ = inbound_closed.wait_for(|closed| *closed) => return,
+                    _ = in_tx.closed() => return,
                 };
                 match read {
-                    Ok(0) | Err(_) => {
-                        let _ = to_grpc.shutdown().await;
-                        return;
-                    }
+                    Ok(0) | Err(_) => return,
                     Ok(n) => {
                         decoder.push(&buf[..n]);
                         pending.extend(std::iter::from_fn(|| decoder.next_frame()));
@@ -297,12 +410,18 @@ impl HostLink {
             }
         });
 
+        let stream = LinkStream {
+            epoch,
+            inbound: in_rx,
+            current: Bytes::new(),
+            outbound: PollSender::new(out_tx.clone()),
+        };
         Ok(Self {
             epoch,
-            stream: Some(grpc_end),
+            stream: Some(stream),
             out_tx,
             bench,
-            tasks: vec![writer_task, outbound_task, inbound_task],
+            tasks: vec![writer_task, inbound_task],
         })
     }
 
@@ -311,9 +430,8 @@ impl HostLink {
         self.epoch
     }
 
-    /// Takes the byte stream for the gRPC client. Once taken, the pumps live
-    /// as long as that stream is open.
-    pub fn take_stream(&mut self) -> Option<DuplexStream> {
+    /// Takes the byte stream for the gRPC client (once).
+    pub fn take_stream(&mut self) -> Option<LinkStream> {
         self.stream.take()
     }
 
@@ -323,7 +441,7 @@ impl HostLink {
         let (tx, rx) = oneshot::channel();
         self.bench.pongs.lock().await.push((token.clone(), tx));
         let start = Instant::now();
-        self.send(FrameKind::Ping, token).await?;
+        self.send(wire(FrameKind::Ping, self.epoch, &token)).await?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(())) => Ok(start.elapsed()),
             Ok(Err(_)) => Err(LinkError::Closed),
@@ -342,11 +460,8 @@ impl HostLink {
         *self.bench.pull_done.lock().await = Some(tx);
         let before = self.bench.discard_bytes.load(Ordering::Relaxed);
         let start = Instant::now();
-        self.send(
-            FrameKind::BenchPull,
-            Bytes::copy_from_slice(&bytes.to_le_bytes()),
-        )
-        .await?;
+        self.send(wire(FrameKind::BenchPull, self.epoch, &bytes.to_le_bytes()))
+            .await?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(LinkError::Closed),
@@ -370,15 +485,20 @@ impl HostLink {
         let token = Bytes::copy_from_slice(&rand::random::<[u8; 8]>());
         let (tx, rx) = oneshot::channel();
         self.bench.pongs.lock().await.push((token.clone(), tx));
-        let chunk = Bytes::from(vec![0u8; MAX_PAYLOAD]);
+        let full = wire(FrameKind::Discard, self.epoch, &vec![0u8; SEND_PAYLOAD]);
         let start = Instant::now();
         let mut left = bytes;
         while left > 0 {
-            let n = left.min(MAX_PAYLOAD as u64) as usize;
-            self.send(FrameKind::Discard, chunk.slice(..n)).await?;
+            let n = left.min(SEND_PAYLOAD as u64) as usize;
+            let frame = if n == SEND_PAYLOAD {
+                full.clone()
+            } else {
+                wire(FrameKind::Discard, self.epoch, &vec![0u8; n])
+            };
+            self.send(frame).await?;
             left -= n as u64;
         }
-        self.send(FrameKind::Ping, token).await?;
+        self.send(wire(FrameKind::Ping, self.epoch, &token)).await?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(())) => Ok(RawThroughput {
                 bytes,
@@ -389,9 +509,9 @@ impl HostLink {
         }
     }
 
-    async fn send(&self, kind: FrameKind, payload: Bytes) -> Result<(), LinkError> {
+    async fn send(&self, frame: WireFrame) -> Result<(), LinkError> {
         self.out_tx
-            .send(Outgoing { kind, payload })
+            .send(Outgoing::frame(self.epoch, frame))
             .await
             .map_err(|_| LinkError::Closed)
     }
@@ -406,20 +526,18 @@ pub struct GuestLinkStats {
     pub epoch: AtomicU32,
 }
 
-/// Serves the guest end of the channel forever.
+/// Serves the guest end of the virtio-serial port forever.
 ///
-/// `port` is the opened channel (the virtio-serial port device, or a socket
-/// in tests); `open_writer` must return an independent writable handle to
-/// the same channel. Every new host connection produces a fresh
-/// [`DuplexStream`] on `incoming`; the previous one is closed, which makes
-/// the gRPC server end that connection and cancel its foreground work.
+/// `port` is the opened channel; `writer` an independent writable handle to
+/// it (a `try_clone`). Every new host connection produces a fresh
+/// [`LinkStream`] on `incoming`; the previous one ends, which makes the gRPC
+/// server end that connection and cancel its foreground work.
 ///
-/// Must be called from inside a tokio runtime; it spawns two OS threads and
-/// returns at once.
+/// Spawns two OS threads and returns at once.
 pub fn serve_guest_port<R, W>(
     port: R,
     writer: W,
-    incoming: mpsc::Sender<DuplexStream>,
+    incoming: mpsc::Sender<LinkStream>,
 ) -> Arc<GuestLinkStats>
 where
     R: Read + Send + 'static,
@@ -434,7 +552,7 @@ where
 pub fn serve_guest_stream<R, W>(
     stream: R,
     writer: W,
-    incoming: mpsc::Sender<DuplexStream>,
+    incoming: mpsc::Sender<LinkStream>,
 ) -> Arc<GuestLinkStats>
 where
     R: Read + Send + 'static,
@@ -452,10 +570,38 @@ enum EndOfInput {
     Final,
 }
 
+/// A frame for a writer, tagged with its epoch so the guest drops frames of
+/// an ended connection instead of leaking them into the next one.
+struct Outgoing {
+    epoch: u32,
+    frame: WireFrame,
+    /// Write resync padding first (before a HelloAck).
+    pad: bool,
+}
+
+impl Outgoing {
+    fn frame(epoch: u32, frame: WireFrame) -> Self {
+        Self {
+            epoch,
+            frame,
+            pad: false,
+        }
+    }
+}
+
+/// Signals "closed" when dropped, however the owning task ends.
+struct CloseOnDrop(tokio::sync::watch::Sender<bool>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
+}
+
 fn serve_guest<R, W>(
     mut port: R,
     mut writer: W,
-    incoming: mpsc::Sender<DuplexStream>,
+    incoming: mpsc::Sender<LinkStream>,
     end_of_input: EndOfInput,
 ) -> Arc<GuestLinkStats>
 where
@@ -464,33 +610,22 @@ where
 {
     let stats = Arc::new(GuestLinkStats::default());
     let current_epoch = Arc::new(AtomicU32::new(0));
-    let (out_tx, mut out_rx) = mpsc::channel::<(u32, Outgoing)>(WRITE_QUEUE_FRAMES);
-    let runtime = tokio::runtime::Handle::current();
-
-    // Writer thread: frames of past epochs are dropped here, so a slow
-    // producer of an old connection can never leak bytes into a new one.
+    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(WRITE_QUEUE_FRAMES);
     let writer_epoch = current_epoch.clone();
     std::thread::Builder::new()
         .name("link-writer".into())
         .spawn(move || {
-            let mut header_and_payload = Vec::with_capacity(HEADER_LEN + MAX_PAYLOAD);
-            while let Some((epoch, out)) = out_rx.blocking_recv() {
-                if epoch != writer_epoch.load(Ordering::Acquire) {
+            let padding = frame::resync_padding();
+            while let Some(out) = out_rx.blocking_recv() {
+                if out.epoch != writer_epoch.load(Ordering::Acquire) {
                     continue;
                 }
-                header_and_payload.clear();
-                if out.kind == FrameKind::HelloAck {
+                if out.pad {
                     // Flush out whatever half frame an earlier connection
                     // left in the host's decoder.
-                    header_and_payload.extend_from_slice(&frame::resync_padding());
+                    let _ = writer.write_all(&padding);
                 }
-                header_and_payload.extend_from_slice(&frame::encode_header(
-                    out.kind,
-                    epoch,
-                    out.payload.len(),
-                ));
-                header_and_payload.extend_from_slice(&out.payload);
-                if let Err(error) = writer.write_all(&header_and_payload) {
+                if let Err(error) = writer.write_all(&out.frame) {
                     tracing::debug!(%error, "agent channel write failed; frame dropped");
                     continue;
                 }
@@ -499,16 +634,18 @@ where
         })
         .expect("spawn link writer thread");
 
-    // Reader thread.
     let reader_stats = stats.clone();
     std::thread::Builder::new()
         .name("link-reader".into())
         .spawn(move || {
             let mut decoder = Decoder::new();
             let mut buf = vec![0u8; 64 * 1024];
-            // Sink of the current epoch's Data frames into its duplex.
-            let mut to_server: Option<mpsc::Sender<Bytes>> = None;
+            // Sink of the current epoch's Data frames into its stream.
+            let mut to_stream: Option<mpsc::Sender<Bytes>> = None;
             let mut epoch = 0u32;
+            let send = |out: Outgoing| {
+                let _ = out_tx.blocking_send(out);
+            };
             loop {
                 let n = match port.read(&mut buf) {
                     Ok(0) if end_of_input == EndOfInput::Final => return,
@@ -545,66 +682,41 @@ where
                                 current_epoch.store(epoch, Ordering::Release);
                                 reader_stats.epoch.store(epoch, Ordering::Relaxed);
                                 reader_stats.sessions.fetch_add(1, Ordering::Relaxed);
-                                // Dropping the old sender closes the old
-                                // connection's input.
-                                to_server = Some(start_session(
-                                    &runtime,
-                                    epoch,
-                                    out_tx.clone(),
-                                    incoming.clone(),
-                                ));
+                                // Replacing the sender ends the old stream's
+                                // input.
+                                to_stream = Some(start_session(epoch, out_tx.clone(), &incoming));
                             }
                             let ack = Hello {
                                 nonce: hello.nonce,
                                 version: LINK_VERSION,
                             };
-                            let out = Outgoing {
-                                kind: FrameKind::HelloAck,
-                                payload: Bytes::copy_from_slice(&ack.encode()),
-                            };
-                            let _ = out_tx.blocking_send((epoch, out));
+                            send(Outgoing {
+                                epoch,
+                                frame: wire(FrameKind::HelloAck, epoch, &ack.encode()),
+                                pad: true,
+                            });
                         }
                         _ if frame.epoch != epoch || epoch == 0 => {}
                         FrameKind::Data => {
-                            if let Some(sink) = &to_server
+                            if let Some(sink) = &to_stream
                                 && sink.blocking_send(frame.payload).is_err()
                             {
-                                to_server = None;
+                                to_stream = None;
                             }
                         }
-                        FrameKind::Ping => {
-                            let out = Outgoing {
-                                kind: FrameKind::Pong,
-                                payload: frame.payload,
-                            };
-                            let _ = out_tx.blocking_send((epoch, out));
-                        }
+                        FrameKind::Ping => send(Outgoing {
+                            epoch,
+                            frame: wire(FrameKind::Pong, epoch, &frame.payload),
+                            pad: false,
+                        }),
                         FrameKind::BenchPull => {
                             let Ok(raw) = <[u8; 8]>::try_from(frame.payload.as_ref()) else {
                                 continue;
                             };
-                            let mut left = u64::from_le_bytes(raw).min(64 << 30);
-                            let chunk = Bytes::from(vec![0u8; MAX_PAYLOAD]);
+                            let left = u64::from_le_bytes(raw).min(64 << 30);
                             let tx = out_tx.clone();
                             let pull_epoch = epoch;
-                            std::thread::spawn(move || {
-                                while left > 0 {
-                                    let n = left.min(MAX_PAYLOAD as u64) as usize;
-                                    let out = Outgoing {
-                                        kind: FrameKind::Discard,
-                                        payload: chunk.slice(..n),
-                                    };
-                                    if tx.blocking_send((pull_epoch, out)).is_err() {
-                                        return;
-                                    }
-                                    left -= n as u64;
-                                }
-                                let done = Outgoing {
-                                    kind: FrameKind::BenchPullDone,
-                                    payload: Bytes::new(),
-                                };
-                                let _ = tx.blocking_send((pull_epoch, done));
-                            });
+                            std::thread::spawn(move || bench_pull(left, pull_epoch, &tx));
                         }
                         FrameKind::Discard
                         | FrameKind::HelloAck
@@ -618,44 +730,52 @@ where
     stats
 }
 
-/// Creates the duplex for a new epoch, hands one end to the server, and
-/// spawns the pumps for the other. Returns the sink for inbound Data.
+/// Sends `left` bytes of Discard frames, then BenchPullDone.
+fn bench_pull(mut left: u64, epoch: u32, tx: &mpsc::Sender<Outgoing>) {
+    let full = wire(FrameKind::Discard, epoch, &vec![0u8; SEND_PAYLOAD]);
+    while left > 0 {
+        let n = left.min(SEND_PAYLOAD as u64) as usize;
+        let frame = if n == SEND_PAYLOAD {
+            full.clone()
+        } else {
+            wire(FrameKind::Discard, epoch, &vec![0u8; n])
+        };
+        if tx
+            .blocking_send(Outgoing {
+                epoch,
+                frame,
+                pad: false,
+            })
+            .is_err()
+        {
+            return;
+        }
+        left -= n as u64;
+    }
+    let done = wire(FrameKind::BenchPullDone, epoch, &[]);
+    let _ = tx.blocking_send(Outgoing {
+        epoch,
+        frame: done,
+        pad: false,
+    });
+}
+
+/// Creates the stream for a new epoch and hands it to the server. Returns
+/// the sink for the epoch's inbound Data payloads.
 fn start_session(
-    runtime: &tokio::runtime::Handle,
     epoch: u32,
-    out_tx: mpsc::Sender<(u32, Outgoing)>,
-    incoming: mpsc::Sender<DuplexStream>,
+    out_tx: mpsc::Sender<Outgoing>,
+    incoming: &mpsc::Sender<LinkStream>,
 ) -> mpsc::Sender<Bytes> {
-    let (server_end, link_end) = tokio::io::duplex(DUPLEX_BUFFER);
-    let (mut from_server, mut to_server) = tokio::io::split(link_end);
-    let (data_tx, mut data_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_FRAMES);
-    runtime.spawn(async move {
-        while let Some(bytes) = data_rx.recv().await {
-            if to_server.write_all(&bytes).await.is_err() {
-                break;
-            }
-        }
-        let _ = to_server.shutdown().await;
-    });
-    runtime.spawn(async move {
-        let mut chunk = vec![0u8; MAX_PAYLOAD];
-        loop {
-            match from_server.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let out = Outgoing {
-                        kind: FrameKind::Data,
-                        payload: Bytes::copy_from_slice(&chunk[..n]),
-                    };
-                    if out_tx.send((epoch, out)).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    let _ = incoming.try_send(server_end);
-    data_tx
+    let (in_tx, in_rx) = mpsc::channel::<Bytes>(READ_QUEUE_FRAMES);
+    let stream = LinkStream {
+        epoch,
+        inbound: in_rx,
+        current: Bytes::new(),
+        outbound: PollSender::new(out_tx),
+    };
+    let _ = incoming.try_send(stream);
+    in_tx
 }
 
 #[cfg(test)]
@@ -665,7 +785,7 @@ mod tests {
 
     /// A guest served over one end of a socketpair; returns the host end
     /// and the stream of server-side connections.
-    fn guest_pair() -> (tokio::net::UnixStream, mpsc::Receiver<DuplexStream>) {
+    fn guest_pair() -> (tokio::net::UnixStream, mpsc::Receiver<LinkStream>) {
         let (host, guest) = StdUnixStream::pair().unwrap();
         let guest_writer = guest.try_clone().unwrap();
         let (tx, rx) = mpsc::channel(4);
@@ -686,10 +806,16 @@ mod tests {
         let mut buf = [0u8; 14];
         guest_stream.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping from host");
-        guest_stream.write_all(b"pong").await.unwrap();
-        let mut buf = [0u8; 4];
-        host_stream.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"pong");
+        // Larger than one frame, in both directions.
+        let big: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        guest_stream.write_all(&big).await.unwrap();
+        let mut got = vec![0u8; big.len()];
+        host_stream.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, big);
+        host_stream.write_all(&big).await.unwrap();
+        let mut got = vec![0u8; big.len()];
+        guest_stream.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, big);
         assert!(link.ping(Duration::from_secs(5)).await.is_ok());
     }
 
@@ -707,13 +833,13 @@ mod tests {
         let mut first = HostLink::establish(host, Duration::from_secs(5))
             .await
             .unwrap();
-        let mut first_stream = first.take_stream().unwrap();
+        let first_stream = first.take_stream().unwrap();
         let mut first_guest = incoming.recv().await.unwrap();
         // Leave a half frame behind, as a host killed mid-write would.
         let half = frame::encode(FrameKind::Data, first.epoch(), &[7u8; 5000]);
         let mut raw = second.try_clone().unwrap();
         raw.write_all(&half[..1000]).unwrap();
-        drop(first_stream.shutdown().await);
+        drop(first_stream);
         drop(first);
 
         second.set_nonblocking(true).unwrap();
@@ -727,10 +853,12 @@ mod tests {
         let mut buf = [0u8; 5];
         guest2.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"fresh");
-        // The first server connection was ended.
+        // The first server connection was ended: its reads reach EOF.
         let mut rest = Vec::new();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(5), first_guest.read_to_end(&mut rest)).await;
+        tokio::time::timeout(Duration::from_secs(5), first_guest.read_to_end(&mut rest))
+            .await
+            .expect("old stream ended")
+            .unwrap();
         guest2.write_all(b"ok").await.unwrap();
         let mut buf = [0u8; 2];
         stream2.read_exact(&mut buf).await.unwrap();
@@ -763,5 +891,27 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(err, LinkError::HandshakeTimeout(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_transport_ends_its_session_at_eof() {
+        let (host, guest) = StdUnixStream::pair().unwrap();
+        let guest_writer = guest.try_clone().unwrap();
+        let (tx, mut incoming) = mpsc::channel(4);
+        serve_guest_stream(guest, guest_writer, tx);
+        host.set_nonblocking(true).unwrap();
+        let host = tokio::net::UnixStream::from_std(host).unwrap();
+        let mut link = HostLink::establish(host, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let stream = link.take_stream().unwrap();
+        let mut guest_stream = incoming.recv().await.unwrap();
+        drop(stream);
+        drop(link);
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), guest_stream.read_to_end(&mut rest))
+            .await
+            .expect("guest stream ended at EOF")
+            .unwrap();
     }
 }

@@ -128,10 +128,10 @@ impl AgentConnection {
                 let mut link = HostLink::establish(stream, timeout)
                     .await
                     .map_err(std::io::Error::other)?;
-                let duplex = link.take_stream().expect("fresh link has its stream");
+                let stream = link.take_stream().expect("fresh link has its stream");
                 *slot.lock().expect("link slot") = Some(Arc::new(link));
                 connected_once.store(true, Ordering::SeqCst);
-                Ok::<_, std::io::Error>(TokioIo::new(duplex))
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
             }
         });
         let channel = Endpoint::from_static("http://warren-agent")

@@ -291,6 +291,44 @@ impl Sandbox {
         Ok((total, info))
     }
 
+    /// Streams `length` bytes from `offset` of a sandbox file into `sink`
+    /// (length 0: to the end). Works on devices such as /dev/zero too.
+    pub async fn read_file_range_to<W: AsyncWrite + Unpin>(
+        &self,
+        path: &str,
+        offset: u64,
+        length: u64,
+        sink: &mut W,
+    ) -> Result<u64, FileError> {
+        let path = paths::normalize(path)?;
+        self.check_usable_for_files()?;
+        let request = pb::ReadFileRequest {
+            path,
+            offset,
+            length,
+        };
+        let mut stream = match self.client().read_file(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(self.file_error(status).await),
+        };
+        let mut total = 0u64;
+        loop {
+            match stream.message().await {
+                Ok(Some(chunk)) => {
+                    sink.write_all(&chunk.data)
+                        .await
+                        .map_err(|source| FileError::Local {
+                            path: "<sink>".into(),
+                            source,
+                        })?;
+                    total += chunk.data.len() as u64;
+                }
+                Ok(None) => return Ok(total),
+                Err(status) => return Err(self.file_error(status).await),
+            }
+        }
+    }
+
     /// Reads a whole (small) file into memory.
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, FileError> {
         let mut out = Vec::new();

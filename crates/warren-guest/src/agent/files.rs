@@ -111,13 +111,15 @@ pub fn read_file(
             request.length
         };
         let mut first = Some(stat);
-        let mut buf = vec![0u8; CHUNK_BYTES];
         loop {
-            let want = (buf.len() as u64).min(left) as usize;
+            let want = (CHUNK_BYTES as u64).min(left) as usize;
+            // Read straight into the chunk's own buffer (no zeroing, no
+            // second copy): guest CPU is what limits transfers.
+            let mut buf = Vec::with_capacity(want);
             let n = if want == 0 {
                 0
             } else {
-                match read_full(&mut file, &mut buf[..want]) {
+                match read_full(&mut file, &mut buf, want) {
                     Ok(n) => n,
                     Err(e) => {
                         let _ = tx.blocking_send(Err(FileError::io("reading", &path, e).into()));
@@ -131,7 +133,7 @@ pub fn read_file(
             left -= n as u64;
             let chunk = pb::ReadFileChunk {
                 stat: first.take(),
-                data: Bytes::copy_from_slice(&buf[..n]),
+                data: Bytes::from(buf),
             };
             if tx.blocking_send(Ok(chunk)).is_err() || n == 0 {
                 // Caller gone, or the empty first chunk of an empty file.
@@ -144,22 +146,24 @@ pub fn read_file(
 
 /// Reads until `buf` is full or EOF (short reads from pipes or special
 /// files otherwise make many tiny chunks).
-fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
+/// Appends up to `want` bytes from `file` to `buf`, retrying short reads;
+/// returns how many were read (0 at end of file).
+fn read_full(file: &mut File, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
+    let start = buf.len();
+    loop {
+        let got = buf.len() - start;
+        if got >= want {
+            return Ok(got);
+        }
+        match (&mut *file).take((want - got) as u64).read_to_end(buf) {
+            Ok(0) => return Ok(buf.len() - start),
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if filled > 0 => {
-                // Report what we have; the error repeats on the next call.
-                let _ = e;
-                break;
-            }
+            // Report what we have; the error repeats on the next call.
+            Err(_) if buf.len() > start => return Ok(buf.len() - start),
             Err(e) => return Err(e),
         }
     }
-    Ok(filled)
 }
 
 /// What the async side of WriteFile tells the blocking writer.
@@ -373,7 +377,11 @@ fn write_blocking(
             "the upload of {path} was cancelled before it finished; the file was not changed"
         )));
     }
-    file.sync_all().map_err(io)?;
+    match file.sync_all() {
+        // Devices and pipes cannot be synced (EINVAL); nothing to flush.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        other => other.map_err(io)?,
+    }
     if created {
         // Existing files keep their mode and owner unless asked otherwise.
         let mode = target

@@ -13,18 +13,15 @@ pub mod system;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
-use tonic::transport::server::Connected;
 use warren_proto::MAX_MESSAGE_BYTES;
+use warren_proto::link::LinkStream;
 use warren_proto::pb::agent_server::AgentServer;
 
 use service::AgentService;
@@ -77,44 +74,6 @@ pub enum AgentError {
     Server(#[from] tonic::transport::Error),
 }
 
-/// One HTTP/2 connection's byte stream, as tonic wants it: tonic needs
-/// [`Connected`], which tokio's in-memory pipe does not implement.
-pub struct Conn(DuplexStream);
-
-impl Connected for Conn {
-    type ConnectInfo = ();
-
-    fn connect_info(&self) -> Self::ConnectInfo {}
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime, AgentError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -128,13 +87,13 @@ fn runtime() -> Result<tokio::runtime::Runtime, AgentError> {
 
 /// Serves gRPC on every connection that arrives on `incoming`.
 async fn serve(
-    incoming: mpsc::Receiver<DuplexStream>,
+    incoming: mpsc::Receiver<LinkStream>,
     shutdown: ShutdownMode,
 ) -> Result<(), AgentError> {
     let service = AgentServer::new(AgentService::new(shutdown))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let connections = ReceiverStream::new(incoming).map(|stream| Ok::<_, io::Error>(Conn(stream)));
+    let connections = ReceiverStream::new(incoming).map(Ok::<_, io::Error>);
     Server::builder()
         .max_concurrent_streams(Some(1024))
         .initial_stream_window_size(Some(4 * 1024 * 1024))
