@@ -29,6 +29,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Commands {
+    /// Start the warren service: REST API, web console and a local host,
+    /// with an embedded database under the data directory.
+    Up(UpArgs),
     /// Boot a sandbox, run CMD in it with this terminal attached, exit
     /// with CMD's status, destroy the sandbox.
     Run(run::RunArgs),
@@ -42,6 +45,21 @@ enum Commands {
         #[command(subcommand)]
         command: BenchCommand,
     },
+}
+
+/// Options of `warren up`.
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// Address to listen on.
+    #[arg(long, env = "WARREN_LISTEN", default_value = warren_server::config::DEFAULT_LISTEN)]
+    listen: std::net::SocketAddr,
+    /// Database URL (default: SQLite in the data directory; postgres://
+    /// works too).
+    #[arg(long, env = "WARREN_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Running sandboxes a team may have at once.
+    #[arg(long, env = "WARREN_MAX_SANDBOXES", default_value_t = warren_server::config::DEFAULT_MAX_SANDBOXES_PER_TEAM)]
+    max_sandboxes: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +127,7 @@ fn manager_config(cli: &Cli) -> Result<ManagerConfig> {
 async fn dispatch(cli: Cli) -> Result<i32> {
     let config = manager_config(&cli)?;
     match cli.command {
+        Commands::Up(args) => up(config, args).await,
         Commands::Run(args) => {
             let manager = Manager::new(config).context("setting up warren")?;
             run::run(manager, args).await
@@ -169,4 +188,48 @@ async fn images(config: ManagerConfig, command: ImagesCommand) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+async fn up(config: ManagerConfig, args: UpArgs) -> Result<i32> {
+    let server = warren_server::ServerConfig {
+        listen: args.listen,
+        data_dir: config.data_dir.clone(),
+        database_url: args.database_url,
+        max_sandboxes_per_team: args.max_sandboxes,
+        host_name: warren_server::config::host_name(),
+        manager: config,
+    };
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("warren: shutting down (stopping sandboxes)...");
+    };
+    warren_server::run(server, shutdown, |started| {
+        println!("warren is up at {}", started.url);
+        println!("  web console  {}/", started.url);
+        println!("  API docs     {}/docs", started.url);
+        match &started.new_admin_key {
+            Some(key) => {
+                println!("  admin key    {key}");
+                println!(
+                    "               (shown once; kept in {}, readable by root only)",
+                    started.admin_key_path.display()
+                );
+            }
+            None => println!("  admin key    in {}", started.admin_key_path.display()),
+        }
+        if started.reconciled > 0 {
+            println!(
+                "  {} sandbox(es) from before the restart were marked stopped",
+                started.reconciled
+            );
+        }
+        println!("Press Ctrl-C to stop.");
+    })
+    .await?;
+    Ok(0)
 }

@@ -331,6 +331,20 @@ impl Sandbox {
         self.agent.ping().await
     }
 
+    /// Kills the VM through a shared handle (other tasks may still hold
+    /// the sandbox; their calls fail with "destroyed"). The directory is
+    /// removed when the last handle is dropped.
+    pub async fn kill(&self) -> Result<(), DestroyError> {
+        self.shared.destroyed.store(true, Ordering::SeqCst);
+        self.vm().kill().await?;
+        Ok(())
+    }
+
+    /// Watch that turns `Some` when the VM exits for any reason.
+    pub fn vm_exit_watch(&self) -> tokio::sync::watch::Receiver<Option<warren_vmm::VmExit>> {
+        self.vm().exit_watch()
+    }
+
     /// Kills the VM and removes the sandbox directory.
     pub async fn destroy(mut self) -> Result<(), DestroyError> {
         self.shared.destroyed.store(true, Ordering::SeqCst);

@@ -1,0 +1,209 @@
+//! The host agent: which sandboxes run on this host.
+//!
+//! The control plane (`warren-server`) decides *what* should exist
+//! (tenancy, persistence, timeouts); the host agent owns *what does*
+//! exist here: the live [`Sandbox`] handles, their exits, and the host's
+//! capacity. In `warren up` both run in one process and talk through this
+//! Rust API; a multi-host deployment puts a network service in between
+//! without changing either side's logic.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, Weak};
+
+use tokio::sync::broadcast;
+use warren_sandbox::{CreateError, DestroyError, Manager, Progress, Sandbox, SandboxSpec};
+use warren_vmm::VmExit;
+
+/// Something that happened to a sandbox on this host without being asked.
+#[derive(Debug, Clone)]
+pub enum HostEvent {
+    /// The VM ended on its own (crash, power-off, killed from outside).
+    VmExited {
+        /// Sandbox id.
+        id: String,
+        /// How it ended.
+        exit: VmExit,
+    },
+}
+
+/// Why the host refused to create a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum HostCreateError {
+    /// Not enough memory left on this host for the request.
+    #[error(
+        "this host has {available_mib} MiB left for sandboxes and the request needs {requested_mib} MiB; delete or pause sandboxes, or ask for less memory"
+    )]
+    OutOfMemory {
+        /// What was asked for.
+        requested_mib: u64,
+        /// What is left.
+        available_mib: u64,
+    },
+    /// Creating failed.
+    #[error(transparent)]
+    Create(#[from] CreateError),
+}
+
+/// The sandboxes live on this host.
+pub struct HostAgent {
+    manager: Manager,
+    live: RwLock<HashMap<String, Arc<Sandbox>>>,
+    events: broadcast::Sender<HostEvent>,
+    /// Host memory (MiB) kept out of reach of sandboxes, for the host itself.
+    reserve_mib: u64,
+}
+
+impl std::fmt::Debug for HostAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostAgent")
+            .field("live", &self.live.read().map(|l| l.len()).unwrap_or(0))
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostAgent {
+    /// A host agent over a sandbox manager.
+    pub fn new(manager: Manager) -> Arc<Self> {
+        let (events, _) = broadcast::channel(256);
+        Arc::new(Self {
+            manager,
+            live: RwLock::new(HashMap::new()),
+            events,
+            reserve_mib: 512,
+        })
+    }
+
+    /// The sandbox manager (images, VM backend).
+    pub fn manager(&self) -> &Manager {
+        &self.manager
+    }
+
+    /// Subscribes to unrequested sandbox events.
+    pub fn subscribe(&self) -> broadcast::Receiver<HostEvent> {
+        self.events.subscribe()
+    }
+
+    /// Memory (MiB) promised to live sandboxes.
+    pub fn committed_memory_mib(&self) -> u64 {
+        self.live
+            .read()
+            .expect("registry lock")
+            .values()
+            .map(|s| u64::from(s.spec().memory_mib))
+            .sum()
+    }
+
+    /// Memory (MiB) still available to new sandboxes: the smaller of what
+    /// the host reports free and its total minus what live sandboxes were
+    /// promised (guest RAM is allocated lazily, so both matter).
+    pub fn available_memory_mib(&self) -> u64 {
+        let host = warren_vmm::host::HostCapacity::probe();
+        let by_promise = host
+            .memory_total_mib
+            .saturating_sub(self.reserve_mib)
+            .saturating_sub(self.committed_memory_mib());
+        by_promise.min(
+            host.memory_available_mib
+                .saturating_sub(self.reserve_mib / 2),
+        )
+    }
+
+    /// Creates a sandbox and registers it.
+    pub async fn create(
+        self: &Arc<Self>,
+        spec: SandboxSpec,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Arc<Sandbox>, HostCreateError> {
+        let requested = u64::from(spec.memory_mib);
+        let available = self.available_memory_mib();
+        if requested > available {
+            return Err(HostCreateError::OutOfMemory {
+                requested_mib: requested,
+                available_mib: available,
+            });
+        }
+        let sandbox = Arc::new(self.manager.create(spec, progress).await?);
+        let id = sandbox.id().to_string();
+        self.live
+            .write()
+            .expect("registry lock")
+            .insert(id.clone(), sandbox.clone());
+        self.watch_exit(id, Arc::downgrade(&sandbox));
+        Ok(sandbox)
+    }
+
+    fn watch_exit(self: &Arc<Self>, id: String, sandbox: Weak<Sandbox>) {
+        let Some(strong) = sandbox.upgrade() else {
+            return;
+        };
+        let mut exit = strong.vm_exit_watch();
+        drop(strong);
+        let host = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let Ok(exit) = exit.wait_for(Option::is_some).await.map(|e| e.clone()) else {
+                return;
+            };
+            let Some(exit) = exit else { return };
+            let Some(host) = host.upgrade() else { return };
+            // Still registered means nobody asked for this exit.
+            let removed = host.live.write().expect("registry lock").remove(&id);
+            if removed.is_some() && !exit.requested {
+                tracing::warn!(%id, %exit, "sandbox VM exited unexpectedly");
+                let _ = host.events.send(HostEvent::VmExited { id, exit });
+            }
+        });
+    }
+
+    /// The live sandbox with this id.
+    pub fn get(&self, id: &str) -> Option<Arc<Sandbox>> {
+        self.live.read().expect("registry lock").get(id).cloned()
+    }
+
+    /// Ids of the live sandboxes.
+    pub fn ids(&self) -> Vec<String> {
+        self.live
+            .read()
+            .expect("registry lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Number of live sandboxes.
+    pub fn len(&self) -> usize {
+        self.live.read().expect("registry lock").len()
+    }
+
+    /// Whether no sandbox is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Kills a sandbox. Returns false if it was not live here.
+    pub async fn kill(&self, id: &str) -> Result<bool, DestroyError> {
+        let removed = self.live.write().expect("registry lock").remove(id);
+        match removed {
+            Some(sandbox) => {
+                sandbox.kill().await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Kills every live sandbox (service shutdown).
+    pub async fn kill_all(&self) {
+        let all: Vec<Arc<Sandbox>> = self
+            .live
+            .write()
+            .expect("registry lock")
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for sandbox in all {
+            if let Err(error) = sandbox.kill().await {
+                tracing::warn!(id = %sandbox.id(), %error, "killing sandbox at shutdown failed");
+            }
+        }
+    }
+}

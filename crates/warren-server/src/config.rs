@@ -1,0 +1,63 @@
+//! Service configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use warren_sandbox::ManagerConfig;
+
+/// Default listen address of `warren up`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+/// Default limit of running sandboxes per team.
+pub const DEFAULT_MAX_SANDBOXES_PER_TEAM: u32 = 20;
+
+/// How the service runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Data directory (database, keys, sandboxes, images).
+    pub data_dir: PathBuf,
+    /// Database URL; default `sqlite://<data_dir>/warren.db`. A
+    /// `postgres://` URL works too.
+    pub database_url: Option<String>,
+    /// Running sandboxes a team may have at once.
+    pub max_sandboxes_per_team: u32,
+    /// Name of this host in records.
+    pub host_name: String,
+    /// The sandbox manager's settings.
+    pub manager: ManagerConfig,
+}
+
+impl ServerConfig {
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("warren.db").display()
+            )
+        })
+    }
+
+    /// Where the admin key is kept (root-only file).
+    pub fn admin_key_path(&self) -> PathBuf {
+        self.data_dir.join("admin.key")
+    }
+
+    /// Where the running service advertises itself to local clients.
+    pub fn service_file_path(&self) -> PathBuf {
+        self.data_dir.join("service.json")
+    }
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    nix_hostname().unwrap_or_else(|| "localhost".into())
+}
+
+fn nix_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}

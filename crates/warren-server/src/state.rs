@@ -1,0 +1,486 @@
+//! The control plane: what should exist, for whom, until when.
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use warren_host::{HostAgent, HostCreateError, HostEvent};
+use warren_sandbox::{NoProgress, Sandbox as LiveSandbox, SandboxSpec};
+
+use crate::auth::Caller;
+use crate::config::ServerConfig;
+use crate::db::{Db, SandboxRow, now_ms};
+use crate::error::{ApiError, ApiResult};
+use crate::metrics::Metrics;
+use crate::model::{CreateSandbox, Sandbox};
+
+/// Longest timeout a sandbox may have (a day).
+pub const MAX_TIMEOUT_SECS: u64 = 86_400;
+/// Timeout when the request gives none.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
+
+/// Everything handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The shared state behind [`AppState`].
+pub struct Shared {
+    /// Persistence.
+    pub db: Db,
+    /// The (local) host agent.
+    pub host: Arc<HostAgent>,
+    /// Configuration.
+    pub config: ServerConfig,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Per-sandbox lifecycle locks: state changes of one sandbox happen one
+    /// at a time; different sandboxes proceed in parallel.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Creations under way per team (counted against the team's limit).
+    pending: Mutex<HashMap<String, u32>>,
+    /// Last recorded use per key, to write `last_used_at` at most once a
+    /// minute per key.
+    key_touches: Mutex<HashMap<String, Instant>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// Decrements the pending-create count of a team when dropped.
+struct PendingCreate<'a> {
+    state: &'a Shared,
+    team_id: String,
+}
+
+impl Drop for PendingCreate<'_> {
+    fn drop(&mut self) {
+        let mut pending = self.state.pending.lock().expect("pending lock");
+        if let Some(count) = pending.get_mut(&self.team_id) {
+            *count = count.saturating_sub(1);
+        }
+    }
+}
+
+impl AppState {
+    /// Builds the state.
+    pub fn new(db: Db, host: Arc<HostAgent>, config: ServerConfig) -> Self {
+        Self(Arc::new(Shared {
+            db,
+            host,
+            config,
+            metrics: Metrics::new(),
+            locks: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            key_touches: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Records that a key was used (at most once a minute per key).
+    pub async fn note_key_use(&self, key_id: &str) {
+        let due = {
+            let mut touches = self.key_touches.lock().expect("touch lock");
+            let now = Instant::now();
+            match touches.get(key_id) {
+                Some(last) if now.duration_since(*last) < Duration::from_secs(60) => false,
+                _ => {
+                    touches.insert(key_id.to_string(), now);
+                    true
+                }
+            }
+        };
+        if due && let Err(error) = self.db.touch_key(key_id).await {
+            tracing::warn!(%error, "recording key use failed");
+        }
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("locks")
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Records an event (failures are logged, never fail the request).
+    pub async fn event(
+        &self,
+        team_id: &str,
+        sandbox_id: Option<&str>,
+        kind: &str,
+        actor: &str,
+        detail: serde_json::Value,
+    ) {
+        self.metrics.events.with_label_values(&[kind]).inc();
+        if let Err(error) = self
+            .db
+            .insert_event(team_id, sandbox_id, kind, actor, &detail)
+            .await
+        {
+            tracing::warn!(%error, kind, "recording an event failed");
+        }
+    }
+
+    /// A team's sandbox record, or 404.
+    pub async fn sandbox_row(&self, caller: &Caller, id: &str) -> ApiResult<SandboxRow> {
+        if !warren_sandbox::id::is_valid_sandbox_id(id) {
+            return Err(ApiError::sandbox_not_found(id));
+        }
+        self.db
+            .sandbox(&caller.team_id, id)
+            .await?
+            .ok_or_else(|| ApiError::sandbox_not_found(id))
+    }
+
+    /// A team's running sandbox and its live handle; 404 or 409 otherwise.
+    pub async fn live_sandbox(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> ApiResult<(SandboxRow, Arc<LiveSandbox>)> {
+        let row = self.sandbox_row(caller, id).await?;
+        match row.state.as_str() {
+            "running" => {}
+            "paused" => {
+                return Err(ApiError::conflict(format!("sandbox {id} is paused"))
+                    .hint(format!("resume it with POST /v1/sandboxes/{id}/resume")));
+            }
+            _ => {
+                return Err(ApiError::conflict(format!(
+                    "sandbox {id} is stopped ({})",
+                    row.stop_reason.as_deref().unwrap_or("unknown reason")
+                ))
+                .hint("create a new sandbox"));
+            }
+        }
+        match self.host.get(id) {
+            Some(live) if live.vm_exit().is_none() => Ok((row, live)),
+            _ => {
+                // The VM is gone but the exit was not processed yet.
+                self.stop_record(&row, "vm_exited", "system").await;
+                Err(
+                    ApiError::conflict(format!("sandbox {id} stopped: its VM exited"))
+                        .hint("create a new sandbox"),
+                )
+            }
+        }
+    }
+
+    /// Creates a sandbox for a caller.
+    pub async fn create_sandbox(
+        &self,
+        caller: &Caller,
+        request: CreateSandbox,
+    ) -> ApiResult<Sandbox> {
+        let template_id = request.template.clone().unwrap_or_else(|| "debian".into());
+        let template = self
+            .db
+            .template(&caller.team_id, &template_id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::invalid(format!("no template named {template_id:?}"))
+                    .hint("list templates with GET /v1/templates")
+            })?;
+        if template.kind != "image" {
+            return Err(ApiError::not_implemented(format!(
+                "template {template_id} is a snapshot; creating from snapshots is not available yet"
+            )));
+        }
+        if request.auto_pause == Some(true) {
+            return Err(ApiError::not_implemented(
+                "auto_pause needs sandbox snapshots, which this version of warren does not have yet",
+            )
+            .hint("create the sandbox without auto_pause; it is then killed at its timeout"));
+        }
+        let timeout_secs = request.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+        if timeout_secs > MAX_TIMEOUT_SECS {
+            return Err(ApiError::invalid(format!(
+                "timeout_secs {timeout_secs} is over the limit of {MAX_TIMEOUT_SECS} (a day)"
+            )));
+        }
+        let spec = SandboxSpec {
+            image: template.image.clone(),
+            vcpus: request.cpus.unwrap_or(warren_sandbox::spec::DEFAULT_VCPUS),
+            memory_mib: request
+                .memory_mib
+                .unwrap_or(warren_sandbox::spec::DEFAULT_MEMORY_MIB),
+            env: request.env.clone().unwrap_or_default(),
+            metadata: request.metadata.clone().unwrap_or_default(),
+        };
+        spec.validate(&self.host.manager().host())
+            .map_err(ApiError::invalid)?;
+        for (key, value) in &spec.metadata {
+            if key.len() > 256 || value.len() > 4096 {
+                return Err(ApiError::invalid(
+                    "metadata keys are limited to 256 bytes and values to 4096",
+                ));
+            }
+        }
+
+        // Count this creation against the team's limit before booting.
+        let _pending = {
+            let running = self.db.count_sandboxes(&caller.team_id, "running").await?;
+            let mut pending = self.pending.lock().expect("pending lock");
+            let in_flight = pending.entry(caller.team_id.clone()).or_insert(0);
+            let total = running as u64 + u64::from(*in_flight);
+            if total >= u64::from(self.config.max_sandboxes_per_team) {
+                return Err(ApiError::limit(format!(
+                    "team {} already has {total} running sandboxes, the limit is {}",
+                    caller.team_name, self.config.max_sandboxes_per_team
+                ))
+                .hint("delete sandboxes you no longer need"));
+            }
+            *in_flight += 1;
+            PendingCreate {
+                state: &self.0,
+                team_id: caller.team_id.clone(),
+            }
+        };
+
+        let started = Instant::now();
+        let live = match self.host.create(spec.clone(), Arc::new(NoProgress)).await {
+            Ok(live) => live,
+            Err(HostCreateError::OutOfMemory { .. }) => {
+                self.metrics.creates.with_label_values(&["capacity"]).inc();
+                let err = self.host.available_memory_mib();
+                return Err(ApiError::capacity(format!(
+                    "this host cannot fit another {} MiB sandbox ({err} MiB left)",
+                    spec.memory_mib
+                ))
+                .hint("delete sandboxes, or ask for less memory"));
+            }
+            Err(HostCreateError::Create(error)) => {
+                self.metrics.creates.with_label_values(&["error"]).inc();
+                return Err(error.into());
+            }
+        };
+        self.metrics
+            .create_seconds
+            .with_label_values(&[template_id.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        let now = now_ms();
+        let row = SandboxRow {
+            id: live.id().to_string(),
+            team_id: caller.team_id.clone(),
+            template_id: template_id.clone(),
+            state: "running".into(),
+            cpus: i64::from(spec.vcpus),
+            memory_mib: i64::from(spec.memory_mib),
+            metadata: serde_json::to_string(&spec.metadata).expect("map serializes"),
+            env: serde_json::to_string(&spec.env).expect("map serializes"),
+            auto_pause: 0,
+            timeout_secs: timeout_secs as i64,
+            created_at: now,
+            expires_at: (timeout_secs > 0).then(|| now + timeout_secs as i64 * 1000),
+            stopped_at: None,
+            stop_reason: None,
+            host: self.config.host_name.clone(),
+        };
+        if let Err(error) = self.db.insert_sandbox(&row).await {
+            let _ = self.host.kill(live.id()).await;
+            return Err(error.into());
+        }
+        self.metrics.creates.with_label_values(&["ok"]).inc();
+        self.event(
+            &caller.team_id,
+            Some(&row.id),
+            "sandbox.created",
+            &caller.key_id,
+            json!({"template": template_id, "cpus": spec.vcpus, "memory_mib": spec.memory_mib, "boot_ms": started.elapsed().as_millis() as u64}),
+        )
+        .await;
+        Ok(Sandbox::from(&row))
+    }
+
+    /// Kills a sandbox (idempotent for stopped ones).
+    pub async fn kill_sandbox(&self, caller: &Caller, id: &str) -> ApiResult<()> {
+        let row = self.sandbox_row(caller, id).await?;
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let row = self.db.sandbox(&caller.team_id, id).await?.unwrap_or(row);
+        if row.state == "stopped" {
+            return Ok(());
+        }
+        if let Err(error) = self.host.kill(id).await {
+            tracing::warn!(%id, %error, "killing the VM failed");
+        }
+        if self.db.mark_stopped(id, "killed").await? {
+            self.event(
+                &caller.team_id,
+                Some(id),
+                "sandbox.killed",
+                &caller.key_id,
+                json!({}),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Sets a running sandbox's timeout from now.
+    pub async fn set_timeout(
+        &self,
+        caller: &Caller,
+        id: &str,
+        timeout_secs: u64,
+    ) -> ApiResult<Sandbox> {
+        if timeout_secs > MAX_TIMEOUT_SECS {
+            return Err(ApiError::invalid(format!(
+                "timeout_secs {timeout_secs} is over the limit of {MAX_TIMEOUT_SECS} (a day)"
+            )));
+        }
+        let row = self.sandbox_row(caller, id).await?;
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let row = self.db.sandbox(&caller.team_id, id).await?.unwrap_or(row);
+        if row.state != "running" {
+            return Err(ApiError::conflict(format!(
+                "sandbox {id} is {}; only running sandboxes have a timeout",
+                row.state
+            )));
+        }
+        let expires_at = (timeout_secs > 0).then(|| now_ms() + timeout_secs as i64 * 1000);
+        self.db
+            .set_timeout(id, timeout_secs as i64, expires_at)
+            .await?;
+        self.event(
+            &caller.team_id,
+            Some(id),
+            "sandbox.timeout_changed",
+            &caller.key_id,
+            json!({"timeout_secs": timeout_secs}),
+        )
+        .await;
+        let row = self.sandbox_row(caller, id).await?;
+        Ok(Sandbox::from(&row))
+    }
+
+    /// Marks a record stopped and logs the event (for exits noticed by the
+    /// system rather than asked for).
+    async fn stop_record(&self, row: &SandboxRow, reason: &str, actor: &str) {
+        match self.db.mark_stopped(&row.id, reason).await {
+            Ok(true) => {
+                self.event(
+                    &row.team_id,
+                    Some(&row.id),
+                    &format!("sandbox.{reason}"),
+                    actor,
+                    json!({}),
+                )
+                .await;
+            }
+            Ok(false) => {}
+            Err(error) => tracing::warn!(id = %row.id, %error, "recording a stop failed"),
+        }
+    }
+
+    /// Kills sandboxes whose timeout passed. Runs every second.
+    pub async fn reap_expired(&self) {
+        let expired = match self.db.expired_sandboxes(now_ms()).await {
+            Ok(expired) => expired,
+            Err(error) => {
+                tracing::warn!(%error, "reaper could not query sandboxes");
+                return;
+            }
+        };
+        for row in expired {
+            let lock = self.lock_for(&row.id);
+            let _guard = lock.lock().await;
+            // Re-check under the lock: the timeout may have been extended.
+            let Ok(Some(current)) = self.db.sandbox(&row.team_id, &row.id).await else {
+                continue;
+            };
+            if current.state != "running" || current.expires_at.is_none_or(|at| at > now_ms()) {
+                continue;
+            }
+            tracing::info!(id = %row.id, "sandbox timed out");
+            if let Err(error) = self.host.kill(&row.id).await {
+                tracing::warn!(id = %row.id, %error, "killing a timed-out sandbox failed");
+            }
+            self.stop_record(&current, "timeout", "system").await;
+        }
+    }
+
+    /// Applies host events (VMs that exited on their own).
+    pub async fn on_host_event(&self, event: HostEvent) {
+        match event {
+            HostEvent::VmExited { id, exit } => {
+                let rows = self
+                    .db
+                    .sandboxes_in_state("running")
+                    .await
+                    .unwrap_or_default();
+                if let Some(row) = rows.into_iter().find(|r| r.id == id) {
+                    tracing::warn!(%id, %exit, "sandbox VM exited");
+                    if let Ok(true) = self.db.mark_stopped(&id, "vm_exited").await {
+                        self.event(
+                            &row.team_id,
+                            Some(&id),
+                            "sandbox.vm_exited",
+                            "system",
+                            json!({"exit": exit.to_string()}),
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes the database agree with this host at startup: records of
+    /// sandboxes whose VM is not running here are marked stopped.
+    pub async fn reconcile_at_start(&self) -> Result<usize, sqlx::Error> {
+        let mut fixed = 0;
+        for state in ["running", "paused"] {
+            for row in self.db.sandboxes_in_state(state).await? {
+                if self.host.get(&row.id).is_none() {
+                    self.stop_record(&row, "host_restart", "system").await;
+                    fixed += 1;
+                }
+            }
+        }
+        Ok(fixed)
+    }
+
+    /// Stops every sandbox at service shutdown.
+    pub async fn shutdown_sandboxes(&self) {
+        for id in self.host.ids() {
+            if let Ok(rows) = self.db.sandboxes_in_state("running").await
+                && let Some(row) = rows.iter().find(|r| r.id == id)
+            {
+                self.stop_record(row, "host_shutdown", "system").await;
+            }
+        }
+        self.host.kill_all().await;
+    }
+
+    /// Refreshes the per-state gauges (on scrape).
+    pub async fn refresh_gauges(&self) {
+        if let Ok(counts) = self.db.count_by_state().await {
+            for state in ["running", "paused", "stopped"] {
+                let count = counts
+                    .iter()
+                    .find(|(s, _)| s == state)
+                    .map(|(_, c)| *c)
+                    .unwrap_or(0);
+                self.metrics
+                    .sandboxes
+                    .with_label_values(&[state])
+                    .set(count);
+            }
+        }
+    }
+}

@@ -1,0 +1,290 @@
+"""The :class:`Sandbox` class: create, connect to, and control sandboxes."""
+
+from __future__ import annotations
+
+import builtins
+import math
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Generic, TypeVar, overload
+
+from ._config import ConnectionConfig
+from ._http import ApiClient
+from .commands import Commands
+from .errors import ConflictError, NotFoundError, WarrenError
+from .files import Files
+from .models import Event, SandboxInfo, SandboxState
+from .pty import Pty
+
+__all__ = ["Sandbox"]
+
+DEFAULT_CREATE_TIMEOUT = 600.0
+"""Seconds ``Sandbox.create`` waits for the service: it answers once the
+guest agent is up, and the first sandbox of a template may build its
+image."""
+
+_T = TypeVar("_T")
+
+
+def _api(
+    api_key: str | None, base_url: str | None, request_timeout: float | None
+) -> ApiClient:
+    return ApiClient(ConnectionConfig.resolve(base_url=base_url, api_key=api_key, request_timeout=request_timeout))
+
+
+def _kill_by_id(
+    sandbox_id: str,
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    request_timeout: float | None = None,
+) -> bool:
+    with _api(api_key, base_url, request_timeout) as api:
+        return _delete(api, sandbox_id)
+
+
+def _delete(api: ApiClient, sandbox_id: str) -> bool:
+    try:
+        api.request("DELETE", f"/v1/sandboxes/{sandbox_id}")
+    except (NotFoundError, ConflictError):
+        return False
+    return True
+
+
+class _KillDescriptor(Generic[_T]):
+    """``Sandbox.kill(sandbox_id)`` on the class, ``sandbox.kill()`` on an
+    instance (as in E2B)."""
+
+    @overload
+    def __get__(self, obj: None, owner: type[_T]) -> Callable[..., bool]: ...
+
+    @overload
+    def __get__(self, obj: _T, owner: type[_T]) -> Callable[[], bool]: ...
+
+    def __get__(self, obj: _T | None, owner: type[_T]) -> Callable[..., bool]:
+        if obj is None:
+            return _kill_by_id
+        sandbox: Sandbox = obj  # type: ignore[assignment]
+        return sandbox._kill
+
+
+class Sandbox:
+    """A sandbox: a Linux microVM with an agent inside.
+
+    Create one with :meth:`create` (ideally in a ``with`` block, which kills
+    it on exit) or attach to an existing one with :meth:`connect`::
+
+        from warren import Sandbox
+
+        with Sandbox.create(template="debian") as sbx:
+            print(sbx.commands.run("uname -a").stdout)
+
+    Attributes:
+        sandbox_id: the sandbox's id (``sb-...``).
+        commands: run commands and manage processes (:class:`~warren.Commands`).
+        files: the filesystem (:class:`~warren.Files`).
+        pty: interactive terminals (:class:`~warren.Pty`).
+    """
+
+    def __init__(self, info: SandboxInfo, api: ApiClient, *, owns_api: bool = True) -> None:
+        """Internal: use :meth:`create` or :meth:`connect`."""
+        self.sandbox_id = info.sandbox_id
+        self._info = info
+        self._api = api
+        self._owns_api = owns_api
+        self.commands = Commands(api, info.sandbox_id)
+        self.files = Files(api, info.sandbox_id)
+        self.pty = Pty(api, info.sandbox_id)
+
+    def __repr__(self) -> str:
+        return f"<Sandbox {self.sandbox_id} template={self._info.template!r}>"
+
+    @property
+    def id(self) -> str:
+        return self.sandbox_id
+
+    @property
+    def info(self) -> SandboxInfo:
+        """The sandbox as last seen by this object (refresh with
+        :meth:`get_info`)."""
+        return self._info
+
+    @property
+    def connection_config(self) -> ConnectionConfig:
+        return self._api.config
+
+    # -- constructors -------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        template: str | None = None,
+        *,
+        cpus: int | None = None,
+        memory_mib: int | None = None,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+        envs: Mapping[str, str] | None = None,
+        auto_pause: bool = False,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> Sandbox:
+        """Boots a sandbox and returns once its agent answers.
+
+        Unset options take the service's defaults (template ``debian``, 1
+        CPU, 512 MiB, timeout 300 s). ``timeout``: seconds until the service
+        kills the sandbox (0 for never; extend it with :meth:`set_timeout`).
+        ``envs`` are set for every command. ``api_key`` / ``base_url``
+        override ``WARREN_API_KEY`` / ``WARREN_URL`` and local discovery;
+        ``request_timeout`` is the default for this sandbox's API calls.
+        """
+        body: dict[str, Any] = {}
+        if template is not None:
+            body["template"] = template
+        if cpus is not None:
+            body["cpus"] = cpus
+        if memory_mib is not None:
+            body["memory_mib"] = memory_mib
+        if timeout is not None:
+            body["timeout_secs"] = 0 if timeout <= 0 else max(1, math.ceil(timeout))
+        if metadata is not None:
+            body["metadata"] = {str(k): str(v) for k, v in metadata.items()}
+        if envs is not None:
+            body["env"] = {str(k): str(v) for k, v in envs.items()}
+        if auto_pause:
+            body["auto_pause"] = True
+        api = _api(api_key, base_url, request_timeout)
+        try:
+            create_timeout = max(DEFAULT_CREATE_TIMEOUT, request_timeout or 0.0)
+            doc = api.post_json("/v1/sandboxes", body, timeout=create_timeout)
+            info = SandboxInfo.from_json(doc)
+        except BaseException:
+            api.close()
+            raise
+        return cls(info, api)
+
+    @classmethod
+    def connect(
+        cls,
+        sandbox_id: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> Sandbox:
+        """Attaches to an existing sandbox (created by this or another
+        client of the same team). Raises :class:`~warren.NotFoundError` if
+        it does not exist. A paused sandbox is resumed."""
+        api = _api(api_key, base_url, request_timeout)
+        try:
+            info = SandboxInfo.from_json(api.get_json(f"/v1/sandboxes/{sandbox_id}"))
+            if info.state == SandboxState.PAUSED:
+                info = SandboxInfo.from_json(api.post_json(f"/v1/sandboxes/{sandbox_id}/resume"))
+        except BaseException:
+            api.close()
+            raise
+        return cls(info, api)
+
+    @staticmethod
+    def list(
+        *,
+        state: str | SandboxState | None = None,
+        metadata: Mapping[str, str] | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> list[SandboxInfo]:
+        """Sandboxes of the caller's team, optionally filtered by ``state``
+        and by ``metadata`` (every key/value must match)."""
+        params: dict[str, str | list[str] | None] = {
+            "state": str(state) if state is not None else None,
+        }
+        if metadata:
+            params["metadata"] = [f"{k}:{v}" for k, v in metadata.items()]
+        with _api(api_key, base_url, request_timeout) as api:
+            doc = api.get_json("/v1/sandboxes", params=params)
+        items = doc.get("sandboxes", []) if isinstance(doc, dict) else []
+        return [SandboxInfo.from_json(s) for s in items if isinstance(s, dict)]
+
+    kill = _KillDescriptor["Sandbox"]()
+    """``sandbox.kill()`` kills this sandbox; ``Sandbox.kill(sandbox_id,
+    api_key=..., base_url=...)`` kills one by id. Both return False if it
+    did not exist or was already stopped."""
+
+    kill_by_id = staticmethod(_kill_by_id)
+
+    # -- instance operations -------------------------------------------------
+
+    def _kill(self) -> bool:
+        killed = _delete(self._api, self.sandbox_id)
+        return killed
+
+    def get_info(self) -> SandboxInfo:
+        """The sandbox's current state (fresh from the service)."""
+        self._info = SandboxInfo.from_json(self._api.get_json(f"/v1/sandboxes/{self.sandbox_id}"))
+        return self._info
+
+    def is_running(self) -> bool:
+        """Whether the sandbox is running (False once it is stopped or
+        gone)."""
+        try:
+            return self.get_info().state == SandboxState.RUNNING
+        except NotFoundError:
+            return False
+
+    def set_timeout(self, timeout: float) -> SandboxInfo:
+        """Sets the sandbox to expire ``timeout`` seconds from now (0: never)."""
+        secs = 0 if timeout <= 0 else max(1, math.ceil(timeout))
+        self._info = SandboxInfo.from_json(
+            self._api.post_json(f"/v1/sandboxes/{self.sandbox_id}/timeout", {"timeout_secs": secs})
+        )
+        return self._info
+
+    def pause(self) -> SandboxInfo:
+        """Pauses the sandbox (:class:`~warren.NotImplementedFeatureError`
+        until the service supports snapshots)."""
+        self._info = SandboxInfo.from_json(self._api.post_json(f"/v1/sandboxes/{self.sandbox_id}/pause"))
+        return self._info
+
+    def resume(self) -> SandboxInfo:
+        """Resumes a paused sandbox."""
+        self._info = SandboxInfo.from_json(self._api.post_json(f"/v1/sandboxes/{self.sandbox_id}/resume"))
+        return self._info
+
+    def logs(self, tail_bytes: int | None = None) -> str:
+        """The guest's serial console (kernel and init messages), the last
+        ``tail_bytes`` of it (service default: 64 KiB)."""
+        response = self._api.request("GET", f"/v1/sandboxes/{self.sandbox_id}/logs", params={"tail_bytes": tail_bytes})
+        return response.text
+
+    def events(self) -> builtins.list[Event]:
+        """The sandbox's audit events."""
+        doc = self._api.get_json(f"/v1/sandboxes/{self.sandbox_id}/events")
+        items = doc.get("events", []) if isinstance(doc, dict) else []
+        return [Event.from_json(e) for e in items if isinstance(e, dict)]
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Releases this object's connections; the sandbox keeps running."""
+        if self._owns_api:
+            self._api.close()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._kill()
+        except WarrenError:
+            if exc is None:
+                raise
+            # Do not hide the error that ended the block.
+        finally:
+            self.close()

@@ -1,0 +1,277 @@
+// A small client for the warren REST API v1 (docs/api.md). Same origin as
+// the console, so every path is root-absolute.
+
+export type SandboxState = 'running' | 'paused' | 'stopped';
+
+export interface Sandbox {
+  id: string;
+  template: string;
+  state: SandboxState;
+  cpus: number;
+  memory_mib: number;
+  metadata: Record<string, string>;
+  env: Record<string, string>;
+  auto_pause: boolean;
+  timeout_secs: number;
+  created_at: string;
+  expires_at: string | null;
+  stopped_at: string | null;
+  stop_reason: string | null;
+}
+
+export interface Template {
+  id: string;
+  name: string;
+  kind: string;
+  description?: string;
+  cpus: number | null;
+  memory_mib: number | null;
+  created_at?: string;
+}
+
+export interface ExecResult {
+  exit_code: number | null;
+  signal: number | null;
+  timed_out: boolean;
+  stdout: string;
+  stderr: string;
+  truncated: boolean;
+}
+
+export interface FileInfo {
+  path: string;
+  name: string;
+  type: 'file' | 'dir' | 'symlink' | 'other';
+  size: number;
+  mode: number;
+  owner: string;
+  group: string;
+  modified_at: string;
+  symlink_target: string | null;
+}
+
+export interface SandboxEvent {
+  id: string;
+  sandbox_id: string | null;
+  kind: string;
+  actor: string | null;
+  at: string;
+  detail: unknown;
+}
+
+export interface Health {
+  status: string;
+  version: string;
+  accel: string;
+  sandboxes_running: number;
+}
+
+export interface CreateSandboxRequest {
+  template?: string;
+  cpus?: number;
+  memory_mib?: number;
+  timeout_secs?: number;
+  metadata?: Record<string, string>;
+  env?: Record<string, string>;
+  auto_pause?: boolean;
+}
+
+export interface ExecRequest {
+  cmd?: string;
+  argv?: string[];
+  env?: Record<string, string>;
+  cwd?: string;
+  user?: string;
+  timeout_secs?: number;
+  stdin?: string;
+}
+
+/** An error answered by the API (`{"code","message","hint"}`), or a network failure. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly hint?: string,
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+const KEY_STORAGE = 'warren.apiKey';
+
+export function storedKey(): string | null {
+  return localStorage.getItem(KEY_STORAGE);
+}
+
+export function storeKey(key: string | null): void {
+  if (key === null) localStorage.removeItem(KEY_STORAGE);
+  else localStorage.setItem(KEY_STORAGE, key);
+}
+
+async function errorFrom(res: Response): Promise<ApiError> {
+  const text = await res.text().catch(() => '');
+  try {
+    const body = JSON.parse(text) as { code?: unknown; message?: unknown; hint?: unknown };
+    if (body && typeof body.message === 'string') {
+      return new ApiError(
+        res.status,
+        typeof body.code === 'string' ? body.code : `http_${res.status}`,
+        body.message,
+        typeof body.hint === 'string' ? body.hint : undefined,
+      );
+    }
+  } catch {
+    // not JSON: fall through
+  }
+  const detail = text.trim().slice(0, 300);
+  return new ApiError(
+    res.status,
+    `http_${res.status}`,
+    `${res.status} ${res.statusText}${detail ? `: ${detail}` : ''}`,
+  );
+}
+
+type Query = Record<string, string | number | boolean | undefined | null | string[]>;
+
+function withQuery(path: string, query?: Query): string {
+  if (!query) return path;
+  const params = new URLSearchParams();
+  for (const [k, v] of Object.entries(query)) {
+    if (v === undefined || v === null || v === '') continue;
+    if (Array.isArray(v)) v.forEach((item) => params.append(k, item));
+    else params.append(k, String(v));
+  }
+  const qs = params.toString();
+  return qs ? `${path}?${qs}` : path;
+}
+
+const enc = encodeURIComponent;
+
+export class Api {
+  /** Called when the server answers 401: the key is wrong or revoked. */
+  onUnauthorized: ((err: ApiError) => void) | null = null;
+
+  constructor(readonly key: string) {}
+
+  async request(
+    method: string,
+    path: string,
+    opts: { query?: Query; json?: unknown; body?: BodyInit; signal?: AbortSignal } = {},
+  ): Promise<Response> {
+    const headers: Record<string, string> = { Authorization: `Bearer ${this.key}` };
+    let body = opts.body;
+    if (opts.json !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      body = JSON.stringify(opts.json);
+    }
+    let res: Response;
+    try {
+      res = await fetch(withQuery(path, opts.query), { method, headers, body, signal: opts.signal });
+    } catch (e) {
+      if (e instanceof DOMException && e.name === 'AbortError') throw e;
+      throw new ApiError(0, 'network', `cannot reach the warren server (${String(e)})`, 'is `warren up` running?');
+    }
+    if (!res.ok) {
+      const err = await errorFrom(res);
+      if (res.status === 401 && this.onUnauthorized) this.onUnauthorized(err);
+      throw err;
+    }
+    return res;
+  }
+
+  async json<T>(method: string, path: string, opts: Parameters<Api['request']>[2] = {}): Promise<T> {
+    const res = await this.request(method, path, opts);
+    return (await res.json()) as T;
+  }
+
+  // --- service ---
+  static async health(): Promise<Health> {
+    const res = await fetch('/health');
+    if (!res.ok) throw await errorFrom(res);
+    return (await res.json()) as Health;
+  }
+
+  // --- sandboxes ---
+  async listSandboxes(state?: string): Promise<Sandbox[]> {
+    const r = await this.json<{ sandboxes: Sandbox[] }>('GET', '/v1/sandboxes', { query: { state } });
+    return r.sandboxes;
+  }
+  getSandbox(id: string): Promise<Sandbox> {
+    return this.json('GET', `/v1/sandboxes/${enc(id)}`);
+  }
+  createSandbox(req: CreateSandboxRequest, signal?: AbortSignal): Promise<Sandbox> {
+    return this.json('POST', '/v1/sandboxes', { json: req, signal });
+  }
+  async killSandbox(id: string): Promise<void> {
+    await this.request('DELETE', `/v1/sandboxes/${enc(id)}`);
+  }
+  setTimeout(id: string, timeout_secs: number): Promise<Sandbox> {
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/timeout`, { json: { timeout_secs } });
+  }
+  pause(id: string): Promise<Sandbox> {
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/pause`);
+  }
+  resume(id: string): Promise<Sandbox> {
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/resume`);
+  }
+  async logs(id: string, tailBytes = 65536): Promise<string> {
+    const res = await this.request('GET', `/v1/sandboxes/${enc(id)}/logs`, { query: { tail_bytes: tailBytes } });
+    return res.text();
+  }
+  async events(id: string): Promise<SandboxEvent[]> {
+    const r = await this.json<{ events: SandboxEvent[] }>('GET', `/v1/sandboxes/${enc(id)}/events`);
+    return r.events;
+  }
+
+  // --- templates ---
+  async templates(): Promise<Template[]> {
+    const r = await this.json<{ templates: Template[] }>('GET', '/v1/templates');
+    return r.templates;
+  }
+
+  // --- processes ---
+  exec(id: string, req: ExecRequest): Promise<ExecResult> {
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/exec`, { json: req });
+  }
+
+  // --- files ---
+  async listDir(id: string, path: string): Promise<FileInfo[]> {
+    const r = await this.json<{ entries: FileInfo[] }>('GET', `/v1/sandboxes/${enc(id)}/files/list`, {
+      query: { path, depth: 0 },
+    });
+    return r.entries;
+  }
+  async download(id: string, path: string): Promise<Blob> {
+    const res = await this.request('GET', `/v1/sandboxes/${enc(id)}/files`, { query: { path } });
+    return res.blob();
+  }
+  upload(id: string, path: string, file: Blob, fileName: string): Promise<FileInfo> {
+    // Field order matters: the server reads `path` before the bytes.
+    const form = new FormData();
+    form.append('path', path);
+    form.append('file', file, fileName);
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/files`, { body: form });
+  }
+  mkdir(id: string, path: string): Promise<FileInfo> {
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/files/mkdir`, { json: { path, parents: true } });
+  }
+  async remove(id: string, path: string, recursive: boolean): Promise<void> {
+    await this.request('DELETE', `/v1/sandboxes/${enc(id)}/files`, { query: { path, recursive } });
+  }
+
+  // --- websockets ---
+  /** URL of the PTY WebSocket; browsers cannot set headers, so the key goes in the query. */
+  ptyUrl(id: string, cols: number, rows: number): string {
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const q = new URLSearchParams({ cols: String(cols), rows: String(rows), api_key: this.key });
+    return `${proto}//${location.host}/v1/sandboxes/${enc(id)}/pty?${q}`;
+  }
+}
+
+export function describeError(e: unknown): { message: string; code?: string; hint?: string } {
+  if (e instanceof ApiError) return { message: e.message, code: e.code, hint: e.hint };
+  if (e instanceof Error) return { message: e.message };
+  return { message: String(e) };
+}
