@@ -84,7 +84,8 @@ export class ErrorBox {
       this.el,
       h('strong', null, prefix ? `${prefix}: ` : ''),
       message,
-      code ? h('code', { class: 'code' }, code) : null,
+      code ? ' ' : null,
+      code ? h('code', { class: 'code', title: 'error code' }, code) : null,
       hint ? h('div', { class: 'hint' }, `Hint: ${hint}`) : null,
     );
     this.el.hidden = false;

@@ -61,6 +61,8 @@ export class LogsPane {
       const text = await this.api.logs(this.id, TAIL_BYTES);
       const atBottom = this.pre.scrollTop + this.pre.clientHeight >= this.pre.scrollHeight - 8;
       const clean = stripAnsi(text);
+      this.pre.classList.toggle('empty', clean === '');
+      this.pre.dataset.empty = clean === '' ? 'The console log is empty (the guest kernel boots quietly; programs can write to /dev/ttyS0).' : '';
       if (clean !== this.pre.textContent) {
         this.pre.textContent = clean;
         if (atBottom) this.pre.scrollTop = this.pre.scrollHeight;

@@ -47,6 +47,8 @@ const BOOT_TIMEOUT_MS = 180_000;
 const STOP_GRACE_MS = 30_000;
 
 mkdirSync(RESULTS, { recursive: true });
+// Failure screenshots of an earlier run would only confuse.
+for (const f of readdirSync(RESULTS)) if (f.startsWith('failure-')) rmSync(join(RESULTS, f), { force: true });
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -101,6 +103,11 @@ class Server {
     this.url = `http://127.0.0.1:${port}`;
     const env = { ...process.env, WARREN_HOME: this.home };
     env.WARREN_IMAGE_CACHE = process.env.WARREN_IMAGE_CACHE ?? '/var/lib/warren/test-images';
+    // The server's own fallback (warren-guest beside the binary) is the
+    // dynamically linked debug build in a plain checkout: prefer the static
+    // one that ./dev.sh builds when it is there.
+    const staticGuest = join(REPO, 'target/x86_64-unknown-linux-gnu/release/warren-guest');
+    if (!env.WARREN_GUEST_AGENT && existsSync(staticGuest)) env.WARREN_GUEST_AGENT = staticGuest;
     delete env.WARREN_URL;
     delete env.WARREN_API_KEY;
     const log = createWriteStream(join(RESULTS, 'server.log'));
@@ -288,8 +295,9 @@ describe('warren web console (live server)', { timeout: 15 * 60_000 }, () => {
   });
 
   /** Run a step; on failure save a screenshot next to the other results. */
-  const step = (name, fn, timeout = 120_000) =>
+  const step = (name, fn, timeout = 120_000, needsSandbox = false) =>
     test(name, { timeout }, async () => {
+      if (needsSandbox) assert.ok(sandboxId, 'no sandbox: creating one failed');
       try {
         await fn();
       } catch (e) {
@@ -395,7 +403,7 @@ describe('warren web console (live server)', { timeout: 15 * 60_000 }, () => {
     await page.setViewportSize({ width: 1440, height: 900 });
     await sleep(300);
     await page.screenshot({ path: join(RESULTS, 'console.png') });
-  });
+  }, 120_000, true);
 
   step('run a command', async () => {
     await page.getByRole('tab', { name: 'Run command' }).click();
@@ -409,7 +417,7 @@ describe('warren web console (live server)', { timeout: 15 * 60_000 }, () => {
     assert.equal((await page.getByTestId('exec-stdout').innerText()).trim(), 'out-42');
     assert.equal((await page.getByTestId('exec-stderr').innerText()).trim(), 'oops');
     assert.match(await page.getByTestId('exec-exit').innerText(), /exit code 3/);
-  });
+  }, 120_000, true);
 
   step('files: upload, list, download, mkdir, delete', async () => {
     await page.getByRole('tab', { name: 'Files' }).click();
@@ -447,11 +455,18 @@ describe('warren web console (live server)', { timeout: 15 * 60_000 }, () => {
     assert.equal(await dirRow.getAttribute('data-type'), 'dir');
     await dirRow.getByRole('button', { name: /Delete/ }).click();
     await dirRow.waitFor({ state: 'detached' });
-  });
+  }, 120_000, true);
 
   step('console log, timeout, pause', async () => {
+    // The guest kernel boots `quiet`: put a line on the serial console first.
+    const marker = `warren-e2e-console-${Date.now()}`;
+    const wrote = await api('POST', `/v1/sandboxes/${sandboxId}/exec`, { cmd: `echo ${marker} > /dev/ttyS0` });
+    assert.equal(wrote.status, 200, 'exec: echo > /dev/ttyS0');
     await page.getByRole('tab', { name: 'Console log' }).click();
-    await waitFor('console log text', async () => (await page.getByTestId('logs').innerText()).trim().length > 0, 20_000);
+    await waitFor('the marker in the console log', async () => {
+      await page.getByRole('button', { name: 'Refresh log' }).click();
+      return (await page.getByTestId('logs').innerText()).includes(marker);
+    }, 20_000, 1000);
 
     await page.getByRole('tab', { name: 'Details' }).click();
     await page.getByLabel('Sandbox timeout (seconds)', { exact: true }).fill('1200');
@@ -473,7 +488,7 @@ describe('warren web console (live server)', { timeout: 15 * 60_000 }, () => {
       await page.getByRole('button', { name: 'Resume', exact: true }).click();
       await waitFor('running again', async () => (await headState().innerText()) === 'running', 60_000);
     }
-  });
+  }, 120_000, true);
 
   step('kill the sandbox: state becomes stopped', async () => {
     await page.getByRole('button', { name: 'Kill', exact: true }).click(); // confirm() is accepted
@@ -488,7 +503,7 @@ describe('warren web console (live server)', { timeout: 15 * 60_000 }, () => {
     await row.waitFor({ state: 'detached' });
     await page.getByLabel('Filter by state', { exact: true }).selectOption('');
     sandboxId = null;
-  });
+  }, 120_000, true);
 
   step('Swagger UI at /docs works offline', async () => {
     const res = await fetch(`${base}/openapi.json`, { headers: { Authorization: `Bearer ${key}` } });

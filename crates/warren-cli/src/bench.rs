@@ -300,6 +300,328 @@ async fn raw_qemu_boot_in(
     Ok(elapsed)
 }
 
+/// Options of `warren bench api`.
+#[derive(Debug, clap::Args)]
+pub struct ApiBenchArgs {
+    /// Print one JSON object (the output is always JSON; for symmetry).
+    #[arg(long)]
+    pub json: bool,
+    /// Creates to time through each path (API and library), interleaved.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// `true` execs to time through each of POST /exec and exec/ws.
+    #[arg(long, default_value_t = 50)]
+    pub exec_runs: usize,
+    /// Sandbox records present while listing is measured (the sandboxes
+    /// are real: created, then deleted, whose records stay as stopped).
+    #[arg(long, default_value_t = 100)]
+    pub list_records: usize,
+    /// Template of the extra sandboxes created for the listing.
+    #[arg(long, default_value = "tiny")]
+    pub list_template: String,
+    /// Memory (MiB) of the extra sandboxes created for the listing.
+    #[arg(long, default_value_t = 128)]
+    pub list_memory: u32,
+    /// Seconds to measure listing for.
+    #[arg(long, default_value_t = 3)]
+    pub list_secs: u64,
+    /// Template/image of the timed creates.
+    #[arg(long, default_value = warren_sandbox::spec::DEFAULT_IMAGE)]
+    pub image: String,
+    /// Guest memory of the timed creates, MiB.
+    #[arg(long, default_value_t = warren_sandbox::spec::DEFAULT_MEMORY_MIB)]
+    pub memory: u32,
+    /// vCPUs of the timed creates.
+    #[arg(long, default_value_t = warren_sandbox::spec::DEFAULT_VCPUS)]
+    pub cpus: u32,
+}
+
+/// A `warren up` child process with its own data directory; stopped (and
+/// the directory removed) when dropped, even on error.
+struct ServiceChild {
+    child: Option<std::process::Child>,
+    home: std::path::PathBuf,
+}
+
+impl ServiceChild {
+    /// Starts `warren up` on a free loopback port, sharing `image_cache`.
+    fn start(accel: &str, image_cache: &Path) -> Result<Self> {
+        let home = std::env::temp_dir().join(format!("warren-bench-api-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(&home)?;
+        let log = std::fs::File::create(home.join("service.log"))?;
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(["--accel", accel, "up", "--listen", "127.0.0.1:0"])
+            .env("WARREN_HOME", &home)
+            .env("WARREN_IMAGE_CACHE", image_cache)
+            .env_remove("WARREN_URL")
+            .env_remove("WARREN_API_KEY")
+            .env_remove("WARREN_LISTEN")
+            .env_remove("WARREN_DATABASE_URL")
+            .env("WARREN_MAX_SANDBOXES", "1000")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting `warren up`")?;
+        Ok(Self {
+            child: Some(child),
+            home,
+        })
+    }
+
+    /// Waits until the service answers, and returns a client of it.
+    async fn client(&mut self) -> Result<warren_client::Client> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "`warren up` exited ({status}); its log: {}",
+                    std::fs::read_to_string(self.home.join("service.log")).unwrap_or_default()
+                );
+            }
+            if self.home.join("service.json").exists() && self.home.join("admin.key").exists() {
+                let client = warren_client::Client::discover_in(&self.home)?;
+                if client.health().await.is_ok() {
+                    return Ok(client);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("`warren up` did not answer within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+impl Drop for ServiceChild {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs the API benchmark: the same creates through `POST /v1/sandboxes`
+/// of a `warren up` child and through `Manager::create` in this process,
+/// interleaved; exec over REST and over the WebSocket; listing with many
+/// records present.
+pub async fn api(
+    config: warren_sandbox::ManagerConfig,
+    accel: &str,
+    args: ApiBenchArgs,
+) -> Result<Value> {
+    if args.runs == 0 || args.exec_runs == 0 {
+        bail!("--runs and --exec-runs must be at least 1");
+    }
+    let image_cache = config
+        .image_cache
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("images"));
+    let manager = Manager::new(config).context("setting up warren")?;
+    let spec = SandboxSpec {
+        image: args.image.clone(),
+        memory_mib: args.memory,
+        vcpus: args.cpus,
+        ..SandboxSpec::default()
+    };
+    let request = warren_client::CreateSandbox {
+        template: Some(args.image.clone()),
+        cpus: Some(args.cpus),
+        memory_mib: Some(args.memory),
+        ..warren_client::CreateSandbox::default()
+    };
+    eprintln!("warren bench api: preparing images");
+    for image in [args.image.as_str(), args.list_template.as_str()] {
+        manager
+            .prepare_image(
+                image,
+                Arc::new(crate::progress::SpinnerProgress::new(false)),
+            )
+            .await
+            .with_context(|| format!("preparing image {image}"))?;
+    }
+
+    eprintln!(
+        "warren bench api: starting `warren up` (shared image cache {})",
+        image_cache.display()
+    );
+    let mut service = ServiceChild::start(accel, &image_cache)?;
+    let client = service.client().await?;
+
+    // Warm both paths alike (page cache, the service's first connection).
+    eprintln!("warren bench api: warming up");
+    manager
+        .create(spec.clone(), Arc::new(NoProgress))
+        .await?
+        .destroy()
+        .await?;
+    let warm = client.create_sandbox(&request).await?;
+    client.delete_sandbox(&warm.id).await?;
+
+    let mut api_ms = Vec::new();
+    let mut library_ms = Vec::new();
+    for run in 0..args.runs {
+        // Alternate which path goes first, so neither always follows the
+        // other's teardown.
+        for api_turn in [run % 2 == 0, run % 2 != 0] {
+            if api_turn {
+                let start = Instant::now();
+                let sandbox = client.create_sandbox(&request).await?;
+                api_ms.push(ms(start.elapsed()));
+                client.delete_sandbox(&sandbox.id).await?;
+            } else {
+                let start = Instant::now();
+                let sandbox = manager.create(spec.clone(), Arc::new(NoProgress)).await?;
+                library_ms.push(ms(start.elapsed()));
+                sandbox.destroy().await?;
+            }
+        }
+        eprintln!(
+            "  create {}/{}: api {:.0} ms, library {:.0} ms",
+            run + 1,
+            args.runs,
+            api_ms[run],
+            library_ms[run]
+        );
+    }
+
+    eprintln!(
+        "warren bench api: exec `true` {} times each over REST and exec/ws",
+        args.exec_runs
+    );
+    let sandbox = client.create_sandbox(&request).await?;
+    let exec_request = warren_client::ExecRequest::argv(["true"]);
+    let stream_request = warren_client::StreamExec::argv(["true"]);
+    let exec_ws = |client: &warren_client::Client| {
+        let client = client.clone();
+        let id = sandbox.id.clone();
+        let stream_request = stream_request.clone();
+        async move {
+            let session = client.exec_stream(&id, &stream_request).await?;
+            anyhow::Ok(session.wait_with_output().await?.status)
+        }
+    };
+    for _ in 0..5 {
+        client.exec(&sandbox.id, &exec_request).await?;
+        exec_ws(&client).await?;
+    }
+    let mut rest_ms = Vec::new();
+    let mut ws_ms = Vec::new();
+    for _ in 0..args.exec_runs {
+        let start = Instant::now();
+        let result = client.exec(&sandbox.id, &exec_request).await?;
+        rest_ms.push(ms(start.elapsed()));
+        if result.exit_code != Some(0) {
+            bail!("`true` over REST exited {:?}", result.status());
+        }
+        let start = Instant::now();
+        let status = exec_ws(&client).await?;
+        ws_ms.push(ms(start.elapsed()));
+        if !status.success() {
+            bail!("`true` over exec/ws exited {status:?}");
+        }
+    }
+    client.delete_sandbox(&sandbox.id).await?;
+
+    let present = client
+        .list_sandboxes(&warren_client::ListSandboxes::default())
+        .await?
+        .sandboxes
+        .len();
+    let missing = args.list_records.saturating_sub(present);
+    if missing > 0 {
+        eprintln!(
+            "warren bench api: creating and deleting {missing} {} sandboxes ({} MiB) for {} records",
+            args.list_template, args.list_memory, args.list_records
+        );
+    }
+    let filler = warren_client::CreateSandbox {
+        template: Some(args.list_template.clone()),
+        memory_mib: Some(args.list_memory),
+        ..warren_client::CreateSandbox::default()
+    };
+    for n in 0..missing {
+        let sandbox = client.create_sandbox(&filler).await.with_context(|| {
+            format!(
+                "creating a {} sandbox for the listing (use --list-template debian if that template cannot be built here)",
+                args.list_template
+            )
+        })?;
+        client.delete_sandbox(&sandbox.id).await?;
+        if (n + 1) % 10 == 0 || n + 1 == missing {
+            eprintln!("  {}/{missing}", n + 1);
+        }
+    }
+    let filter = warren_client::ListSandboxes::default();
+    let records = client.list_sandboxes(&filter).await?.sandboxes.len();
+    for _ in 0..20 {
+        client.list_sandboxes(&filter).await?;
+    }
+    eprintln!(
+        "warren bench api: listing {records} records for {} s",
+        args.list_secs
+    );
+    let start = Instant::now();
+    let mut requests = 0u64;
+    while start.elapsed() < Duration::from_secs(args.list_secs.max(1)) {
+        let listed = client.list_sandboxes(&filter).await?;
+        if listed.sandboxes.len() != records {
+            bail!(
+                "listed {} sandboxes, expected {records}",
+                listed.sandboxes.len()
+            );
+        }
+        requests += 1;
+    }
+    let list_req_s = requests as f64 / start.elapsed().as_secs_f64();
+    service.stop();
+
+    let api_p50 = percentile(&api_ms, 50.0);
+    let library_p50 = percentile(&library_ms, 50.0);
+    Ok(json!({
+        "benchmark": "api",
+        "accel": manager.accel().as_str(),
+        "image": args.image,
+        "memory_mib": args.memory,
+        "vcpus": args.cpus,
+        "runs": args.runs,
+        "service": "warren up child process, loopback HTTP/1.1",
+        "create_via_api_ms_p50": round2(api_p50),
+        "create_via_library_ms_p50": round2(library_p50),
+        "create_api_vs_library_ratio": round2(api_p50 / library_p50),
+        "create_via_api_ms_all": api_ms.iter().map(|v| round2(*v)).collect::<Vec<_>>(),
+        "create_via_library_ms_all": library_ms.iter().map(|v| round2(*v)).collect::<Vec<_>>(),
+        "exec_runs": args.exec_runs,
+        "exec_rest_ms_p50": round2(percentile(&rest_ms, 50.0)),
+        "exec_rest_ms_p99": round2(percentile(&rest_ms, 99.0)),
+        "exec_ws_ms_p50": round2(percentile(&ws_ms, 50.0)),
+        "exec_ws_ms_p99": round2(percentile(&ws_ms, 99.0)),
+        "list_records": records,
+        "list_template": args.list_template,
+        "list_requests": requests,
+        "list_clients": 1,
+        "list_100_sandboxes_req_s": round2(list_req_s),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,12 @@
 //! `warren`: sandboxes for AI agents, as real Linux microVMs.
 
 mod bench;
+mod cp;
+mod exec;
+mod exit;
+mod output;
 mod progress;
+mod remote;
 mod run;
 
 use std::process::ExitCode;
@@ -14,7 +19,12 @@ use warren_sandbox::{AccelChoice, Manager, ManagerConfig};
 /// Sandboxes for AI agents: real Linux microVMs that boot fast, run
 /// commands, move files, and go away cleanly.
 #[derive(Debug, Parser)]
-#[command(name = "warren", version, propagate_version = true)]
+#[command(
+    name = "warren",
+    version,
+    propagate_version = true,
+    after_help = exit::HELP
+)]
 struct Cli {
     /// Data directory (images, sandboxes). Default: $WARREN_HOME, or
     /// /var/lib/warren as root.
@@ -32,6 +42,44 @@ enum Commands {
     /// Start the warren service: REST API, web console and a local host,
     /// with an embedded database under the data directory.
     Up(UpArgs),
+    /// Create a sandbox (through the service) and print its id.
+    Create(remote::CreateArgs),
+    /// List sandboxes.
+    #[command(visible_alias = "list")]
+    Ls(remote::ListArgs),
+    /// Show one sandbox.
+    #[command(visible_alias = "inspect")]
+    Get(remote::IdArgs),
+    /// Run a command in a sandbox, streaming its output; exits with its
+    /// status.
+    Exec(exec::ExecArgs),
+    /// Open an interactive shell in a sandbox.
+    Shell(exec::ShellArgs),
+    /// Copy a file between the host and a sandbox (ID:/path).
+    Cp(cp::CpArgs),
+    /// Print a sandbox's console log (the guest's serial console).
+    Logs(remote::LogsArgs),
+    /// Set a sandbox's timeout: it is killed SECS from now (0 = never).
+    Timeout(remote::TimeoutArgs),
+    /// Pause a sandbox to disk.
+    Pause(remote::IdArgs),
+    /// Resume a paused sandbox.
+    Resume(remote::IdArgs),
+    /// Kill sandboxes (their records stay, as stopped).
+    #[command(visible_alias = "rm")]
+    Kill(remote::KillArgs),
+    /// List the templates sandboxes can be created from.
+    Templates {
+        #[command(flatten)]
+        out: output::JsonFlag,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: remote::KeysCommand,
+    },
+    /// Show lifecycle events (newest first).
+    Events(remote::EventsArgs),
     /// Boot a sandbox, run CMD in it with this terminal attached, exit
     /// with CMD's status, destroy the sandbox.
     Run(run::RunArgs),
@@ -82,6 +130,9 @@ enum BenchCommand {
     /// Cold create vs plain QEMU boot, exec latency, file transfer speed,
     /// idle memory.
     Boot(bench::BootBenchArgs),
+    /// Create through the REST API vs the library, exec over REST vs
+    /// WebSocket, listing throughput.
+    Api(bench::ApiBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +144,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if cli.command.is_remote() {
+        // Like other Unix tools, end quietly when the reader of our output
+        // goes away (`warren ls | head -1`) instead of failing on EPIPE.
+        // SAFETY: setting a signal's disposition to its default before any
+        // thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -100,15 +158,47 @@ fn main() -> ExitCode {
             return ExitCode::from(run::EXIT_WARREN_FAILED as u8);
         }
     };
+    // Failures of the local commands (run, up, images, bench) keep their
+    // historical status 125; the API commands use the documented table.
+    let failure = if cli.command.is_remote() {
+        exit::GENERIC
+    } else {
+        run::EXIT_WARREN_FAILED
+    };
+    // `exec` and `shell` exit with the command's status, so their own
+    // failures are all 125 (as `warren run`'s are), whatever the cause.
+    let runs_a_command = matches!(cli.command, Commands::Exec(_) | Commands::Shell(_));
     let result = runtime.block_on(dispatch(cli));
     // Do not wait for a blocked stdin reader thread.
     runtime.shutdown_background();
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(error) if failure == exit::GENERIC => {
+            exit::report(&error);
+            let code = if error.chain().any(|c| c.is::<remote::UsageError>()) {
+                exit::USAGE
+            } else if runs_a_command {
+                exit::WARREN_FAILED
+            } else {
+                exit::for_error(&error, failure)
+            };
+            ExitCode::from(code as u8)
+        }
         Err(error) => {
             eprintln!("warren: {error:#}");
             ExitCode::from(run::EXIT_WARREN_FAILED as u8)
         }
+    }
+}
+
+impl Commands {
+    /// Whether the command talks to the service (rather than running VMs
+    /// in this process).
+    fn is_remote(&self) -> bool {
+        !matches!(
+            self,
+            Commands::Up(_) | Commands::Run(_) | Commands::Images { .. } | Commands::Bench { .. }
+        )
     }
 }
 
@@ -125,6 +215,31 @@ fn manager_config(cli: &Cli) -> Result<ManagerConfig> {
 }
 
 async fn dispatch(cli: Cli) -> Result<i32> {
+    if cli.command.is_remote() {
+        let client = remote::connect(cli.data_dir.as_deref())?;
+        return match cli.command {
+            Commands::Create(args) => remote::create(&client, args).await,
+            Commands::Ls(args) => remote::list(&client, args).await,
+            Commands::Get(args) => remote::get(&client, args).await,
+            Commands::Exec(args) => exec::exec(&client, args).await,
+            Commands::Shell(args) => exec::shell(&client, args).await,
+            Commands::Cp(args) => cp::cp(&client, args).await,
+            Commands::Logs(args) => remote::logs(&client, args).await,
+            Commands::Timeout(args) => remote::timeout(&client, args).await,
+            Commands::Pause(args) => remote::pause_or_resume(&client, args, true).await,
+            Commands::Resume(args) => remote::pause_or_resume(&client, args, false).await,
+            Commands::Kill(args) => remote::kill(&client, args).await,
+            Commands::Templates { out } => remote::templates(&client, out).await,
+            Commands::Keys { command } => remote::keys(&client, command).await,
+            Commands::Events(args) => remote::events(&client, args).await,
+            Commands::Up(_)
+            | Commands::Run(_)
+            | Commands::Images { .. }
+            | Commands::Bench { .. } => {
+                unreachable!("local commands are dispatched below")
+            }
+        };
+    }
     let config = manager_config(&cli)?;
     match cli.command {
         Commands::Up(args) => up(config, args).await,
@@ -143,6 +258,14 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(0)
         }
+        Commands::Bench {
+            command: BenchCommand::Api(args),
+        } => {
+            let report = bench::api(config, &cli.accel, args).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(0)
+        }
+        _ => unreachable!("remote commands are dispatched above"),
     }
 }
 

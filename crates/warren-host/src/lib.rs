@@ -8,7 +8,9 @@
 //! without changing either side's logic.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
 
 use tokio::sync::broadcast;
 use warren_sandbox::{CreateError, DestroyError, Manager, Progress, Sandbox, SandboxSpec};
@@ -51,7 +53,14 @@ pub struct HostAgent {
     events: broadcast::Sender<HostEvent>,
     /// Host memory (MiB) kept out of reach of sandboxes, for the host itself.
     reserve_mib: u64,
+    /// Console logs of sandboxes that are gone.
+    logs_dir: PathBuf,
 }
+
+/// Console log kept per stopped sandbox.
+const KEPT_LOG_BYTES: u64 = 1 << 20;
+/// How long console logs of stopped sandboxes are kept.
+const KEPT_LOG_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl std::fmt::Debug for HostAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,12 +74,31 @@ impl HostAgent {
     /// A host agent over a sandbox manager.
     pub fn new(manager: Manager) -> Arc<Self> {
         let (events, _) = broadcast::channel(256);
+        let logs_dir = manager.data_dir().join("logs");
+        prune_old_logs(&logs_dir);
         Arc::new(Self {
             manager,
             live: RwLock::new(HashMap::new()),
             events,
             reserve_mib: 512,
+            logs_dir,
         })
+    }
+
+    /// The end of a stopped sandbox's console log, if it was kept.
+    pub fn kept_console_log(&self, id: &str, max_bytes: u64) -> Option<String> {
+        if !warren_sandbox::id::is_valid_sandbox_id(id) {
+            return None;
+        }
+        let path = self.logs_dir.join(format!("{id}.log"));
+        path.exists()
+            .then(|| warren_vmm::qemu::tail_of(&path, max_bytes))
+    }
+
+    fn keep_log(&self, sandbox: &Sandbox) {
+        if let Err(error) = sandbox.preserve_console_log(&self.logs_dir, KEPT_LOG_BYTES) {
+            tracing::warn!(id = %sandbox.id(), %error, "could not keep the console log");
+        }
     }
 
     /// The sandbox manager (images, VM backend).
@@ -147,6 +175,9 @@ impl HostAgent {
             let Some(host) = host.upgrade() else { return };
             // Still registered means nobody asked for this exit.
             let removed = host.live.write().expect("registry lock").remove(&id);
+            if let Some(sandbox) = &removed {
+                host.keep_log(sandbox);
+            }
             if removed.is_some() && !exit.requested {
                 tracing::warn!(%id, %exit, "sandbox VM exited unexpectedly");
                 let _ = host.events.send(HostEvent::VmExited { id, exit });
@@ -184,7 +215,9 @@ impl HostAgent {
         let removed = self.live.write().expect("registry lock").remove(id);
         match removed {
             Some(sandbox) => {
-                sandbox.kill().await?;
+                let killed = sandbox.kill().await;
+                self.keep_log(&sandbox);
+                killed?;
                 Ok(true)
             }
             None => Ok(false),
@@ -201,9 +234,28 @@ impl HostAgent {
             .map(|(_, s)| s)
             .collect();
         for sandbox in all {
-            if let Err(error) = sandbox.kill().await {
+            let killed = sandbox.kill().await;
+            self.keep_log(&sandbox);
+            if let Err(error) = killed {
                 tracing::warn!(id = %sandbox.id(), %error, "killing sandbox at shutdown failed");
             }
+        }
+    }
+}
+
+fn prune_old_logs(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > KEPT_LOG_AGE);
+        if old {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

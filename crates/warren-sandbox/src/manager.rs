@@ -397,34 +397,55 @@ async fn connect_agent(
 ) -> Result<AgentConnection, CreateError> {
     let mut exit = vm.exit_watch();
     let connect = AgentConnection::connect(vm.agent_socket().to_path_buf(), timeout);
-    tokio::select! {
-        result = connect => match result {
-            Ok(agent) => Ok(agent),
-            Err(error) => {
-                if let Some(exit) = vm.exit() {
-                    return Err(CreateError::BootFailed {
-                        id: id.to_string(),
-                        exit,
-                        console_tail: warren_vmm::qemu::tail_of(vm.console_log(), 1500),
-                    });
-                }
-                if error.0.contains("did not answer the handshake") {
-                    Err(CreateError::BootTimeout {
-                        id: id.to_string(),
-                        after: timeout,
-                        console_tail: warren_vmm::qemu::tail_of(vm.console_log(), 1500),
-                    })
-                } else {
-                    Err(CreateError::Agent { id: id.to_string(), detail: error.0 })
-                }
-            }
-        },
-        _ = exit.wait_for(Option::is_some) => Err(CreateError::BootFailed {
+    let died = async move {
+        let _ = exit.wait_for(Option::is_some).await.map(|_| ());
+    };
+    let outcome = tokio::select! {
+        result = connect => Some(result),
+        () = died => None,
+    };
+    let error = match outcome {
+        Some(Ok(agent)) => return Ok(agent),
+        Some(Err(error)) => Some(error),
+        None => None,
+    };
+    // A dying VM closes the channel a moment before its exit is noticed:
+    // give the exit a chance to explain the error.
+    wait_for_exit(vm, Duration::from_millis(500)).await;
+    let console_tail = warren_vmm::qemu::tail_of(vm.console_log(), 1500);
+    if let Some(exit) = vm.exit() {
+        return Err(CreateError::BootFailed {
             id: id.to_string(),
-            exit: vm.exit().expect("exit is set"),
-            console_tail: warren_vmm::qemu::tail_of(vm.console_log(), 1500),
+            exit,
+            console_tail,
+        });
+    }
+    match error {
+        Some(error) if error.0.contains("did not answer the handshake") => {
+            Err(CreateError::BootTimeout {
+                id: id.to_string(),
+                after: timeout,
+                console_tail,
+            })
+        }
+        Some(error) => Err(CreateError::Agent {
+            id: id.to_string(),
+            detail: error.0,
+        }),
+        None => Err(CreateError::Agent {
+            id: id.to_string(),
+            detail: "the VM exited while booting".into(),
         }),
     }
+}
+
+/// Waits up to `limit` for the VM to be seen exited.
+async fn wait_for_exit(vm: &dyn Vm, limit: Duration) {
+    let mut exit = vm.exit_watch();
+    let waited = tokio::time::timeout(limit, async move {
+        let _ = exit.wait_for(Option::is_some).await.map(|_| ());
+    });
+    waited.await.ok();
 }
 
 fn pid_alive(pid: u32) -> bool {

@@ -151,6 +151,17 @@ impl Sandbox {
         warren_vmm::qemu::tail_of(self.vm().console_log(), max_bytes)
     }
 
+    /// Keeps the end of the console log (at most `max_bytes`) as
+    /// `dir/<id>.log`, so it can be read after the sandbox is gone (its
+    /// directory is removed with it). Written atomically.
+    pub fn preserve_console_log(&self, dir: &Path, max_bytes: u64) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let target = dir.join(format!("{}.log", self.id()));
+        let text = warren_vmm::qemu::tail_of(self.vm().console_log(), max_bytes);
+        warren_vmm::qemu::write_atomic(&target, text.as_bytes())?;
+        Ok(target)
+    }
+
     /// Host memory used by the VM process (RSS and PSS).
     pub fn host_memory(&self) -> Option<ProcessMemory> {
         process_memory(self.vm_pid())

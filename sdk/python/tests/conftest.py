@@ -7,7 +7,9 @@ Environment:
   WARREN_BIN          the warren binary (default target/debug/warren, else
                       target/release/warren, relative to the repository)
   WARREN_IMAGE_CACHE  shared guest image cache (default /var/lib/warren/test-images)
-  WARREN_GUEST_AGENT  passed through to the service
+  WARREN_GUEST_AGENT  passed through to the service (default: the static
+                      target/x86_64-unknown-linux-gnu/release/warren-guest
+                      when it exists)
 """
 
 from __future__ import annotations
@@ -104,6 +106,12 @@ def server() -> Iterator[Server]:
     env = dict(os.environ)
     env["WARREN_HOME"] = str(home)
     env["WARREN_IMAGE_CACHE"] = os.environ.get("WARREN_IMAGE_CACHE", "/var/lib/warren/test-images")
+    if "WARREN_GUEST_AGENT" not in env:
+        # The static guest agent ./dev.sh builds (a debug build next to the
+        # warren binary is dynamically linked and cannot be /init).
+        static_guest = REPO / "target/x86_64-unknown-linux-gnu/release/warren-guest"
+        if static_guest.is_file():
+            env["WARREN_GUEST_AGENT"] = str(static_guest)
     # The SDK under test must not pick up a developer's own service.
     env.pop("WARREN_URL", None)
     env.pop("WARREN_API_KEY", None)

@@ -152,6 +152,12 @@ def test_background_wait_iterate_close_stdin(sandbox: Sandbox) -> None:
     r = cat.wait(timeout=30)
     assert r.exit_code == 0 and r.stdout == "bytes \x00in\neof\n"
 
+    # A trailing incomplete UTF-8 sequence is delivered at the end.
+    seen: list[str] = []
+    tail = sandbox.commands.run(r"printf 'a\303'", background=True, on_stdout=seen.append)
+    assert tail.wait(timeout=30).stdout == "a\ufffd"
+    assert "".join(seen) == "a\ufffd"
+
     # A background command's own timeout is enforced by the service.
     slow = sandbox.commands.run("sleep 60", background=True, timeout=1)
     r = slow.wait(timeout=30)

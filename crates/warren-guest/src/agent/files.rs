@@ -540,8 +540,14 @@ pub fn rename(request: &pb::RenameRequest) -> Result<(), FileError> {
     }
     std::fs::symlink_metadata(&from).map_err(|e| FileError::io("renaming", &from, e))?;
     let describe = format!("{from} to {to}");
+    let io = |e| FileError::io("renaming", &describe, e);
+    let cross_device = |e: &std::io::Error| e.raw_os_error() == Some(libc::EXDEV);
     if request.overwrite {
-        return std::fs::rename(&from, &to).map_err(|e| FileError::io("renaming", &describe, e));
+        return match std::fs::rename(&from, &to) {
+            // Different file systems (e.g. /tmp is tmpfs): move like `mv`.
+            Err(e) if cross_device(&e) => move_across(Path::new(&from), Path::new(&to)).map_err(io),
+            other => other.map_err(io),
+        };
     }
     let cwd = nix::fcntl::AT_FDCWD;
     match nix::fcntl::renameat2(
@@ -553,6 +559,12 @@ pub fn rename(request: &pb::RenameRequest) -> Result<(), FileError> {
     ) {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::EEXIST) => Err(FileError::DestinationExists(to)),
+        Err(nix::errno::Errno::EXDEV) => {
+            if Path::new(&to).symlink_metadata().is_ok() {
+                return Err(FileError::DestinationExists(to));
+            }
+            move_across(Path::new(&from), Path::new(&to)).map_err(io)
+        }
         // File systems without RENAME_NOREPLACE: check, then rename.
         Err(nix::errno::Errno::EINVAL) if Path::new(&to).symlink_metadata().is_err() => {
             std::fs::rename(&from, &to).map_err(|e| FileError::io("renaming", &describe, e))
@@ -566,9 +578,98 @@ pub fn rename(request: &pb::RenameRequest) -> Result<(), FileError> {
     }
 }
 
+/// Moves a file, symlink or directory tree to another file system, the way
+/// `mv` does: copy (keeping mode, owner and times), then remove the source.
+/// A regular file appears at the target atomically.
+fn move_across(from: &Path, to: &Path) -> std::io::Result<()> {
+    copy_tree(from, to)?;
+    let meta = from.symlink_metadata()?;
+    if meta.is_dir() {
+        std::fs::remove_dir_all(from)
+    } else {
+        std::fs::remove_file(from)
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = from.symlink_metadata()?;
+    let file_type = meta.file_type();
+    if file_type.is_symlink() {
+        let target = std::fs::read_link(from)?;
+        let _ = std::fs::remove_file(to);
+        std::os::unix::fs::symlink(target, to)?;
+        let _ = std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()));
+        return Ok(());
+    }
+    if file_type.is_dir() {
+        match std::fs::create_dir(to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && to.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+    } else {
+        let parent = to.parent().unwrap_or(Path::new("/"));
+        let temp = parent.join(format!(
+            ".{}.warren-tmp-{:016x}",
+            to.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
+            rand::random::<u64>()
+        ));
+        let result = (|| {
+            std::fs::copy(from, &temp)?;
+            File::open(&temp)?.sync_all()?;
+            std::fs::rename(&temp, to)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temp);
+            return result;
+        }
+    }
+    let _ = std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid()));
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    let times = [
+        nix::sys::time::TimeSpec::new(meta.atime(), meta.atime_nsec()),
+        nix::sys::time::TimeSpec::new(meta.mtime(), meta.mtime_nsec()),
+    ];
+    let _ = nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        to,
+        &times[0],
+        &times[1],
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn moves_trees_across_directories_like_mv() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/file.txt"), "content").unwrap();
+        std::os::unix::fs::symlink("sub/file.txt", src.join("link")).unwrap();
+        let dst = dir.path().join("dst");
+        move_across(&src, &dst).unwrap();
+        assert!(!src.exists());
+        assert_eq!(
+            std::fs::read_to_string(dst.join("sub/file.txt")).unwrap(),
+            "content"
+        );
+        assert_eq!(
+            std::fs::read_link(dst.join("link")).unwrap(),
+            Path::new("sub/file.txt")
+        );
+    }
 
     #[test]
     fn parents() {

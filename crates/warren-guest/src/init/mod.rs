@@ -101,6 +101,15 @@ pub fn run() -> ! {
     if let Err(error) = net::bring_up_loopback() {
         console(&format!("bringing up the loopback interface: {error}"));
     }
-    console_debug("guest ready; starting the agent");
+    // One line in every console log, so a person reading it can tell the
+    // guest came up (and how long the kernel and init took).
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    console(&format!(
+        "{} is up after {uptime} s; starting the agent",
+        config.hostname
+    ));
     pid1::supervise(config.debug)
 }

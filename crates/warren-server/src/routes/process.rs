@@ -261,20 +261,18 @@ async fn exec_session(mut socket: WebSocket, live: Arc<LiveSandbox>) {
             Some(Ok(Message::Text(body))) => match serde_json::from_str::<ClientMessage>(&body) {
                 Ok(ClientMessage::Start(start)) => break start,
                 Ok(_) => {
-                    let _ = socket
-                        .send(error_message(ApiError::bad_request(
-                            "the first message must be {\"type\":\"start\",...}",
-                        )))
-                        .await;
-                    return;
+                    return close_with(
+                        socket,
+                        ApiError::bad_request("the first message must be {\"type\":\"start\",...}"),
+                    )
+                    .await;
                 }
                 Err(error) => {
-                    let _ = socket
-                        .send(error_message(ApiError::bad_request(format!(
-                            "invalid message: {error}"
-                        ))))
-                        .await;
-                    return;
+                    return close_with(
+                        socket,
+                        ApiError::bad_request(format!("invalid message: {error}")),
+                    )
+                    .await;
                 }
             },
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -291,8 +289,7 @@ async fn exec_session(mut socket: WebSocket, live: Arc<LiveSandbox>) {
     ) {
         Ok(command) => command,
         Err(error) => {
-            let _ = socket.send(error_message(error)).await;
-            return;
+            return close_with(socket, error).await;
         }
     };
     let command = match start.pty {
@@ -302,11 +299,16 @@ async fn exec_session(mut socket: WebSocket, live: Arc<LiveSandbox>) {
     let process = match live.exec(command).await {
         Ok(process) => process,
         Err(error) => {
-            let _ = socket.send(error_message(error.into())).await;
-            return;
+            return close_with(socket, error.into()).await;
         }
     };
     stream_process(socket, process, true).await;
+}
+
+/// Sends an error event, then a close frame.
+async fn close_with(mut socket: WebSocket, error: ApiError) {
+    let _ = socket.send(error_message(error)).await;
+    let _ = socket.send(Message::Close(None)).await;
 }
 
 /// Pumps a process's events to a socket as JSON, and the socket's input to
@@ -322,29 +324,38 @@ async fn stream_process(socket: WebSocket, mut process: warren_sandbox::Process,
     {
         return;
     }
-    let input = process.input();
+    let mut input = process.input();
     let mut reader = tokio::spawn(async move {
         while let Some(Ok(message)) = receiver.next().await {
-            let Some(input) = &input else { continue };
+            let Some(sink) = input.as_ref() else {
+                // The process takes no more input (it exited, or this is an
+                // attach): keep reading only to notice the client leave.
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+                continue;
+            };
             let outcome = match message {
                 Message::Text(body) => match serde_json::from_str::<ClientMessage>(&body) {
                     Ok(ClientMessage::Stdin { data }) => match BASE64.decode(data.as_bytes()) {
-                        Ok(bytes) => input.write(bytes).await,
+                        Ok(bytes) => sink.write(bytes).await,
                         Err(_) => continue,
                     },
-                    Ok(ClientMessage::CloseStdin) => input.close().await,
-                    Ok(ClientMessage::Signal { signal }) => input.signal(signal).await,
+                    Ok(ClientMessage::CloseStdin) => sink.close().await,
+                    Ok(ClientMessage::Signal { signal }) => sink.signal(signal).await,
                     Ok(ClientMessage::Resize { cols, rows }) => {
-                        input.resize(rows.max(1), cols.max(1)).await
+                        sink.resize(rows.max(1), cols.max(1)).await
                     }
                     Ok(ClientMessage::Start(_)) | Err(_) => continue,
                 },
-                Message::Binary(bytes) => input.write(bytes).await,
+                Message::Binary(bytes) => sink.write(bytes).await,
                 Message::Close(_) => break,
                 _ => continue,
             };
             if outcome.is_err() {
-                break;
+                // Done with input; the exit reaches the client through the
+                // other half.
+                input = None;
             }
         }
     });
@@ -599,23 +610,31 @@ enum PtyControl {
 
 async fn pty_session(socket: WebSocket, mut process: warren_sandbox::Process) {
     let (mut sender, mut receiver) = socket.split();
-    let input = process.input().expect("pty has input");
+    let mut input = process.input();
     let mut reader = tokio::spawn(async move {
         while let Some(Ok(message)) = receiver.next().await {
+            let Some(sink) = input.as_ref() else {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+                continue;
+            };
             let outcome = match message {
-                Message::Binary(bytes) => input.write(bytes).await,
+                Message::Binary(bytes) => sink.write(bytes).await,
                 Message::Text(body) => match serde_json::from_str::<PtyControl>(&body) {
                     Ok(PtyControl::Resize { cols, rows }) => {
-                        input.resize(rows.max(1), cols.max(1)).await
+                        sink.resize(rows.max(1), cols.max(1)).await
                     }
                     // Plain text is typed input too (handy for simple clients).
-                    Err(_) => input.write(body.as_bytes().to_vec()).await,
+                    Err(_) => sink.write(body.as_bytes().to_vec()).await,
                 },
                 Message::Close(_) => break,
                 _ => continue,
             };
             if outcome.is_err() {
-                break;
+                // Done with input; the exit reaches the client through the
+                // other half.
+                input = None;
             }
         }
     });

@@ -238,7 +238,7 @@ pub async fn resume_sandbox(
         (status = 400, description = "Bad query", body = ErrorBody),
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 404, description = "No such sandbox", body = ErrorBody),
-        (status = 409, description = "The sandbox is stopped and its log is gone", body = ErrorBody),
+        (status = 409, description = "The sandbox stopped and its log was not kept", body = ErrorBody),
         (status = 500, description = "Server failure", body = ErrorBody),
     )
 )]
@@ -250,13 +250,16 @@ pub async fn sandbox_logs(
 ) -> ApiResult<Response> {
     let row = state.sandbox_row(&caller, &id).await?;
     let tail = query.tail_bytes.unwrap_or(65_536).min(16 << 20);
-    let Some(live) = state.host.get(&row.id) else {
-        return Err(ApiError::conflict(format!(
-            "sandbox {id} is {} and its console log is gone",
-            row.state
-        )));
+    let text = match state.host.get(&row.id) {
+        Some(live) => live.console_log(tail),
+        // Stopped: the end of its log was kept when it stopped.
+        None => state.host.kept_console_log(&row.id, tail).ok_or_else(|| {
+            ApiError::conflict(format!(
+                "sandbox {id} is {} and its console log was not kept",
+                row.state
+            ))
+        })?,
     };
-    let text = live.console_log(tail);
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -215,7 +215,7 @@ class ApiClient:
         if query:
             url += "?" + str(query)
         try:
-            return ws_connect(
+            connection = ws_connect(
                 url,
                 additional_headers=self._headers(),
                 open_timeout=open_timeout if open_timeout is not None else self.config.request_timeout,
@@ -223,6 +223,9 @@ class ApiClient:
                 max_size=None,
                 user_agent_header=USER_AGENT,
             )
+            # Entering marks the connection as managed by us (websockets >= 17
+            # warns otherwise); we close it ourselves.
+            return connection.__enter__()
         except InvalidStatus as e:
             resp = e.response
             body: Any = None

@@ -6,6 +6,7 @@ import math
 import queue
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, overload
 
@@ -138,10 +139,24 @@ class CommandHandle:
         with self._lock:
             if self._thread is not None or self._done.is_set():
                 return
-            ws = self._commands._api.websocket(
-                f"{self._commands._base}/processes/{self.pid}/attach",
-                params={"replay": True},
-            )
+            try:
+                ws = self._commands._api.websocket(
+                    f"{self._commands._base}/processes/{self.pid}/attach",
+                    params={"replay": True},
+                )
+            except NotFoundError:
+                # The service may refuse to attach to a process that has
+                # already ended while its process table still has the exit
+                # status: use that (the output is then unknown).
+                info = self._commands._find(self.pid)
+                if info is None or info.running:
+                    raise
+                self._result = CommandResult(
+                    exit_code=info.exit_code, stdout=self.stdout, stderr=self.stderr, signal=info.signal
+                )
+                self._chunks.put(None)
+                self._done.set()
+                return
             self._ws = ws
             self._thread = threading.Thread(
                 target=self._reader, args=(ws,), name=f"warren-attach-{self.pid}", daemon=True
@@ -150,7 +165,14 @@ class CommandHandle:
 
     def _emit(self, stream: str, data: bytes) -> None:
         decoder = self._stdout if stream == "stdout" else self._stderr
-        text = decoder.feed(data)
+        self._deliver(stream, decoder.feed(data))
+
+    def _flush(self) -> None:
+        """Delivers what the decoders still hold (an incomplete character)."""
+        self._deliver("stdout", self._stdout.flush())
+        self._deliver("stderr", self._stderr.flush())
+
+    def _deliver(self, stream: str, text: str) -> None:
         if not text:
             return
         self._chunks.put(OutputChunk(stream, text))
@@ -159,8 +181,6 @@ class CommandHandle:
             try:
                 callback(text)
             except Exception:  # a callback's bug must not kill the reader
-                import traceback
-
                 traceback.print_exc()
 
     def _reader(self, ws: ClientConnection) -> None:
@@ -188,10 +208,7 @@ class CommandHandle:
         except Exception as e:  # noqa: BLE001 - reported through wait()
             self._error = WarrenError(f"receiving output of process {self.pid} failed: {e!r}")
         finally:
-            for decoder, stream in ((self._stdout, "stdout"), (self._stderr, "stderr")):
-                tail = decoder.flush()
-                if tail:
-                    self._chunks.put(OutputChunk(stream, tail))
+            self._flush()
             self._chunks.put(None)
             self._done.set()
             try:
@@ -200,8 +217,7 @@ class CommandHandle:
                 pass
 
     def _finish(self, event: Mapping[str, Any]) -> None:
-        self._stdout.flush()
-        self._stderr.flush()
+        self._flush()
         self._result = CommandResult(
             exit_code=event.get("exit_code") if isinstance(event.get("exit_code"), int) else None,
             stdout=self._stdout.text,
@@ -445,15 +461,18 @@ class Commands:
         request_timeout: float | None,
     ) -> CommandResult:
         start = {"type": "start", **_exec_request(cmd, envs=envs, cwd=cwd, user=user, timeout=timeout)}
+        data = _as_bytes(stdin) if stdin is not None else b""
+        # The service takes "stdin": false for "no stdin pipe" (the process
+        # reads EOF); input, when there is some, is streamed as messages.
+        start["stdin"] = bool(data)
         ws = self._api.websocket(f"{self._base}/exec/ws", open_timeout=request_timeout)
         stdout, stderr = StreamDecoder(), StreamDecoder()
         try:
             send_json(ws, start)
-            if stdin is not None:
-                data = _as_bytes(stdin)
+            if data:
                 for i in range(0, len(data), _STDIN_CHUNK):
                     send_json(ws, {"type": "stdin", "data": b64(data[i : i + _STDIN_CHUNK])})
-            send_json(ws, {"type": "close_stdin"})
+                send_json(ws, {"type": "close_stdin"})
             secs = _timeout_secs(timeout)
             deadline = time.monotonic() + secs + _CLIENT_GRACE if secs else None
             while True:

@@ -209,8 +209,9 @@ class Sandbox:
 
     kill = _KillDescriptor["Sandbox"]()
     """``sandbox.kill()`` kills this sandbox; ``Sandbox.kill(sandbox_id,
-    api_key=..., base_url=...)`` kills one by id. Both return False if it
-    did not exist or was already stopped."""
+    api_key=..., base_url=...)`` kills one by id. Both return False if there
+    is no such sandbox (killing a stopped one is a no-op that returns True).
+    The record stays, with state ``stopped``."""
 
     kill_by_id = staticmethod(_kill_by_id)
 

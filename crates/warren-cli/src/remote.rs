@@ -1,0 +1,556 @@
+//! Commands over the REST API (through `warren-client`): sandboxes,
+//! templates, keys, events. `exec`, `shell` and `cp` live in their own
+//! modules.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use warren_client::{
+    Client, CreateKey, CreateSandbox, ListEvents, ListSandboxes, Sandbox, SandboxState,
+};
+
+use crate::exit;
+use crate::output::{JsonFlag, Table, mib, pairs, print_json, relative, relative_opt};
+
+/// Connects to the service: `WARREN_URL`/`WARREN_API_KEY`, the config
+/// file, or the local `warren up` in `data_dir` (`--data-dir` /
+/// `$WARREN_HOME`).
+pub fn connect(data_dir: Option<&Path>) -> Result<Client> {
+    Ok(match data_dir {
+        Some(dir) => Client::discover_in(dir)?,
+        None => Client::discover()?,
+    })
+}
+
+/// Parses `KEY=VALUE` pairs (for `--env` and `--meta`).
+pub fn parse_pairs(what: &str, pairs: &[String]) -> Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+            _ => Err(UsageError(format!("{what} {pair:?} is not KEY=VALUE")).into()),
+        })
+        .collect()
+}
+
+/// A usage error found after parsing (exit status 2, like clap's).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Options of `warren create`.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Template to create from (see `warren templates`; default debian).
+    #[arg(long, short = 't')]
+    pub template: Option<String>,
+    /// Virtual CPUs (default 1).
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Guest memory in MiB (default 512).
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u32>,
+    /// Seconds until the sandbox is killed (default 300; 0 = never).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Environment variable for every process (KEY=VALUE), repeatable.
+    #[arg(long, short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Label to filter by later (KEY=VALUE), repeatable.
+    #[arg(long, short = 'm', value_name = "KEY=VALUE")]
+    pub meta: Vec<String>,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+/// `warren create`: prints the new sandbox's id.
+pub async fn create(client: &Client, args: CreateArgs) -> Result<i32> {
+    let env = parse_pairs("--env", &args.env)?;
+    let metadata = parse_pairs("--meta", &args.meta)?;
+    let request = CreateSandbox {
+        template: args.template.clone(),
+        cpus: args.cpus,
+        memory_mib: args.memory,
+        timeout_secs: args.timeout,
+        metadata: (!metadata.is_empty()).then_some(metadata),
+        env: (!env.is_empty()).then_some(env),
+        auto_pause: None,
+    };
+    let spinner = spinner(format!(
+        "creating a sandbox from template {}",
+        args.template.as_deref().unwrap_or("debian")
+    ));
+    let created = client.create_sandbox(&request).await;
+    spinner.finish_and_clear();
+    let sandbox = created.context("creating the sandbox")?;
+    if args.out.json {
+        print_json(&sandbox)?;
+    } else {
+        println!("{}", sandbox.id);
+    }
+    Ok(exit::OK)
+}
+
+/// A spinner on stderr (hidden when stderr is not a terminal).
+pub fn spinner(message: String) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"),
+    );
+    bar.set_message(message);
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// Options of `warren ls`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Only sandboxes in this state: running, paused, stopped.
+    #[arg(long, value_parser = parse_state)]
+    pub state: Option<SandboxState>,
+    /// Only sandboxes with this label (KEY=VALUE), repeatable.
+    #[arg(long, short = 'm', value_name = "KEY=VALUE")]
+    pub meta: Vec<String>,
+    /// Print only the ids.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+fn parse_state(value: &str) -> Result<SandboxState, String> {
+    value.parse()
+}
+
+/// `warren ls`.
+pub async fn list(client: &Client, args: ListArgs) -> Result<i32> {
+    let filter = ListSandboxes {
+        state: args.state,
+        metadata: parse_pairs("--meta", &args.meta)?.into_iter().collect(),
+    };
+    let list = client
+        .list_sandboxes(&filter)
+        .await
+        .context("listing sandboxes")?;
+    if args.out.json {
+        print_json(&list)?;
+    } else if args.quiet {
+        for sandbox in &list.sandboxes {
+            println!("{}", sandbox.id);
+        }
+    } else {
+        sandbox_table(&list.sandboxes).print();
+    }
+    Ok(exit::OK)
+}
+
+fn state_cell(sandbox: &Sandbox) -> String {
+    match (&sandbox.state, &sandbox.stop_reason) {
+        (SandboxState::Stopped, Some(reason)) => format!("stopped ({reason})"),
+        (state, _) => state.to_string(),
+    }
+}
+
+fn expiry_cell(sandbox: &Sandbox) -> String {
+    match sandbox.state {
+        SandboxState::Stopped => sandbox
+            .stopped_at
+            .map_or_else(|| "-".into(), |at| format!("stopped {}", relative(at))),
+        _ => match sandbox.expires_at {
+            Some(at) => relative(at),
+            None => "never".into(),
+        },
+    }
+}
+
+fn sandbox_table(sandboxes: &[Sandbox]) -> Table {
+    let mut table = Table::new(&[
+        "ID", "TEMPLATE", "STATE", "CPUS", "MEMORY", "CREATED", "EXPIRES", "METADATA",
+    ]);
+    for sandbox in sandboxes {
+        table.row(vec![
+            sandbox.id.clone(),
+            sandbox.template.clone(),
+            state_cell(sandbox),
+            sandbox.cpus.to_string(),
+            mib(sandbox.memory_mib),
+            relative(sandbox.created_at),
+            expiry_cell(sandbox),
+            pairs(&sandbox.metadata),
+        ]);
+    }
+    table
+}
+
+/// Options of commands that take one sandbox id.
+#[derive(Debug, clap::Args)]
+pub struct IdArgs {
+    /// Sandbox id (see `warren ls`).
+    pub id: String,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+/// `warren get`.
+pub async fn get(client: &Client, args: IdArgs) -> Result<i32> {
+    let sandbox = client
+        .get_sandbox(&args.id)
+        .await
+        .with_context(|| format!("getting sandbox {}", args.id))?;
+    if args.out.json {
+        print_json(&sandbox)?;
+    } else {
+        print_sandbox(&sandbox);
+    }
+    Ok(exit::OK)
+}
+
+fn print_sandbox(sandbox: &Sandbox) {
+    let time = |t: chrono::DateTime<chrono::Utc>| {
+        format!("{} ({})", t.format("%Y-%m-%d %H:%M:%S UTC"), relative(t))
+    };
+    let mut table = Table::default();
+    let mut line = |key: &str, value: String| table.row(vec![format!("{key}:"), value]);
+    line("id", sandbox.id.clone());
+    line("template", sandbox.template.clone());
+    line("state", state_cell(sandbox));
+    line("cpus", sandbox.cpus.to_string());
+    line("memory", mib(sandbox.memory_mib));
+    line("created", time(sandbox.created_at));
+    line(
+        "timeout",
+        if sandbox.timeout_secs == 0 {
+            "none".into()
+        } else {
+            format!("{} s", sandbox.timeout_secs)
+        },
+    );
+    if let Some(at) = sandbox.expires_at {
+        line("expires", time(at));
+    }
+    if let Some(at) = sandbox.stopped_at {
+        line("stopped", time(at));
+    }
+    line("metadata", pairs(&sandbox.metadata));
+    line("env", pairs(&sandbox.env));
+    if sandbox.auto_pause {
+        line("auto pause", "yes".into());
+    }
+    table.print();
+}
+
+/// `warren pause` / `warren resume`.
+pub async fn pause_or_resume(client: &Client, args: IdArgs, pause: bool) -> Result<i32> {
+    let sandbox = if pause {
+        client
+            .pause_sandbox(&args.id)
+            .await
+            .with_context(|| format!("pausing sandbox {}", args.id))?
+    } else {
+        client
+            .resume_sandbox(&args.id)
+            .await
+            .with_context(|| format!("resuming sandbox {}", args.id))?
+    };
+    if args.out.json {
+        print_json(&sandbox)?;
+    } else {
+        println!("{} {}", sandbox.id, sandbox.state);
+    }
+    Ok(exit::OK)
+}
+
+/// Options of `warren kill`.
+#[derive(Debug, clap::Args)]
+pub struct KillArgs {
+    /// Sandbox ids.
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+/// `warren kill`: kills every sandbox named; reports each failure and
+/// exits with the status of the first.
+pub async fn kill(client: &Client, args: KillArgs) -> Result<i32> {
+    let mut status = exit::OK;
+    let mut killed = Vec::new();
+    for id in &args.ids {
+        let result = async {
+            client.delete_sandbox(id).await?;
+            if args.out.json {
+                killed.push(client.get_sandbox(id).await?);
+            }
+            anyhow::Ok(())
+        }
+        .await
+        .with_context(|| format!("killing sandbox {id}"));
+        match result {
+            Ok(()) if !args.out.json => println!("{id}"),
+            Ok(()) => {}
+            Err(error) => {
+                exit::report(&error);
+                if status == exit::OK {
+                    status = exit::for_error(&error, exit::GENERIC);
+                }
+            }
+        }
+    }
+    if args.out.json {
+        print_json(&warren_client::SandboxList { sandboxes: killed })?;
+    }
+    Ok(status)
+}
+
+/// Options of `warren timeout`.
+#[derive(Debug, clap::Args)]
+pub struct TimeoutArgs {
+    /// Sandbox id.
+    pub id: String,
+    /// Seconds from now until the sandbox is killed (0 = never).
+    pub seconds: u64,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+/// `warren timeout`.
+pub async fn timeout(client: &Client, args: TimeoutArgs) -> Result<i32> {
+    let sandbox = client
+        .set_timeout(&args.id, args.seconds)
+        .await
+        .with_context(|| format!("setting the timeout of sandbox {}", args.id))?;
+    if args.out.json {
+        print_json(&sandbox)?;
+    } else {
+        match sandbox.expires_at {
+            Some(at) => println!(
+                "{} expires {} ({})",
+                sandbox.id,
+                relative(at),
+                at.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            None => println!("{} has no timeout", sandbox.id),
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// Options of `warren logs`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// Sandbox id.
+    pub id: String,
+    /// Show at most this many bytes from the end (the service's default
+    /// is 64 KiB).
+    #[arg(long, value_name = "BYTES")]
+    pub tail: Option<u64>,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+/// `warren logs`: the guest's serial console.
+pub async fn logs(client: &Client, args: LogsArgs) -> Result<i32> {
+    let logs = client
+        .logs(&args.id, args.tail)
+        .await
+        .with_context(|| format!("reading the console log of sandbox {}", args.id))?;
+    if args.out.json {
+        print_json(&serde_json::json!({
+            "id": args.id,
+            "logs": String::from_utf8_lossy(&logs),
+        }))?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&logs)?;
+        out.flush()?;
+    }
+    Ok(exit::OK)
+}
+
+/// `warren templates`.
+pub async fn templates(client: &Client, out: JsonFlag) -> Result<i32> {
+    let list = client.list_templates().await.context("listing templates")?;
+    if out.json {
+        print_json(&list)?;
+        return Ok(exit::OK);
+    }
+    let mut table = Table::new(&["ID", "KIND", "CPUS", "MEMORY", "DESCRIPTION"]);
+    for template in &list.templates {
+        table.row(vec![
+            template.id.clone(),
+            template.kind.clone(),
+            template.cpus.map_or("-".into(), |c| c.to_string()),
+            template.memory_mib.map_or("-".into(), mib),
+            template.description.clone(),
+        ]);
+    }
+    table.print();
+    Ok(exit::OK)
+}
+
+/// `warren keys ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum KeysCommand {
+    /// The keys of your team (without their secrets).
+    #[command(visible_alias = "list")]
+    Ls {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Create a key; prints it once (store it: it cannot be shown again).
+    Create {
+        /// A label for the key.
+        name: String,
+        /// Team of the new key (admin keys only; the team is created if
+        /// new). Default: your team.
+        #[arg(long)]
+        team: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Revoke a key; it stops working at once.
+    #[command(visible_alias = "rm")]
+    Revoke {
+        /// Key id (`key_...`, see `warren keys ls`).
+        id: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+/// Runs `warren keys ...`.
+pub async fn keys(client: &Client, command: KeysCommand) -> Result<i32> {
+    match command {
+        KeysCommand::Ls { out } => {
+            let list = client.list_keys().await.context("listing keys")?;
+            if out.json {
+                print_json(&list)?;
+                return Ok(exit::OK);
+            }
+            let mut table = Table::new(&[
+                "ID",
+                "NAME",
+                "TEAM",
+                "PREFIX",
+                "CREATED",
+                "LAST USED",
+                "REVOKED",
+            ]);
+            for key in &list.keys {
+                table.row(vec![
+                    key.id.clone(),
+                    key.name.clone(),
+                    key.team.clone(),
+                    key.prefix.clone(),
+                    relative(key.created_at),
+                    relative_opt(key.last_used_at),
+                    relative_opt(key.revoked_at),
+                ]);
+            }
+            table.print();
+        }
+        KeysCommand::Create { name, team, out } => {
+            let created = client
+                .create_key(&CreateKey { name, team })
+                .await
+                .context("creating a key")?;
+            if out.json {
+                print_json(&created)?;
+            } else {
+                println!("{}", created.key);
+                eprintln!(
+                    "created key {} ({:?}, team {}); it is shown only now, so store it",
+                    created.id, created.name, created.team
+                );
+            }
+        }
+        KeysCommand::Revoke { id, out } => {
+            client
+                .revoke_key(&id)
+                .await
+                .with_context(|| format!("revoking key {id}"))?;
+            if out.json {
+                print_json(&serde_json::json!({ "id": id, "revoked": true }))?;
+            } else {
+                println!("{id}");
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// Options of `warren events`.
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Only events of this sandbox.
+    #[arg(long)]
+    pub sandbox: Option<String>,
+    /// At most this many (newest first; the service allows up to 1000).
+    #[arg(long, short = 'n')]
+    pub limit: Option<u32>,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+/// `warren events`.
+pub async fn events(client: &Client, args: EventsArgs) -> Result<i32> {
+    if args.limit == Some(0) {
+        bail!(UsageError("--limit must be at least 1".into()));
+    }
+    let list = client
+        .list_events(&ListEvents {
+            sandbox_id: args.sandbox,
+            limit: args.limit,
+        })
+        .await
+        .context("listing events")?;
+    if args.out.json {
+        print_json(&list)?;
+        return Ok(exit::OK);
+    }
+    let mut table = Table::new(&["AT", "KIND", "SANDBOX", "ACTOR", "DETAIL"]);
+    for event in &list.events {
+        let detail = match &event.detail {
+            serde_json::Value::Object(map) if map.is_empty() => "-".into(),
+            serde_json::Value::Null => "-".into(),
+            serde_json::Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(s) => format!("{k}={s}"),
+                    other => format!("{k}={other}"),
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+            other => other.to_string(),
+        };
+        table.row(vec![
+            relative(event.at),
+            event.kind.clone(),
+            event.sandbox_id.clone().unwrap_or_else(|| "-".into()),
+            event.actor.clone(),
+            detail,
+        ]);
+    }
+    table.print();
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_parse_and_refuse_bad_ones() {
+        let parsed = parse_pairs("--meta", &["a=1".into(), "b=x=y".into(), "c=".into()]).unwrap();
+        assert_eq!(parsed["a"], "1");
+        assert_eq!(parsed["b"], "x=y");
+        assert_eq!(parsed["c"], "");
+        let error = parse_pairs("--meta", &["=v".into()]).unwrap_err();
+        assert!(error.downcast_ref::<UsageError>().is_some());
+        assert!(parse_pairs("--env", &["novalue".into()]).is_err());
+    }
+}

@@ -1,0 +1,554 @@
+//! The API commands end to end: a real `warren up` on a free loopback
+//! port, a real VM, and the `warren` binary used as a person or a script
+//! would.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+
+/// A `warren up` for this test; stopped with SIGTERM when dropped, even
+/// when the test panics.
+struct Service {
+    child: Option<Child>,
+    home: tempfile::TempDir,
+    /// An empty directory, so explicit-URL runs cannot find the service
+    /// locally by accident.
+    elsewhere: tempfile::TempDir,
+    url: String,
+    key: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn health_ok(url: &str) -> bool {
+    let address = url.trim_start_matches("http://");
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if stream
+        .write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
+}
+
+impl Service {
+    fn start() -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let cache = std::env::var("WARREN_IMAGE_CACHE")
+            .unwrap_or_else(|_| "/var/lib/warren/test-images".into());
+        let log = std::fs::File::create(home.path().join("service.log")).unwrap();
+        let url = format!("http://127.0.0.1:{}", free_port());
+        let child = Command::new(WARREN)
+            .args(["up", "--listen", url.trim_start_matches("http://")])
+            .env("WARREN_HOME", home.path())
+            .env("WARREN_IMAGE_CACHE", cache)
+            .env_remove("WARREN_URL")
+            .env_remove("WARREN_API_KEY")
+            .env_remove("WARREN_DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start warren up");
+        let mut service = Self {
+            child: Some(child),
+            home,
+            elsewhere,
+            url,
+            key: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !health_ok(&service.url) {
+            if let Some(status) = service.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("warren up exited ({status}): {}", service.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "warren up did not answer: {}",
+                service.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        service.key = std::fs::read_to_string(service.home.path().join("admin.key"))
+            .unwrap()
+            .trim()
+            .to_string();
+        service
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("service.log")).unwrap_or_default()
+    }
+
+    /// Runs `warren` with WARREN_URL and WARREN_API_KEY.
+    fn warren(&self, args: &[&str], stdin: &[u8]) -> Output {
+        self.warren_with(
+            args,
+            stdin,
+            &[("WARREN_URL", &self.url), ("WARREN_API_KEY", &self.key)],
+        )
+    }
+
+    /// Runs `warren` with a given key.
+    fn warren_key(&self, key: &str, args: &[&str]) -> Output {
+        self.warren_with(
+            args,
+            b"",
+            &[("WARREN_URL", &self.url), ("WARREN_API_KEY", key)],
+        )
+    }
+
+    /// Runs `warren` with only WARREN_HOME set: local discovery.
+    fn warren_local(&self, args: &[&str]) -> Output {
+        let home = self.home.path().to_str().unwrap().to_string();
+        self.warren_with(args, b"", &[("WARREN_HOME", &home)])
+    }
+
+    fn warren_with(&self, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
+        let mut command = Command::new(WARREN);
+        command
+            .args(args)
+            .env_remove("WARREN_URL")
+            .env_remove("WARREN_API_KEY")
+            .env("WARREN_HOME", self.elsewhere.path())
+            .env(
+                "WARREN_CONFIG",
+                self.elsewhere.path().join("no-config.toml"),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("start warren");
+        let mut input = child.stdin.take().unwrap();
+        let data = stdin.to_vec();
+        let feeder = std::thread::spawn(move || {
+            let _ = input.write_all(&data);
+        });
+        let output = child.wait_with_output().expect("warren finished");
+        feeder.join().unwrap();
+        output
+    }
+
+    /// Stops the service with SIGTERM and waits; returns its exit status.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts an exit status, showing the output when it differs.
+#[track_caller]
+fn expect_code(output: &Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    expect_code(output, 0);
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&output.stdout)))
+}
+
+fn ids(list: &serde_json::Value) -> Vec<String> {
+    list["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Pseudo-random bytes (xorshift), so transfers cannot be faked by zeros.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Processes whose command line mentions `dir`.
+fn processes_mentioning(dir: &Path, name: &str) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = text(&cmdline).replace('\0', " ");
+        if cmdline.contains(name) && cmdline.contains(&needle) {
+            found.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_sandbox_through_the_api_as_a_user_would() {
+    let mut service = Service::start();
+    let work = tempfile::tempdir().unwrap();
+
+    // Usage errors are clap's 2, before any request.
+    expect_code(&service.warren(&["create", "--cpus", "many"], b""), 2);
+    expect_code(&service.warren(&["ls", "--meta", "novalue"], b""), 2);
+
+    let templates = text(&service.warren(&["templates"], b"").stdout);
+    assert!(
+        templates.contains("debian") && templates.contains("tiny"),
+        "{templates}"
+    );
+
+    // create prints the id (the spinner is on stderr, hidden without a
+    // terminal).
+    let created = service.warren(
+        &[
+            "create",
+            "--memory",
+            "256",
+            "--meta",
+            "suite=remote",
+            "--env",
+            "GREETING=hello",
+        ],
+        b"",
+    );
+    expect_code(&created, 0);
+    let id = text(&created.stdout).trim().to_string();
+    assert!(id.starts_with("sb-") && !id.contains('\n'), "{id:?}");
+
+    // ls: a table for people, JSON for scripts, filters.
+    let table = text(&service.warren(&["ls"], b"").stdout);
+    let mut lines = table.lines();
+    assert!(lines.next().unwrap().starts_with("ID "), "{table}");
+    let row = lines
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("running") && row.contains("suite=remote"),
+        "{row}"
+    );
+    let list = json(&service.warren(&["ls", "--json"], b""));
+    let entry = list["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id.as_str())
+        .expect("the new sandbox is listed");
+    assert_eq!(entry["state"], "running");
+    assert_eq!(entry["memory_mib"], 256);
+    assert!(
+        ids(&json(
+            &service.warren(&["ls", "--meta", "suite=remote", "--json"], b"")
+        ))
+        .contains(&id)
+    );
+    assert!(
+        ids(&json(
+            &service.warren(&["ls", "--meta", "suite=other", "--json"], b"")
+        ))
+        .is_empty()
+    );
+    assert!(
+        !ids(&json(
+            &service.warren(&["ls", "--state", "stopped", "--json"], b"")
+        ))
+        .contains(&id)
+    );
+    let got = json(&service.warren(&["get", &id, "--json"], b""));
+    assert_eq!(got["env"]["GREETING"], "hello");
+
+    // Local discovery: only WARREN_HOME, no URL or key.
+    assert!(ids(&json(&service.warren_local(&["ls", "--json"]))).contains(&id));
+
+    // exec: the command's status, stdout and stderr kept apart, the
+    // sandbox's env plus --env.
+    let output = service.warren(
+        &[
+            "exec",
+            "-e",
+            "X=1",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo out-$GREETING-$X; echo err >&2; exit 3",
+        ],
+        b"",
+    );
+    expect_code(&output, 3);
+    assert_eq!(text(&output.stdout), "out-hello-1\n");
+    assert_eq!(text(&output.stderr), "err\n");
+    // stdin is piped through, byte for byte.
+    let input = pattern(200_000);
+    let output = service.warren(&["exec", &id, "--", "cat"], &input);
+    expect_code(&output, 0);
+    assert!(
+        output.stdout == input,
+        "cat returned {} bytes",
+        output.stdout.len()
+    );
+    let output = service.warren(
+        &["exec", "--cwd", "/tmp", &id, "--", "sh", "-c", "pwd; wc -c"],
+        b"12345",
+    );
+    assert_eq!(text(&output.stdout), "/tmp\n5\n");
+    // A shell's statuses: 127 not found, 124 timed out.
+    let output = service.warren(&["exec", &id, "--", "no-such-command"], b"");
+    expect_code(&output, 127);
+    assert!(
+        text(&output.stderr).contains("no-such-command"),
+        "{}",
+        text(&output.stderr)
+    );
+    expect_code(
+        &service.warren(&["exec", "--timeout", "1", &id, "--", "sleep", "30"], b""),
+        124,
+    );
+    let result = service.warren(
+        &["exec", "--json", &id, "--", "sh", "-c", "echo hi; exit 4"],
+        b"",
+    );
+    expect_code(&result, 4);
+    let result: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert_eq!(result["stdout"], "hi\n");
+    assert_eq!(result["exit_code"], 4);
+
+    // cp both ways (a few MiB), and stdout/stdin as `-`.
+    let data = pattern(3 * 1024 * 1024 + 123);
+    let local = work.path().join("data.bin");
+    std::fs::write(&local, &data).unwrap();
+    expect_code(
+        &service.warren(
+            &[
+                "cp",
+                local.to_str().unwrap(),
+                &format!("{id}:/tmp/data.bin"),
+            ],
+            b"",
+        ),
+        0,
+    );
+    let back = work.path().join("back.bin");
+    expect_code(
+        &service.warren(
+            &["cp", &format!("{id}:/tmp/data.bin"), back.to_str().unwrap()],
+            b"",
+        ),
+        0,
+    );
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "the round trip changed the bytes"
+    );
+    let output = service.warren(&["cp", &format!("{id}:/tmp/data.bin"), "-"], b"");
+    expect_code(&output, 0);
+    assert!(
+        output.stdout == data,
+        "cp to - gave {} bytes",
+        output.stdout.len()
+    );
+    // Into a directory: the source's name is kept.
+    expect_code(
+        &service.warren(&["cp", "-", &format!("{id}:/tmp/piped.bin")], &data[..1000]),
+        0,
+    );
+    let dir = work.path().join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    expect_code(
+        &service.warren(
+            &["cp", &format!("{id}:/tmp/piped.bin"), dir.to_str().unwrap()],
+            b"",
+        ),
+        0,
+    );
+    assert_eq!(std::fs::read(dir.join("piped.bin")).unwrap(), &data[..1000]);
+    let output = service.warren(
+        &["cp", &format!("{id}:/tmp/missing"), back.to_str().unwrap()],
+        b"",
+    );
+    expect_code(&output, 3);
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "a failed copy must not touch the target"
+    );
+
+    // logs: the guest console.
+    let logs = service.warren(&["logs", &id], b"");
+    expect_code(&logs, 0);
+    assert!(!logs.stdout.is_empty());
+
+    // timeout, and pause (not available until snapshots exist: 501 -> 7).
+    let updated = json(&service.warren(&["timeout", &id, "600", "--json"], b""));
+    assert_eq!(updated["timeout_secs"], 600);
+    let paused = service.warren(&["pause", &id], b"");
+    expect_code(&paused, 7);
+    assert!(
+        text(&paused.stderr).starts_with("warren: "),
+        "{}",
+        text(&paused.stderr)
+    );
+
+    // An interactive shell, fed from a pipe.
+    let shell = service.warren(&["shell", &id], b"echo shell-$((6*7))\nexit 7\n");
+    expect_code(&shell, 7);
+    assert!(
+        text(&shell.stdout).contains("shell-42"),
+        "{}",
+        text(&shell.stdout)
+    );
+
+    // Errors scripts can tell apart.
+    let missing = service.warren(&["get", "sb-doesnotexist"], b"");
+    expect_code(&missing, 3);
+    let stderr = text(&missing.stderr);
+    assert!(
+        stderr.contains("warren: ") && stderr.contains("hint: "),
+        "{stderr}"
+    );
+    expect_code(&service.warren(&["kill", "sb-doesnotexist"], b""), 3);
+    expect_code(
+        &service.warren(&["exec", "sb-doesnotexist", "--", "true"], b""),
+        125,
+    );
+    let refused = service.warren_key("wrn_not_a_real_key", &["ls"]);
+    expect_code(&refused, 5);
+    assert!(
+        text(&refused.stderr).contains("WARREN_API_KEY"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    // Keys: a new key works until it is revoked.
+    let key = json(&service.warren(&["keys", "create", "ci", "--json"], b""));
+    let (key_id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    expect_code(&service.warren_key(secret, &["ls"]), 0);
+    assert!(text(&service.warren(&["keys", "ls"], b"").stdout).contains(key_id));
+    expect_code(&service.warren(&["keys", "revoke", key_id], b""), 0);
+    expect_code(&service.warren_key(secret, &["ls"]), 5);
+
+    // kill: the record stays, stopped; exec then fails as warren's own
+    // failure (125), a second kill is fine.
+    let killed = service.warren(&["kill", &id], b"");
+    expect_code(&killed, 0);
+    assert_eq!(text(&killed.stdout).trim(), id);
+    let stopped = json(&service.warren(&["ls", "--state", "stopped", "--json"], b""));
+    let entry = stopped["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id.as_str())
+        .expect("the killed sandbox is listed as stopped");
+    assert_eq!(entry["stop_reason"], "killed");
+    assert!(text(&service.warren(&["ls"], b"").stdout).contains("stopped (killed)"));
+    expect_code(&service.warren(&["exec", &id, "--", "true"], b""), 125);
+    expect_code(&service.warren(&["kill", &id], b""), 0);
+
+    let events = json(&service.warren(&["events", "--sandbox", &id, "--json"], b""));
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "sandbox.created",
+        "sandbox.timeout_changed",
+        "sandbox.killed",
+    ] {
+        assert!(kinds.contains(&kind), "{kinds:?}");
+    }
+
+    let home: PathBuf = service.home.path().to_path_buf();
+    let status = service.stop().expect("the service was running");
+    assert!(status.success(), "warren up: {status}\n{}", service.log());
+    let left = processes_mentioning(&home, "qemu");
+    assert!(left.is_empty(), "QEMU processes left behind: {left:?}");
+}
+
+#[test]
+fn without_a_service_the_error_says_how_to_fix_it() {
+    let home = tempfile::tempdir().unwrap();
+    let output = Command::new(WARREN)
+        .args(["ls"])
+        .env_remove("WARREN_URL")
+        .env_remove("WARREN_API_KEY")
+        .env("WARREN_HOME", home.path())
+        .env("WARREN_CONFIG", home.path().join("none.toml"))
+        .output()
+        .unwrap();
+    expect_code(&output, 8);
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("warren up") && stderr.contains("WARREN_URL"),
+        "{stderr}"
+    );
+
+    // A URL where nothing listens.
+    let output = Command::new(WARREN)
+        .args(["ls"])
+        .env("WARREN_URL", format!("http://127.0.0.1:{}", free_port()))
+        .env("WARREN_API_KEY", "wrn_x")
+        .env("WARREN_CONFIG", home.path().join("none.toml"))
+        .output()
+        .unwrap();
+    expect_code(&output, 8);
+    assert!(
+        text(&output.stderr).contains("cannot reach"),
+        "{}",
+        text(&output.stderr)
+    );
+}
