@@ -12,7 +12,9 @@ GUEST_TARGET=x86_64-unknown-linux-gnu
 GUEST_BIN="$REPO/target/$GUEST_TARGET/release/warren-guest"
 # Debian packages the host needs. qemu-utils must come from the same QEMU
 # release as qemu-system-x86, so both are always installed together.
-HOST_PACKAGES=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs dpkg apt ca-certificates)
+HOST_PACKAGES=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs dpkg apt ca-certificates curl python3 python3-venv)
+# Only the test suite needs a browser.
+TEST_PACKAGES=(chromium)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'dev.sh: %s\n' "$*" >&2; exit 1; }
@@ -22,8 +24,9 @@ need_root() {
 }
 
 install_host_packages() {
+  local wanted=("${HOST_PACKAGES[@]}" "$@")
   local missing=()
-  for pkg in "${HOST_PACKAGES[@]}"; do
+  for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
   # qemu-utils from another QEMU release (e.g. a backport) conflicts with
@@ -38,9 +41,20 @@ install_host_packages() {
     log "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends --allow-downgrades "${HOST_PACKAGES[@]}" >/dev/null
+    apt-get install -y -q --no-install-recommends --allow-downgrades "${wanted[@]}" >/dev/null
   fi
   command -v cargo >/dev/null || die "cargo is not installed; install a Rust toolchain (rustup) first"
+  if ! node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a==20&&b>=19)?0:1)' 2>/dev/null; then
+    log "installing Node.js from Debian (the web console needs Node >= 20.19)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null || true
+    node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a==20&&b>=19)?0:1)' ||
+      die "Node.js >= 20.19 is needed to build the web console (found $(node --version 2>/dev/null || echo none))"
+  fi
+}
+
+build_web() {
+  log "building the web console (npm)"
+  (cd "$REPO/web" && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent)
 }
 
 build_guest() {
@@ -51,6 +65,7 @@ build_guest() {
 
 build_release() {
   build_guest
+  build_web
   log "building warren (release)"
   cargo build --release --locked -p warren-cli
   install -m 0755 "$GUEST_BIN" "$REPO/target/release/warren-guest"
@@ -61,22 +76,30 @@ cmd_up() {
   install_host_packages
   build_release
   local warren="$REPO/target/release/warren"
-  log "building the default image on first use, then booting a sandbox"
+  log "building the default guest image if needed (the first time takes about two minutes)"
   "$warren" images build debian
-  log "warren is ready: $warren run -- CMD runs a command in a fresh sandbox"
-  exec "$warren" run -- sh -c 'echo "hello from $(hostname): $(uname -sr), $(python3 --version)"'
+  log "starting warren (Ctrl-C stops it); in another terminal: $warren create, $warren ls, $warren exec ID -- CMD"
+  exec "$warren" up
 }
 
 cmd_test() {
   need_root
-  install_host_packages
+  install_host_packages "${TEST_PACKAGES[@]}"
   build_guest
+  build_web
   export WARREN_GUEST_AGENT="$GUEST_BIN"
   # Tests keep their image cache apart from a running warren's.
   export WARREN_IMAGE_CACHE="${WARREN_IMAGE_CACHE:-/var/lib/warren/test-images}"
   export RUST_BACKTRACE=1
-  log "running the test suite"
+  log "running the Rust test suite (unit, integration with real VMs, API contract)"
   cargo test --workspace --locked -- --test-threads=2
+  export WARREN_BIN="$REPO/target/debug/warren"
+  log "running the Python SDK tests against a live warren up"
+  "$REPO/sdk/python/run-tests.sh"
+  log "running the web console test in headless Chromium"
+  (cd "$REPO/web" && npm run --silent test:e2e)
+  log "running schemathesis against /openapi.json"
+  "$REPO/scripts/schemathesis.sh" "$WARREN_BIN"
   log "checking that no VM or sandbox directory was left behind"
   local leftovers
   leftovers=$(pgrep -af 'qemu-system-x86_64 -name warren-' | grep -F "$WARREN_IMAGE_CACHE" || true)

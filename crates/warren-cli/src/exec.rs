@@ -9,7 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use warren_client::{Client, ExecEvent, ExecRequest, PtyEvent, PtyOptions, PtySize, StreamExec};
 
 use crate::exit;
-use crate::output::{JsonFlag, print_json};
+use crate::output::print_json;
 use crate::remote::parse_pairs;
 use crate::run::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, RawMode, terminal_size};
 
@@ -34,11 +34,11 @@ pub struct ExecArgs {
     /// Kill the command after this many seconds (exit status 124).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
-    /// Run to completion and print the API's result (exit code, stdout,
-    /// stderr) as JSON instead of streaming; stdin is passed when it is
-    /// not a terminal.
-    #[command(flatten)]
-    pub out: JsonFlag,
+    /// Run to completion, then print the API's result (exit code, stdout,
+    /// stderr) as one JSON document instead of streaming; stdin (when not a
+    /// terminal) is sent as text.
+    #[arg(long)]
+    pub json: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -66,7 +66,7 @@ pub async fn exec(client: &Client, args: ExecArgs) -> Result<i32> {
     let env = parse_pairs("--env", &args.env)?;
     let env = (!env.is_empty()).then_some(env);
     let stdin_is_terminal = std::io::stdin().is_terminal();
-    if args.out.json {
+    if args.json {
         let mut stdin = None;
         if !stdin_is_terminal {
             let mut data = Vec::new();

@@ -26,8 +26,9 @@ use warren_sandbox::{AccelChoice, Manager, ManagerConfig};
     after_help = exit::HELP
 )]
 struct Cli {
-    /// Data directory (images, sandboxes). Default: $WARREN_HOME, or
-    /// /var/lib/warren as root.
+    /// Data directory (images, sandboxes; where API commands look for a
+    /// local `warren up`). Default: $WARREN_HOME, or /var/lib/warren as
+    /// root.
     #[arg(long, global = true, env = "WARREN_HOME")]
     data_dir: Option<std::path::PathBuf>,
     /// Accelerator: auto (KVM when usable, else TCG), kvm, or tcg.

@@ -110,7 +110,7 @@ pub fn relative_opt(time: Option<DateTime<Utc>>) -> String {
 
 /// `512 MiB`-style memory.
 pub fn mib(value: u32) -> String {
-    if value >= 1024 && value % 1024 == 0 {
+    if value >= 1024 && value.is_multiple_of(1024) {
         format!("{} GiB", value / 1024)
     } else {
         format!("{value} MiB")

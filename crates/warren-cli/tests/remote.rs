@@ -480,6 +480,9 @@ fn a_sandbox_through_the_api_as_a_user_would() {
     expect_code(&service.warren(&["keys", "revoke", key_id], b""), 0);
     expect_code(&service.warren_key(secret, &["ls"]), 5);
 
+    // What the commands do not reach, through the client library.
+    client_api(&service.url, &service.key, &id);
+
     // kill: the record stays, stopped; exec then fails as warren's own
     // failure (125), a second kill is fine.
     let killed = service.warren(&["kill", &id], b"");
@@ -517,6 +520,210 @@ fn a_sandbox_through_the_api_as_a_user_would() {
     assert!(status.success(), "warren up: {status}\n{}", service.log());
     let left = processes_mentioning(&home, "qemu");
     assert!(left.is_empty(), "QEMU processes left behind: {left:?}");
+}
+
+/// The rest of the API through `warren-client`: background processes,
+/// attach, signals, terminals, file operations, templates, events.
+fn client_api(url: &str, key: &str, id: &str) {
+    use warren_client::{
+        Client, ExecEvent, ListEvents, PtyEvent, PtyOptions, PtySize, StartProcess, StreamExec,
+        UploadOptions,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = Client::new(url, key).unwrap();
+        let health = client.health().await.unwrap();
+        assert_eq!(health.status, "ok");
+        assert!(health.sandboxes_running >= 1);
+        assert_eq!(client.get_template("tiny").await.unwrap().kind, "image");
+        let missing = client.get_template("no-such-template").await.unwrap_err();
+        assert_eq!(missing.status(), Some(404));
+
+        // A background process fed through /stdin, collected by attach.
+        let started = client
+            .start_process(
+                id,
+                &StartProcess {
+                    argv: Some(vec!["cat".into()]),
+                    stdin: Some(true),
+                    tag: Some("echoer".into()),
+                    ..StartProcess::default()
+                },
+            )
+            .await
+            .unwrap();
+        let listed = client.list_processes(id).await.unwrap();
+        let entry = listed
+            .processes
+            .iter()
+            .find(|p| p.pid == started.pid)
+            .expect("the background process is listed");
+        assert_eq!(entry.tag, "echoer");
+        client
+            .process_stdin(id, started.pid, b"line\x00binary\n", true)
+            .await
+            .unwrap();
+        let output = client
+            .attach(id, started.pid, true)
+            .await
+            .unwrap()
+            .wait_with_output()
+            .await
+            .unwrap();
+        assert_eq!(output.stdout, b"line\x00binary\n");
+        assert!(output.status.success(), "{:?}", output.status);
+
+        // Signals reach background processes.
+        let sleeper = client
+            .start_process(
+                id,
+                &StartProcess {
+                    argv: Some(vec!["sleep".into(), "300".into()]),
+                    ..StartProcess::default()
+                },
+            )
+            .await
+            .unwrap();
+        let session = client.attach(id, sleeper.pid, true).await.unwrap();
+        client.signal_process(id, sleeper.pid, 9).await.unwrap();
+        let status = session.wait_with_output().await.unwrap().status;
+        assert_eq!(status.signal, Some(9), "{status:?}");
+        assert_eq!(status.shell_code(), 137);
+
+        // Streamed exec under a terminal, resized while it runs.
+        let request = StreamExec {
+            pty: Some(PtySize { cols: 80, rows: 24 }),
+            ..StreamExec::shell("sleep 1; stty size")
+        };
+        let mut session = client.exec_stream(id, &request).await.unwrap();
+        session
+            .input()
+            .resize(PtySize {
+                cols: 100,
+                rows: 30,
+            })
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let status = loop {
+            match session.next_event().await.unwrap().unwrap() {
+                ExecEvent::Stdout(data) | ExecEvent::Stderr(data) => seen.extend_from_slice(&data),
+                ExecEvent::Exit(status) => break status,
+            }
+        };
+        assert!(status.success());
+        assert!(
+            String::from_utf8_lossy(&seen).contains("30 100"),
+            "{seen:?}"
+        );
+        // stdin, then a signal, over exec/ws.
+        let session = client
+            .exec_stream(id, &StreamExec::shell("read x; echo got-$x; sleep 300"))
+            .await
+            .unwrap();
+        let input = session.input();
+        input.write(b"it\n").await.unwrap();
+        let mut session = session;
+        let mut out = Vec::new();
+        loop {
+            match session.next_event().await.unwrap().unwrap() {
+                ExecEvent::Stdout(data) => {
+                    out.extend_from_slice(&data);
+                    if out.ends_with(b"got-it\n") {
+                        input.signal(15).await.unwrap();
+                    }
+                }
+                ExecEvent::Stderr(_) => {}
+                ExecEvent::Exit(status) => {
+                    assert_eq!(status.signal, Some(15), "{status:?}");
+                    break;
+                }
+            }
+        }
+
+        // A terminal session.
+        let mut pty = client
+            .pty(
+                id,
+                &PtyOptions {
+                    cmd: Some("echo pty-$((40+2)); exit 3".into()),
+                    ..PtyOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut screen = Vec::new();
+        let status = loop {
+            match pty.next_event().await.unwrap().unwrap() {
+                PtyEvent::Output(data) => screen.extend_from_slice(&data),
+                PtyEvent::Exit(status) => break status,
+            }
+        };
+        assert_eq!(status.exit_code, Some(3));
+        assert!(String::from_utf8_lossy(&screen).contains("pty-42"));
+
+        // Files: mkdir, multipart upload, list, stat, rename, read, remove.
+        let dir = client.mkdir(id, "/tmp/api/sub", true).await.unwrap();
+        assert_eq!(dir.kind, warren_client::FileKind::Dir);
+        let body = b"multipart body".to_vec();
+        let size = body.len() as u64;
+        let info = client
+            .upload_multipart(
+                id,
+                "/tmp/api/sub/m.txt",
+                std::io::Cursor::new(body.clone()),
+                Some(size),
+                &UploadOptions {
+                    mode: Some(0o640),
+                    ..UploadOptions::default()
+                },
+                |_| {},
+            )
+            .await
+            .unwrap();
+        assert_eq!((info.size, info.mode & 0o777), (size, 0o640));
+        let listing = client.list_files(id, "/tmp/api", 1).await.unwrap();
+        assert!(
+            listing
+                .entries
+                .iter()
+                .any(|e| e.path == "/tmp/api/sub/m.txt"),
+            "{listing:?}"
+        );
+        client
+            .rename(id, "/tmp/api/sub/m.txt", "/tmp/api/n.txt", false)
+            .await
+            .unwrap();
+        assert_eq!(client.read_file(id, "/tmp/api/n.txt").await.unwrap(), body);
+        let written = client
+            .write_file(
+                id,
+                "/tmp/api/new/x.sh",
+                "#!/bin/sh\necho x\n",
+                &UploadOptions {
+                    create_parents: true,
+                    mode: Some(0o755),
+                    ..UploadOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(written.mode & 0o777, 0o755);
+        client.remove(id, "/tmp/api", true).await.unwrap();
+        let gone = client.stat(id, "/tmp/api").await.unwrap_err();
+        assert_eq!(gone.status(), Some(404), "{gone}");
+
+        let events = client.sandbox_events(id).await.unwrap();
+        assert!(events.events.iter().any(|e| e.kind == "sandbox.created"));
+        let latest = client
+            .list_events(&ListEvents {
+                limit: Some(1),
+                ..ListEvents::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(latest.events.len(), 1);
+    });
 }
 
 #[test]

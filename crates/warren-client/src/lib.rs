@@ -23,6 +23,8 @@
 //! stream in both directions with bounded memory ([`Client::upload`],
 //! [`Client::download`]).
 
+#![warn(missing_docs)]
+
 mod client;
 pub mod discover;
 mod error;

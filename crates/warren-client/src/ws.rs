@@ -400,7 +400,10 @@ impl ExecSession {
                 ExecEvent::Exit(status) => return Ok(status),
             }
         }
-        unreachable!("next_event reports a missing exit as an error")
+        Err(Error::Protocol {
+            url: self.input.url.to_string(),
+            message: "no exit status: the session had already ended".into(),
+        })
     }
 
     /// Runs to the end and collects the output.

@@ -105,12 +105,16 @@ impl From<&SandboxRow> for Sandbox {
 pub struct CreateSandbox {
     /// Template id (default `debian`).
     pub template: Option<String>,
-    /// Virtual CPUs (default 1).
+    /// Virtual CPUs (default 1, at most the host's CPUs).
+    #[schema(minimum = 1)]
     pub cpus: Option<u32>,
-    /// Guest memory in MiB (default 512, at least 128).
+    /// Guest memory in MiB (default 512, at least 128, at most the host's
+    /// memory).
+    #[schema(minimum = 128)]
     pub memory_mib: Option<u32>,
     /// Seconds until the sandbox is killed (or paused); default 300, 0 for
     /// none, at most 86400 (a day).
+    #[schema(maximum = 86400)]
     pub timeout_secs: Option<u64>,
     /// Labels to filter by later.
     pub metadata: Option<BTreeMap<String, String>>,
@@ -132,6 +136,7 @@ pub struct SandboxList {
 #[serde(deny_unknown_fields)]
 pub struct SetTimeout {
     /// Seconds from now (0 = no timeout, at most 86400).
+    #[schema(maximum = 86400)]
     pub timeout_secs: u64,
 }
 
@@ -141,6 +146,7 @@ pub struct SetTimeout {
 pub struct LogsQuery {
     /// Return at most this many bytes from the end (default 65536, at most
     /// 16 MiB).
+    #[param(minimum = 0, maximum = 16777216)]
     pub tail_bytes: Option<u64>,
 }
 
@@ -158,7 +164,8 @@ pub struct ExecRequest {
     pub cwd: Option<String>,
     /// User to run as (default root).
     pub user: Option<String>,
-    /// Kill after this many seconds (0 = none).
+    /// Kill after this many seconds (0 = none, at most 86400).
+    #[schema(maximum = 86400)]
     pub timeout_secs: Option<u64>,
     /// Text fed to stdin, which is then closed.
     pub stdin: Option<String>,
@@ -178,7 +185,8 @@ pub struct StartProcess {
     pub cwd: Option<String>,
     /// User to run as.
     pub user: Option<String>,
-    /// Kill after this many seconds (0 = none).
+    /// Kill after this many seconds (0 = none, at most 86400).
+    #[schema(maximum = 86400)]
     pub timeout_secs: Option<u64>,
     /// Keep a stdin pipe open for `/stdin` calls.
     pub stdin: Option<bool>,
@@ -253,6 +261,7 @@ pub struct ProcessInput {
 #[serde(deny_unknown_fields)]
 pub struct SignalRequest {
     /// Signal number (15 = TERM, 9 = KILL, 2 = INT).
+    #[schema(minimum = 1, maximum = 64)]
     pub signal: i32,
 }
 
@@ -271,8 +280,10 @@ pub struct AttachQuery {
 #[into_params(parameter_in = Query)]
 pub struct PtyQuery {
     /// Columns (default 80).
+    #[param(minimum = 1, maximum = 1000)]
     pub cols: Option<u16>,
     /// Rows (default 24).
+    #[param(minimum = 1, maximum = 1000)]
     pub rows: Option<u16>,
     /// Command line to run (default: the user's login shell).
     pub cmd: Option<String>,
@@ -366,6 +377,7 @@ pub struct FileList {
 #[into_params(parameter_in = Query)]
 pub struct PathQuery {
     /// Absolute path in the sandbox.
+    #[param(pattern = "^/", max_length = 4096)]
     pub path: String,
 }
 
@@ -374,8 +386,10 @@ pub struct PathQuery {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Absolute path of a directory.
+    #[param(pattern = "^/", max_length = 4096)]
     pub path: String,
     /// Levels of subdirectories to include (default 0, at most 8).
+    #[param(minimum = 0, maximum = 8)]
     pub depth: Option<u32>,
 }
 
@@ -384,6 +398,7 @@ pub struct ListQuery {
 #[into_params(parameter_in = Query)]
 pub struct RemoveQuery {
     /// Absolute path.
+    #[param(pattern = "^/", max_length = 4096)]
     pub path: String,
     /// Remove directories with their contents.
     pub recursive: Option<bool>,
@@ -394,12 +409,14 @@ pub struct RemoveQuery {
 #[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     /// Absolute path of the file to write.
+    #[param(pattern = "^/", max_length = 4096)]
     pub path: String,
     /// Create missing parent directories.
     pub create_parents: Option<bool>,
     /// Owner of a new file.
     pub user: Option<String>,
     /// Permission bits as an octal string, e.g. `644`.
+    #[param(pattern = "^[0-7]{1,4}$")]
     pub mode: Option<String>,
 }
 
@@ -408,12 +425,15 @@ pub struct UploadQuery {
 #[allow(dead_code)]
 pub struct UploadForm {
     /// Absolute path of the file to write.
+    #[schema(pattern = "^/", max_length = 4096)]
     pub path: String,
     /// Octal permission bits, e.g. `644`.
+    #[schema(pattern = "^[0-7]{1,4}$")]
     pub mode: Option<String>,
     /// Owner of a new file.
     pub user: Option<String>,
     /// `true` to create missing parent directories.
+    #[schema(pattern = "^(true|false)$")]
     pub create_parents: Option<String>,
     /// The file's bytes.
     #[schema(format = Binary, content_media_type = "application/octet-stream")]
@@ -425,6 +445,7 @@ pub struct UploadForm {
 #[serde(deny_unknown_fields)]
 pub struct MakeDir {
     /// Absolute path.
+    #[schema(pattern = "^/", max_length = 4096)]
     pub path: String,
     /// Create parents, succeed if it exists (default true).
     pub parents: Option<bool>,
@@ -435,8 +456,10 @@ pub struct MakeDir {
 #[serde(deny_unknown_fields)]
 pub struct Rename {
     /// Current absolute path.
+    #[schema(pattern = "^/", max_length = 4096)]
     pub from: String,
     /// New absolute path.
+    #[schema(pattern = "^/", max_length = 4096)]
     pub to: String,
     /// Replace an existing target.
     pub overwrite: Option<bool>,
@@ -489,9 +512,11 @@ pub struct TemplateList {
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// Label.
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     pub name: String,
     /// Team of the new key (admin keys only; created if new). Default:
     /// the caller's team.
+    #[schema(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._-]+$")]
     pub team: Option<String>,
 }
 
@@ -596,6 +621,7 @@ pub struct EventsQuery {
     /// Only events of this sandbox.
     pub sandbox_id: Option<String>,
     /// At most this many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 

@@ -200,7 +200,9 @@ impl AppState {
             )));
         }
         if request.auto_pause == Some(true) {
-            return Err(ApiError::not_implemented(
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "unsupported",
                 "auto_pause needs sandbox snapshots, which this version of warren does not have yet",
             )
             .hint("create the sandbox without auto_pause; it is then killed at its timeout"));

@@ -208,6 +208,7 @@ pub async fn revoke_key(
         (status = 200, description = "Events", body = EventList),
         (status = 400, description = "Bad query", body = ErrorBody),
         (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 422, description = "Limit out of range", body = ErrorBody),
         (status = 500, description = "Server failure", body = ErrorBody),
     )
 )]
@@ -216,7 +217,13 @@ pub async fn list_events(
     caller: Caller,
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> ApiResult<Json<EventList>> {
-    let limit = i64::from(query.limit.unwrap_or(100).clamp(1, 1000));
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit must be between 1 and 1000, not {limit}"
+        )));
+    }
+    let limit = i64::from(limit);
     let rows = state
         .db
         .events(&caller.team_id, query.sandbox_id.as_deref(), limit)

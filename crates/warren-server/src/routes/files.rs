@@ -96,8 +96,8 @@ fn parse_mode(mode: Option<&str>) -> ApiResult<Option<u32>> {
 
 fn parse_bool(name: &str, value: &str) -> ApiResult<bool> {
     match value {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" | "" => Ok(false),
+        "true" => Ok(true),
+        "false" => Ok(false),
         other => Err(ApiError::invalid(format!(
             "{name} must be true or false, not {other:?}"
         ))),

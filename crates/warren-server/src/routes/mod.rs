@@ -133,7 +133,9 @@ fn api_router() -> OpenApiRouter<AppState> {
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let (api, openapi) = api_router().split_for_parts();
-    let openapi_json = serde_json::to_string(&openapi).expect("OpenAPI serializes");
+    let mut document = serde_json::to_value(&openapi).expect("OpenAPI serializes");
+    describe_host_limits(&mut document, &state);
+    let openapi_json = document.to_string();
     api.route(
         "/openapi.json",
         get(move || async move {
@@ -146,6 +148,17 @@ pub fn router(state: AppState) -> Router {
     .fallback(crate::console::serve)
     .layer(axum::middleware::from_fn_with_state(state.clone(), track))
     .with_state(state)
+}
+
+/// Writes this host's limits (CPUs, memory) into the document, so clients
+/// and tools see the real bounds of a create request.
+fn describe_host_limits(document: &mut serde_json::Value, state: &AppState) {
+    let host = state.host.manager().host();
+    let properties = &mut document["components"]["schemas"]["CreateSandbox"]["properties"];
+    if properties.is_object() {
+        properties["cpus"]["maximum"] = serde_json::json!(host.cpus);
+        properties["memory_mib"]["maximum"] = serde_json::json!(host.memory_total_mib);
+    }
 }
 
 /// Counts and times every request.

@@ -587,8 +587,13 @@ pub async fn pty_ws(
 ) -> ApiResult<Response> {
     let (_, live) = state.live_sandbox(&caller, &id).await?;
     let ws = ws.map_err(ws_rejection)?;
-    let cols = query.cols.unwrap_or(80).max(1);
-    let rows = query.rows.unwrap_or(24).max(1);
+    let cols = query.cols.unwrap_or(80);
+    let rows = query.rows.unwrap_or(24);
+    if !(1..=1000).contains(&cols) || !(1..=1000).contains(&rows) {
+        return Err(ApiError::bad_request(
+            "cols and rows must be between 1 and 1000",
+        ));
+    }
     let mut command = match query.cmd {
         Some(cmd) => Command::shell(cmd),
         // The user's login shell, as /etc/passwd has it.

@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Response};
 use super::{ApiJson, ApiPath, ApiQuery, json_status, no_content};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::model::{CreateSandbox, EventList, LogsQuery, Sandbox, SandboxList, SetTimeout};
+use crate::model::{
+    CreateSandbox, EventList, LogsQuery, Sandbox, SandboxList, SandboxState, SetTimeout,
+};
 use crate::state::AppState;
 
 /// Filters of a sandbox listing.
@@ -45,8 +47,8 @@ fn list_filters(query: Option<&str>) -> ApiResult<ListFilters> {
 #[utoipa::path(
     get, path = "/v1/sandboxes", tag = "sandboxes",
     params(
-        ("state" = Option<String>, Query, description = "Only sandboxes in this state: running, paused, stopped"),
-        ("metadata" = Option<String>, Query, description = "Only sandboxes whose metadata has key:value; repeat for several"),
+        ("state" = Option<SandboxState>, Query, description = "Only sandboxes in this state"),
+        ("metadata" = Option<Vec<String>>, Query, description = "Only sandboxes whose metadata has key:value; repeat for several", explode = true, style = Form),
     ),
     responses(
         (status = 200, description = "Sandboxes, newest first", body = SandboxList),
@@ -81,10 +83,10 @@ pub async fn list_sandboxes(
         (status = 201, description = "Created and running", body = Sandbox),
         (status = 400, description = "Malformed body", body = ErrorBody),
         (status = 401, description = "No or bad API key", body = ErrorBody),
-        (status = 422, description = "Refused request (unknown template, sizes out of range)", body = ErrorBody),
+        (status = 422, description = "Refused request (unknown template, sizes out of range, auto_pause before snapshots exist)", body = ErrorBody),
         (status = 429, description = "Too many running sandboxes for the team", body = ErrorBody),
         (status = 500, description = "Server failure", body = ErrorBody),
-        (status = 501, description = "Feature not available yet (auto_pause, snapshot templates)", body = ErrorBody),
+        (status = 501, description = "Feature not available yet (snapshot templates)", body = ErrorBody),
         (status = 503, description = "Host out of memory", body = ErrorBody),
     )
 )]
@@ -249,7 +251,12 @@ pub async fn sandbox_logs(
     ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> ApiResult<Response> {
     let row = state.sandbox_row(&caller, &id).await?;
-    let tail = query.tail_bytes.unwrap_or(65_536).min(16 << 20);
+    let tail = query.tail_bytes.unwrap_or(65_536);
+    if tail > 16 << 20 {
+        return Err(ApiError::bad_request(
+            "tail_bytes is limited to 16 MiB (16777216)",
+        ));
+    }
     let text = match state.host.get(&row.id) {
         Some(live) => live.console_log(tail),
         // Stopped: the end of its log was kept when it stopped.
