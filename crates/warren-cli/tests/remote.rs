@@ -533,6 +533,13 @@ fn client_api(url: &str, key: &str, id: &str) {
     runtime.block_on(async {
         let client = Client::new(url, key).unwrap();
         let health = client.health().await.unwrap();
+        assert!(
+            client
+                .metrics()
+                .await
+                .unwrap()
+                .contains("http_requests_total")
+        );
         assert_eq!(health.status, "ok");
         assert!(health.sandboxes_running >= 1);
         assert_eq!(client.get_template("tiny").await.unwrap().kind, "image");

@@ -337,6 +337,16 @@ impl Client {
         self.get_json(&["health"], &[]).await
     }
 
+    /// `GET /metrics`: the Prometheus text exposition (needs a key).
+    pub async fn metrics(&self) -> Result<String, Error> {
+        let url = self.url(&["metrics"]);
+        let response = self.send(Method::GET, &url, |r| r).await?;
+        response
+            .text()
+            .await
+            .map_err(|e| self.transport_error(&Method::GET, &url, e))
+    }
+
     // ---- sandboxes ------------------------------------------------------
 
     /// `POST /v1/sandboxes`: creates a sandbox and returns once its guest
