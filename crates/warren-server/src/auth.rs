@@ -60,7 +60,12 @@ impl FromRequestParts<AppState> for Caller {
             .key_by_hash(&hash_api_key(&key))
             .await?
             .ok_or_else(|| {
-                ApiError::unauthorized("the API key is not valid (unknown or revoked)")
+                ApiError::new(
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the API key is not valid (unknown or revoked)",
+                )
+                .hint("check the key; an admin can create a new one with POST /v1/keys (the admin key is in $WARREN_HOME/admin.key)")
             })?;
         state.note_key_use(&row.id).await;
         Ok(Caller {

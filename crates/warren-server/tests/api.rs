@@ -82,8 +82,8 @@ async fn every_endpoint_answers_as_documented() {
     assert_error(
         status,
         &body,
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unsupported",
     );
     let (status, body) = api
         .post(
