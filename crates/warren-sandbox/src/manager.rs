@@ -220,6 +220,8 @@ impl Manager {
             },
             accel: self.accel(),
             die_with_parent: self.config.ephemeral,
+            memory_file: None,
+            incoming: false,
         }
     }
 

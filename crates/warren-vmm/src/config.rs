@@ -24,6 +24,13 @@ pub struct VmConfig {
     pub kernel_args: Vec<String>,
     /// The root disk (virtio-blk, /dev/vda in the guest).
     pub root_disk: DiskConfig,
+    /// File that holds guest RAM (mapped shared). `None` means
+    /// `<dir>/memory`, created by QEMU. A resumed VM uses a file served by
+    /// the snapshot memory daemon instead.
+    pub memory_file: Option<PathBuf>,
+    /// Start paused, waiting for device state to restore (a resume or a
+    /// clone) instead of booting.
+    pub incoming: bool,
     /// Accelerator to run with.
     pub accel: Accel,
     /// Kill the VM if this process dies (ephemeral sandboxes, tests). A

@@ -87,3 +87,22 @@ pub enum KillError {
         source: nix::Error,
     },
 }
+
+/// Why saving or restoring a VM's device state failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The VM has no control connection (it never finished starting).
+    #[error("the VM has no control connection")]
+    NoControl,
+    /// QEMU refused or failed.
+    #[error(transparent)]
+    Qmp(#[from] crate::qmp::QmpError),
+    /// The state file could not be written or read.
+    #[error("device state file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+}

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 pub use accel::{Accel, AccelChoice};
 pub use config::{DiskConfig, DiskFormat, VmConfig};
-pub use error::{KillError, LaunchError};
+pub use error::{KillError, LaunchError, SnapshotError};
 
 /// Starts VMs. One per hypervisor backend.
 #[async_trait]
@@ -73,6 +73,38 @@ pub trait Vm: Send + Sync {
     /// Lets the VM outlive this handle (and this process): dropping the
     /// handle will no longer kill it.
     fn detach(&self);
+
+    /// Stops the vCPUs and writes the device state (CPU registers, device
+    /// models; not RAM, which is the shared memory file) to `state`. The VM
+    /// stays stopped: the caller then either kills it (a pause) or calls
+    /// [`Vm::cont`] (an abandoned pause, or a snapshot of a running VM).
+    async fn save_device_state(
+        &self,
+        state: &Path,
+        timeout: std::time::Duration,
+    ) -> Result<SavedState, SnapshotError>;
+
+    /// Runs the vCPUs again.
+    async fn cont(&self) -> Result<(), SnapshotError>;
+
+    /// For a VM launched with `incoming`: loads the device state from
+    /// `state` and runs the guest from where it was saved.
+    async fn restore_device_state(
+        &self,
+        state: &Path,
+        timeout: std::time::Duration,
+    ) -> Result<(), SnapshotError>;
+}
+
+/// What a device-state save produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedState {
+    /// Size of the state file.
+    pub bytes: u64,
+    /// Time the vCPUs were stopped before the save started (ms).
+    pub stop_ms: u64,
+    /// Time the save itself took (ms).
+    pub save_ms: u64,
 }
 
 /// How and when a VM process ended.

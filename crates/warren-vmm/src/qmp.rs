@@ -202,6 +202,118 @@ impl QmpClient {
         self.inner.events.subscribe()
     }
 
+    /// Hands QEMU a file descriptor under `name` (QMP `getfd`), for
+    /// `fd:` migration URIs: QEMU then reads or writes our file without
+    /// forking a shell for `exec:` URIs (a fork of a QEMU with gigabytes
+    /// mapped is not free).
+    pub async fn send_fd(
+        &self,
+        name: &str,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), QmpError> {
+        use std::os::fd::AsRawFd;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let request = json!({ "execute": "getfd", "arguments": { "fdname": name }, "id": id });
+        let mut line =
+            serde_json::to_vec(&request).map_err(|e| QmpError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        let (tx, rx) = oneshot::channel();
+        self.inner.pending.lock().await.insert(id, tx);
+        {
+            let writer = self.inner.writer.lock().await;
+            let socket: &UnixStream = writer.as_ref();
+            let raw = fd.as_raw_fd();
+            let sent = loop {
+                socket
+                    .writable()
+                    .await
+                    .map_err(|e| QmpError::Io(e.to_string()))?;
+                let result = socket.try_io(tokio::io::Interest::WRITABLE, || {
+                    let fds = [raw];
+                    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+                    let iov = [std::io::IoSlice::new(&line)];
+                    nix::sys::socket::sendmsg::<()>(
+                        socket.as_raw_fd(),
+                        &iov,
+                        &cmsg,
+                        nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+                        None,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+                match result {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => {
+                        self.inner.pending.lock().await.remove(&id);
+                        return Err(QmpError::Io(e.to_string()));
+                    }
+                }
+            };
+            if sent < line.len() {
+                // The fd went with the first bytes; send the rest plainly.
+                let mut rest = &line[sent..];
+                while !rest.is_empty() {
+                    socket
+                        .writable()
+                        .await
+                        .map_err(|e| QmpError::Io(e.to_string()))?;
+                    match socket.try_write(rest) {
+                        Ok(n) => rest = &rest[n..],
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(QmpError::Io(e.to_string())),
+                    }
+                }
+            }
+        }
+        match tokio::time::timeout(DEFAULT_COMMAND_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result.map(|_| ()).map_err(|e| match e {
+                QmpError::Command { class, desc, .. } => QmpError::Command {
+                    command: "getfd".into(),
+                    class,
+                    desc,
+                },
+                other => other,
+            }),
+            Ok(Err(_)) => Err(QmpError::Closed),
+            Err(_) => Err(QmpError::Timeout {
+                command: "getfd".into(),
+                after: DEFAULT_COMMAND_TIMEOUT,
+            }),
+        }
+    }
+
+    /// Polls `query-migrate` until the migration completes or fails.
+    pub async fn wait_for_migration(&self, timeout: Duration) -> Result<Value, QmpError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.execute("query-migrate", None).await?;
+            match status.get("status").and_then(Value::as_str) {
+                Some("completed") => return Ok(status),
+                Some("failed") | Some("cancelled") => {
+                    let desc = status
+                        .get("error-desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no reason given")
+                        .to_string();
+                    return Err(QmpError::Command {
+                        command: "migrate".into(),
+                        class: "MigrationFailed".into(),
+                        desc,
+                    });
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(QmpError::Timeout {
+                    command: "migrate".into(),
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// The VM's run state as QEMU reports it ("running", "paused", ...).
     pub async fn run_state(&self) -> Result<String, QmpError> {
         let status = self.execute("query-status", None).await?;

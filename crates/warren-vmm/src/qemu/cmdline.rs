@@ -4,7 +4,7 @@
 //! the benchmark that boots "plain QEMU" with exactly the same arguments.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::accel::Accel;
 use crate::config::{VmConfig, files};
@@ -65,8 +65,18 @@ pub fn build_args(config: &VmConfig) -> Vec<OsString> {
     let mut ram = OsString::from(format!(
         "memory-backend-file,id=ram0,size={memory},share=on,mem-path="
     ));
-    ram.push(escape_commas(path(files::MEMORY).as_os_str()));
+    let memory_file = config
+        .memory_file
+        .clone()
+        .map(PathBuf::into_os_string)
+        .unwrap_or_else(|| path(files::MEMORY));
+    ram.push(escape_commas(memory_file.as_os_str()));
     args.push(ram);
+    if config.incoming {
+        // Stay stopped after the device state is loaded: the caller decides
+        // when the guest runs again.
+        args.extend(["-S", "-incoming", "defer"].map(OsString::from));
+    }
 
     let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
     push(&["-kernel"]);
@@ -166,6 +176,8 @@ mod tests {
             },
             accel,
             die_with_parent: true,
+            memory_file: None,
+            incoming: false,
         }
     }
 
@@ -191,6 +203,16 @@ mod tests {
         assert!(line.contains("warren.hostname=sb-test"));
         assert!(line.contains("warren.debug=1"));
         assert!(line.contains("-no-reboot"));
+    }
+
+    #[test]
+    fn a_restore_starts_paused_with_the_given_memory_file() {
+        let mut config = config(Accel::Tcg);
+        config.memory_file = Some("/data/sb,1/memfs/memory".into());
+        config.incoming = true;
+        let line = joined(&build_args(&config));
+        assert!(line.contains("mem-path=/data/sb,,1/memfs/memory"));
+        assert!(line.contains("-S -incoming defer"));
     }
 
     #[test]

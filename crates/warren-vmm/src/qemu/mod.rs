@@ -25,9 +25,9 @@ use tokio::sync::watch;
 
 use crate::accel::Accel;
 use crate::config::{VmConfig, files};
-use crate::error::{KillError, LaunchError};
+use crate::error::{KillError, LaunchError, SnapshotError};
 use crate::qmp::QmpClient;
-use crate::{Vm, VmExit, Vmm};
+use crate::{SavedState, Vm, VmExit, Vmm};
 
 /// Longest unix socket path (sun_path is 108 bytes including the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -313,6 +313,80 @@ impl Vm for QemuVm {
 
     fn detach(&self) {
         self.detached.store(true, Ordering::SeqCst);
+    }
+
+    async fn save_device_state(
+        &self,
+        state: &Path,
+        timeout: Duration,
+    ) -> Result<SavedState, SnapshotError> {
+        let qmp = self.qmp.get().ok_or(SnapshotError::NoControl)?;
+        let io = |source| SnapshotError::Io {
+            path: state.to_path_buf(),
+            source,
+        };
+        let file = File::create(state).map_err(io)?;
+        let started = Instant::now();
+        qmp.execute("stop", None).await?;
+        let stop_ms = started.elapsed().as_millis() as u64;
+        let saved = async {
+            qmp.execute(
+                "migrate-set-capabilities",
+                Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+            )
+            .await?;
+            use std::os::fd::AsFd;
+            qmp.send_fd("warren-state-out", file.as_fd()).await?;
+            qmp.execute("migrate", Some(serde_json::json!({"uri": "fd:warren-state-out"})))
+                .await?;
+            qmp.wait_for_migration(timeout).await?;
+            Ok::<(), SnapshotError>(())
+        }
+        .await;
+        if let Err(error) = saved {
+            let _ = std::fs::remove_file(state);
+            return Err(error);
+        }
+        file.sync_all().map_err(io)?;
+        let bytes = file.metadata().map_err(io)?.len();
+        Ok(SavedState {
+            bytes,
+            stop_ms,
+            save_ms: started.elapsed().as_millis() as u64 - stop_ms,
+        })
+    }
+
+    async fn cont(&self) -> Result<(), SnapshotError> {
+        let qmp = self.qmp.get().ok_or(SnapshotError::NoControl)?;
+        qmp.execute("cont", None).await?;
+        Ok(())
+    }
+
+    async fn restore_device_state(
+        &self,
+        state: &Path,
+        timeout: Duration,
+    ) -> Result<(), SnapshotError> {
+        let qmp = self.qmp.get().ok_or(SnapshotError::NoControl)?;
+        let file = File::open(state).map_err(|source| SnapshotError::Io {
+            path: state.to_path_buf(),
+            source,
+        })?;
+        qmp.execute(
+            "migrate-set-capabilities",
+            Some(serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+        )
+        .await?;
+        use std::os::fd::AsFd;
+        qmp.send_fd("warren-state-in", file.as_fd()).await?;
+        qmp.execute(
+            "migrate-incoming",
+            Some(serde_json::json!({"uri": "fd:warren-state-in"})),
+        )
+        .await?;
+        qmp.wait_for_migration(timeout).await?;
+        qmp.execute("cont", None).await?;
+        Ok(())
     }
 }
 

@@ -1,0 +1,2 @@
+//! Incremental memory snapshots (see FORMAT.md).
+pub mod map;
