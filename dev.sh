@@ -12,7 +12,7 @@ GUEST_TARGET=x86_64-unknown-linux-gnu
 GUEST_BIN="$REPO/target/$GUEST_TARGET/release/warren-guest"
 # Debian packages the host needs. qemu-utils must come from the same QEMU
 # release as qemu-system-x86, so both are always installed together.
-HOST_PACKAGES=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs dpkg apt ca-certificates curl python3 python3-venv)
+HOST_PACKAGES=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs dpkg apt ca-certificates curl python3 python3-venv fuse3)
 # Only the test suite needs a browser.
 TEST_PACKAGES=(chromium)
 
@@ -67,7 +67,7 @@ build_release() {
   build_guest
   build_web
   log "building warren (release)"
-  cargo build --release --locked -p warren-cli
+  cargo build --release --locked -p warren-cli -p warren-snapshot
   install -m 0755 "$GUEST_BIN" "$REPO/target/release/warren-guest"
 }
 
@@ -92,6 +92,8 @@ cmd_test() {
   export WARREN_IMAGE_CACHE="${WARREN_IMAGE_CACHE:-/var/lib/warren/test-images}"
   export RUST_BACKTRACE=1
   log "running the Rust test suite (unit, integration with real VMs, API contract)"
+  # The snapshot memory daemon must sit next to the test binaries' warren.
+  cargo build --locked -p warren-snapshot --bin warren-memfs
   cargo test --workspace --locked -- --test-threads=2
   export WARREN_BIN="$REPO/target/debug/warren"
   log "running the Python SDK tests against a live warren up"
@@ -104,6 +106,8 @@ cmd_test() {
   local leftovers
   leftovers=$(pgrep -af 'qemu-system-x86_64 -name warren-' | grep -F "$WARREN_IMAGE_CACHE" || true)
   [ -z "$leftovers" ] || die "QEMU processes left behind by the tests:\n$leftovers"
+  leftovers=$(pgrep -af 'warren-memfs --mount /tmp/wt' || true)
+  [ -z "$leftovers" ] || die "memory daemons left behind by the tests:\n$leftovers"
   log "all tests passed"
 }
 
@@ -112,6 +116,7 @@ cmd_bench() {
   install_host_packages
   build_release
   "$REPO/target/release/warren" bench boot --json
+  "$REPO/target/release/warren" bench snapshot --json
 }
 
 case "${1:-}" in

@@ -27,9 +27,15 @@ pub struct TestEnv {
 impl TestEnv {
     /// Sets up a fresh data directory with the shared image cache.
     pub fn new() -> Self {
+        Self::at(&std::env::temp_dir())
+    }
+
+    /// Like [`TestEnv::new`], with the data directory inside `parent` (a
+    /// small filesystem, for disk-full tests).
+    pub fn at(parent: &Path) -> Self {
         let data_dir = tempfile::Builder::new()
             .prefix("wt")
-            .tempdir_in(std::env::temp_dir())
+            .tempdir_in(parent)
             .expect("create a test data dir");
         let mut config = ManagerConfig::from_env().expect("valid WARREN_* environment");
         config.data_dir = data_dir.path().to_path_buf();

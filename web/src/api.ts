@@ -12,6 +12,8 @@ export interface Sandbox {
   metadata: Record<string, string>;
   env: Record<string, string>;
   auto_pause: boolean;
+  /** While paused, any operation resumes it first (older servers omit it). */
+  auto_resume?: boolean;
   timeout_secs: number;
   created_at: string;
   expires_at: string | null;
@@ -27,6 +29,28 @@ export interface Template {
   cpus: number | null;
   memory_mib: number | null;
   created_at?: string;
+}
+
+/** What a pause wrote (`POST /v1/sandboxes/{id}/pause`). */
+export interface PauseResult {
+  sandbox: Sandbox;
+  memory_bytes: number;
+  full: boolean;
+  chain_length: number;
+  merged: boolean;
+  duration_ms: number;
+}
+
+/** A snapshot template: clones are created with `template: name`. */
+export interface Snapshot {
+  name: string;
+  source_sandbox: string | null;
+  cpus: number;
+  memory_mib: number;
+  memory_bytes: number;
+  disk_bytes: number;
+  used_by: string[];
+  created_at: string;
 }
 
 export interface ExecResult {
@@ -74,6 +98,7 @@ export interface CreateSandboxRequest {
   metadata?: Record<string, string>;
   env?: Record<string, string>;
   auto_pause?: boolean;
+  auto_resume?: boolean;
 }
 
 export interface ExecRequest {
@@ -210,7 +235,7 @@ export class Api {
   setTimeout(id: string, timeout_secs: number): Promise<Sandbox> {
     return this.json('POST', `/v1/sandboxes/${enc(id)}/timeout`, { json: { timeout_secs } });
   }
-  pause(id: string): Promise<Sandbox> {
+  pause(id: string): Promise<PauseResult> {
     return this.json('POST', `/v1/sandboxes/${enc(id)}/pause`);
   }
   resume(id: string): Promise<Sandbox> {
@@ -229,6 +254,18 @@ export class Api {
   async templates(): Promise<Template[]> {
     const r = await this.json<{ templates: Template[] }>('GET', '/v1/templates');
     return r.templates;
+  }
+
+  // --- snapshots ---
+  createSnapshot(id: string, name: string): Promise<Snapshot> {
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/snapshots`, { json: { name } });
+  }
+  async snapshots(): Promise<Snapshot[]> {
+    const r = await this.json<{ snapshots: Snapshot[] }>('GET', '/v1/snapshots');
+    return r.snapshots;
+  }
+  async deleteSnapshot(name: string): Promise<void> {
+    await this.request('DELETE', `/v1/snapshots/${enc(name)}`);
   }
 
   // --- processes ---

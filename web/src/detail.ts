@@ -1,10 +1,10 @@
 // One sandbox: header with lifecycle actions, and tabs.
 
-import { ApiError, type Api, type Sandbox } from './api';
+import { ApiError, type Api, type PauseResult, type Sandbox, type Snapshot } from './api';
 import { ErrorBox, busy, field, h, mount, toast } from './dom';
 import { ExecPane } from './exec';
 import { FilesPane } from './files';
-import { absoluteTime, formatMemory, relativeTime } from './format';
+import { absoluteTime, formatBytes, formatMemory, relativeTime } from './format';
 import { metadataChips, stateBadge } from './list';
 import { LogsPane } from './logs';
 import { TerminalPane } from './terminal';
@@ -40,6 +40,10 @@ export class DetailView {
   private readonly summary = h('div', { class: 'summary' });
   private readonly pauseBtn = h('button', { type: 'button' }, 'Pause');
   private readonly resumeBtn = h('button', { type: 'button' }, 'Resume');
+  private readonly snapshotBtn = h('button', { type: 'button', title: 'Save this sandbox as a template new sandboxes start from' }, 'Snapshot');
+  /** What the last pause or snapshot did. */
+  private readonly note = h('div', { class: 'action-note muted', role: 'status', 'data-testid': 'action-result', hidden: true });
+  private lastState: Sandbox['state'] | null = null;
   private readonly killBtn = h('button', { type: 'button', class: 'danger' }, 'Kill');
   private readonly actionErr = new ErrorBox('action-error');
   private readonly loadErr = new ErrorBox('detail-error');
@@ -51,8 +55,21 @@ export class DetailView {
     tab: Tab,
   ) {
     this.title.textContent = id;
-    this.pauseBtn.addEventListener('click', () => void this.action(this.pauseBtn, 'Pausing…', () => api.pause(id), 'paused'));
-    this.resumeBtn.addEventListener('click', () => void this.action(this.resumeBtn, 'Resuming…', () => api.resume(id), 'resumed'));
+    this.pauseBtn.addEventListener('click', () =>
+      void this.action(this.pauseBtn, 'Pausing…', async () => {
+        const result = await api.pause(id);
+        this.showNote(pauseSummary(result));
+        return result.sandbox;
+      }, 'paused'),
+    );
+    this.resumeBtn.addEventListener('click', () =>
+      void this.action(this.resumeBtn, 'Resuming…', () => api.resume(id), 'resumed').then((ok) => {
+        // The pause ended the terminal's connection: open a new one.
+        const term = this.panes.get('terminal');
+        if (ok && term instanceof TerminalPane) term.reconnectIfDown();
+      }),
+    );
+    this.snapshotBtn.addEventListener('click', () => void this.snapshot());
     this.killBtn.addEventListener('click', () => {
       if (!window.confirm(`Kill sandbox ${id}? Its VM is stopped and everything in it is lost.`)) return;
       void this.action(this.killBtn, 'Killing…', async () => {
@@ -87,8 +104,9 @@ export class DetailView {
       h(
         'section',
         { class: 'card detail-head', 'aria-label': 'Sandbox' },
-        h('div', { class: 'head-row' }, this.title, h('span', { class: 'spacer' }), h('div', { class: 'actions' }, this.pauseBtn, this.resumeBtn, this.killBtn)),
+        h('div', { class: 'head-row' }, this.title, h('span', { class: 'spacer' }), h('div', { class: 'actions' }, this.pauseBtn, this.resumeBtn, this.snapshotBtn, this.killBtn)),
         this.summary,
+        this.note,
         this.actionErr.el,
         this.loadErr.el,
       ),
@@ -181,19 +199,55 @@ export class DetailView {
     );
     this.pauseBtn.hidden = sb.state !== 'running';
     this.resumeBtn.hidden = sb.state !== 'paused';
+    this.snapshotBtn.hidden = sb.state === 'stopped';
     this.killBtn.hidden = sb.state === 'stopped';
+    // A pause note is about the paused state; drop it once that is over.
+    if (this.lastState === 'paused' && sb.state !== 'paused' && this.note.dataset.kind === 'pause') this.hideNote();
+    this.lastState = sb.state;
     this.details.update(sb);
   }
 
-  private async action(btn: HTMLButtonElement, label: string, fn: () => Promise<Sandbox>, done: string): Promise<void> {
+  private showNote(text: string, kind: 'pause' | 'snapshot' = 'pause'): void {
+    this.note.textContent = text;
+    this.note.dataset.kind = kind;
+    this.note.hidden = false;
+  }
+
+  private hideNote(): void {
+    this.note.hidden = true;
+    this.note.textContent = '';
+  }
+
+  /** Asks for a name, then turns the sandbox into a snapshot template. */
+  private async snapshot(): Promise<void> {
+    const name = window.prompt(
+      'Name of the snapshot template (letters, digits, "-", "_", "."). New sandboxes can then be created from it.',
+      `${this.id}-snapshot`,
+    );
+    if (name === null || name.trim() === '') return;
+    this.actionErr.clear();
+    try {
+      const snap = await busy(this.snapshotBtn, 'Snapshotting…', () => this.api.createSnapshot(this.id, name.trim()));
+      this.showNote(snapshotSummary(snap), 'snapshot');
+      toast(`Snapshot ${snap.name} created`);
+    } catch (e) {
+      this.actionErr.show(e, 'Cannot take a snapshot');
+    }
+    void this.refresh();
+  }
+
+  /** Runs a lifecycle action; true if it succeeded. */
+  private async action(btn: HTMLButtonElement, label: string, fn: () => Promise<Sandbox>, done: string): Promise<boolean> {
     this.actionErr.clear();
     try {
       const sb = await busy(btn, label, fn);
       this.setSandbox(sb);
       toast(`Sandbox ${this.id} ${done}`);
+      return true;
     } catch (e) {
       this.actionErr.show(e, `Cannot ${btn.textContent?.toLowerCase() ?? 'do that'}`);
       void this.refresh();
+      return false;
     }
   }
 
@@ -202,6 +256,16 @@ export class DetailView {
     window.clearInterval(this.timer);
     for (const p of this.panes.values()) p.dispose();
   }
+}
+
+/** "Paused: 123.4 MiB written (full snapshot), chain 1, 850 ms". */
+export function pauseSummary(r: PauseResult): string {
+  const kind = r.full ? 'full snapshot' : r.merged ? 'changes since the last pause, chain merged' : 'changes since the last pause';
+  return `Paused: ${formatBytes(r.memory_bytes)} written (${kind}), chain ${r.chain_length}, ${r.duration_ms} ms`;
+}
+
+function snapshotSummary(s: Snapshot): string {
+  return `Snapshot ${s.name} created: ${formatBytes(s.memory_bytes)} of memory, ${formatBytes(s.disk_bytes)} of disk. New sandboxes can start from it (template ${s.name}).`;
 }
 
 class DetailsPane implements Pane {
@@ -261,7 +325,8 @@ class DetailsPane implements Pane {
       row('CPUs', String(sb.cpus)),
       row('Memory', formatMemory(sb.memory_mib)),
       row('Timeout', sb.timeout_secs ? `${sb.timeout_secs} s` : 'none'),
-      row('Auto-pause', sb.auto_pause ? 'yes' : 'no'),
+      row('Auto-pause', sb.auto_pause ? 'yes (paused at the timeout)' : 'no'),
+      row('Auto-resume', sb.auto_resume ? 'yes (any operation resumes it)' : 'no'),
       row('Created', absoluteTime(sb.created_at)),
       row('Expires', sb.expires_at ? `${absoluteTime(sb.expires_at)} (${relativeTime(sb.expires_at)})` : 'never'),
       row('Stopped', sb.stopped_at ? absoluteTime(sb.stopped_at) : '—'),

@@ -1,8 +1,8 @@
-// The sandbox list (polled) and the create form.
+// The sandbox list (polled), the create form, and the snapshot templates.
 
-import type { Api, Sandbox, Template } from './api';
+import type { Api, Sandbox, Snapshot, Template } from './api';
 import { ErrorBox, busy, field, h, mount, toast } from './dom';
-import { absoluteTime, formatMemory, parsePairs, relativeTime } from './format';
+import { absoluteTime, formatBytes, formatMemory, parsePairs, relativeTime } from './format';
 
 const POLL_MS = 3000;
 
@@ -89,6 +89,8 @@ export class ListView {
   private readonly mdFilter: HTMLInputElement;
   private readonly updated = h('span', { class: 'muted small', 'aria-live': 'off', 'data-testid': 'list-updated' });
   private readonly listError = new ErrorBox('list-error');
+  private readonly createForm: CreateForm;
+  private readonly snapshots: SnapshotsSection;
 
   constructor(private readonly api: Api) {
     this.stateFilter = h(
@@ -105,10 +107,12 @@ export class ListView {
     const refresh = h('button', { type: 'button', class: 'ghost' }, 'Refresh');
     refresh.addEventListener('click', () => this.reload(false));
 
+    this.createForm = new CreateForm(api);
+    this.snapshots = new SnapshotsSection(api, () => void this.createForm.loadTemplates(), (name) => this.createForm.select(name));
     this.el = h(
       'div',
       { class: 'list-view' },
-      new CreateForm(api).el,
+      this.createForm.el,
       h(
         'section',
         { class: 'card', 'aria-labelledby': 'sandboxes-title' },
@@ -138,10 +142,14 @@ export class ListView {
           ),
         ),
       ),
+      this.snapshots.el,
     );
     this.reload(false);
     this.timer = window.setInterval(() => {
-      if (!document.hidden) this.reload(false);
+      if (!document.hidden) {
+        this.reload(false);
+        void this.snapshots.load();
+      }
     }, POLL_MS);
   }
 
@@ -216,6 +224,8 @@ class CreateForm {
   private readonly memory = h('input', { type: 'number', name: 'memory_mib', min: '1', step: '1', value: '512', 'data-testid': 'create-memory' });
   private readonly timeout = h('input', { type: 'number', name: 'timeout_secs', min: '0', step: '1', value: '300', 'data-testid': 'create-timeout' });
   private readonly metadata = h('input', { type: 'text', name: 'metadata', placeholder: 'owner=me, purpose=demo', 'data-testid': 'create-metadata' });
+  private readonly autoPause = h('input', { type: 'checkbox', name: 'auto_pause', 'data-testid': 'create-auto-pause' });
+  private readonly autoResume = h('input', { type: 'checkbox', name: 'auto_resume', 'data-testid': 'create-auto-resume' });
   private readonly submit = h('button', { type: 'submit', class: 'primary' }, 'Create sandbox');
   private readonly progress = h('div', { class: 'progress', role: 'status', 'data-testid': 'create-progress', hidden: true });
   private readonly err = new ErrorBox('create-error');
@@ -234,6 +244,12 @@ class CreateForm {
         field('Timeout (seconds)', this.timeout, '0 = no timeout'),
         field('Metadata', this.metadata, 'key=value, comma separated'),
       ),
+      h(
+        'div',
+        { class: 'actions' },
+        h('div', { class: 'check', title: 'At the timeout, pause the sandbox to disk instead of killing it' }, field('Pause at the timeout', this.autoPause)),
+        h('div', { class: 'check', title: 'While paused, any operation (terminal, commands, files) resumes it first' }, field('Resume on use', this.autoResume)),
+      ),
       this.err.el,
       h('div', { class: 'actions' }, this.submit, this.progress),
     );
@@ -246,23 +262,41 @@ class CreateForm {
     void this.loadTemplates();
   }
 
-  private async loadTemplates(): Promise<void> {
-    mount(this.template, h('option', { value: '' }, 'loading…'));
+  /** (Re)loads the template choices, keeping the selection when it still exists. */
+  async loadTemplates(): Promise<void> {
+    const previous = this.template.value;
+    if (!this.templates.length) mount(this.template, h('option', { value: '' }, 'loading…'));
     try {
       this.templates = await this.api.templates();
+      const option = (t: Template) =>
+        h('option', { value: t.id, title: t.description ?? '' }, t.description ? `${t.name} — ${t.description}` : t.name);
+      const images = this.templates.filter((t) => t.kind !== 'snapshot');
+      const snapshots = this.templates.filter((t) => t.kind === 'snapshot');
       mount(
         this.template,
-        this.templates.map((t) =>
-          h('option', { value: t.id, title: t.description ?? '' }, t.description ? `${t.name} — ${t.description}` : t.name),
-        ),
+        snapshots.length
+          ? [h('optgroup', { label: 'Images' }, images.map(option)), h('optgroup', { label: 'Snapshots' }, snapshots.map(option))]
+          : images.map(option),
       );
-      const debian = this.templates.find((t) => t.id === 'debian');
-      if (debian) this.template.value = debian.id;
+      const keep = this.templates.find((t) => t.id === previous) ?? this.templates.find((t) => t.id === 'debian');
+      if (keep) this.template.value = keep.id;
       this.applyTemplateLimits();
     } catch (e) {
       mount(this.template, h('option', { value: '' }, 'server default'));
       this.err.show(e, 'Cannot load templates');
     }
+  }
+
+  /** Selects a template (e.g. a snapshot to clone) and brings the form into view. */
+  select(id: string): void {
+    void this.loadTemplates().then(() => {
+      if (this.templates.some((t) => t.id === id)) {
+        this.template.value = id;
+        this.applyTemplateLimits();
+      }
+      this.el.scrollIntoView({ behavior: 'smooth', block: 'start' });
+      this.template.focus();
+    });
   }
 
   /** Snapshot templates lock cpus/memory. */
@@ -286,6 +320,8 @@ class CreateForm {
       req.timeout_secs = intOf(this.timeout, 'Timeout');
       const md = parsePairs(this.metadata.value);
       if (Object.keys(md).length) req.metadata = md;
+      if (this.autoPause.checked) req.auto_pause = true;
+      if (this.autoResume.checked) req.auto_resume = true;
     } catch (e) {
       this.err.show(e, 'Invalid input');
       return;
@@ -309,6 +345,112 @@ class CreateForm {
       window.clearInterval(timer);
       this.progress.hidden = true;
     }
+  }
+}
+
+/** The team's snapshot templates: what they hold, who uses them, delete. */
+class SnapshotsSection {
+  readonly el: HTMLElement;
+  private readonly tbody = h('tbody');
+  private readonly err = new ErrorBox('snapshots-error');
+  private readonly actionErr = new ErrorBox('snapshot-action-error');
+  private loading = false;
+  private names = '';
+
+  constructor(
+    private readonly api: Api,
+    private readonly onChange: () => void,
+    private readonly onClone: (name: string) => void,
+  ) {
+    this.el = h(
+      'section',
+      { class: 'card', 'aria-labelledby': 'snapshots-title', 'data-testid': 'snapshots' },
+      h('div', { class: 'section-head' }, h('h2', { id: 'snapshots-title' }, 'Snapshots')),
+      h('p', { class: 'form-help muted' }, 'Templates taken from sandboxes (Snapshot on a sandbox page). New sandboxes created from one start where it was.'),
+      this.err.el,
+      this.actionErr.el,
+      h(
+        'div',
+        { class: 'table-wrap' },
+        h(
+          'table',
+          { class: 'table', 'data-testid': 'snapshot-table', 'aria-labelledby': 'snapshots-title' },
+          h(
+            'thead',
+            null,
+            h('tr', null, ['Name', 'From', 'Resources', 'Memory on disk', 'Disk', 'Used by', 'Created', 'Actions'].map((t) => h('th', { scope: 'col' }, t))),
+          ),
+          this.tbody,
+        ),
+      ),
+    );
+    void this.load();
+  }
+
+  async load(): Promise<void> {
+    if (this.loading) return;
+    this.loading = true;
+    try {
+      const list = await this.api.snapshots();
+      this.render(list);
+      this.err.clear();
+      // New or deleted snapshots change the create form's templates.
+      const names = list.map((s) => s.name).join('\n');
+      if (names !== this.names) {
+        if (this.names !== '' || names !== '') this.onChange();
+        this.names = names;
+      }
+    } catch (e) {
+      this.err.show(e, 'Cannot list snapshots');
+    } finally {
+      this.loading = false;
+    }
+  }
+
+  private render(list: Snapshot[]): void {
+    if (list.length === 0) {
+      mount(this.tbody, h('tr', { class: 'empty' }, h('td', { colspan: '8' }, 'No snapshots.')));
+      return;
+    }
+    mount(
+      this.tbody,
+      list.map((s) => {
+        const clone = h('button', { type: 'button', class: 'small', 'aria-label': `New sandbox from ${s.name}` }, 'New sandbox');
+        clone.addEventListener('click', () => this.onClone(s.name));
+        const del = h('button', { type: 'button', class: 'danger small', 'aria-label': `Delete snapshot ${s.name}` }, 'Delete');
+        del.addEventListener('click', () => void this.remove(s, del));
+        return h(
+          'tr',
+          { 'data-testid': 'snapshot-row', 'data-name': s.name },
+          h('td', { class: 'mono' }, s.name),
+          h('td', null, s.source_sandbox ? h('a', { href: `#/sandboxes/${encodeURIComponent(s.source_sandbox)}`, class: 'mono' }, s.source_sandbox) : '—'),
+          h('td', null, `${s.cpus} CPU · ${formatMemory(s.memory_mib)}`),
+          h('td', { class: 'num' }, formatBytes(s.memory_bytes)),
+          h('td', { class: 'num' }, formatBytes(s.disk_bytes)),
+          h(
+            'td',
+            { 'data-col': 'used-by' },
+            s.used_by.length
+              ? h('span', { class: 'chips' }, s.used_by.map((id) => h('a', { href: `#/sandboxes/${encodeURIComponent(id)}`, class: 'chip' }, id)))
+              : h('span', { class: 'muted' }, '—'),
+          ),
+          h('td', { title: absoluteTime(s.created_at) }, relativeTime(s.created_at)),
+          h('td', { class: 'row-actions' }, clone, del),
+        );
+      }),
+    );
+  }
+
+  private async remove(s: Snapshot, btn: HTMLButtonElement): Promise<void> {
+    if (!window.confirm(`Delete snapshot ${s.name}? New sandboxes can no longer be created from it.`)) return;
+    this.actionErr.clear();
+    try {
+      await busy(btn, 'Deleting…', () => this.api.deleteSnapshot(s.name));
+      toast(`Snapshot ${s.name} deleted`);
+    } catch (e) {
+      this.actionErr.show(e, `Cannot delete ${s.name}`);
+    }
+    await this.load();
   }
 }
 

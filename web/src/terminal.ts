@@ -157,6 +157,11 @@ export class TerminalPane {
     });
   }
 
+  /** Reconnects when the connection is gone (e.g. after a pause and resume). */
+  reconnectIfDown(): void {
+    if (this.status === 'closed' || this.status === 'error') this.connect();
+  }
+
   dispose(): void {
     this.disposed = true;
     this.observer?.disconnect();

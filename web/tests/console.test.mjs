@@ -212,6 +212,7 @@ describe('warren web console (live server)', { timeout: 15 * 60_000 }, () => {
   let page;
   let profileDir;
   let sandboxId = null;
+  let promptAnswer = null; // what window.prompt() is answered with
   const external = []; // requests that tried to leave the server's origin
   const consoleErrors = [];
 
@@ -273,7 +274,8 @@ describe('warren web console (live server)', { timeout: 15 * 60_000 }, () => {
       const u = new URL(ws.url());
       if (u.host !== new URL(base).host) external.push(ws.url());
     });
-    page.on('dialog', (d) => void d.accept());
+    // confirm() is accepted; prompt() gets `promptAnswer` (or its default).
+    page.on('dialog', (d) => void d.accept(d.type() === 'prompt' && promptAnswer !== null ? promptAnswer : undefined).catch(() => {}));
     page.on('pageerror', (e) => consoleErrors.push(`pageerror: ${e.message}`));
     page.on('console', (m) => {
       if (m.type() === 'error') consoleErrors.push(`console.error: ${m.text()}`);
@@ -457,7 +459,7 @@ describe('warren web console (live server)', { timeout: 15 * 60_000 }, () => {
     await dirRow.waitFor({ state: 'detached' });
   }, 120_000, true);
 
-  step('console log, timeout, pause', async () => {
+  step('console log, timeout, pause and resume', async () => {
     // The guest kernel boots `quiet`: put a line on the serial console first.
     const marker = `warren-e2e-console-${Date.now()}`;
     const wrote = await api('POST', `/v1/sandboxes/${sandboxId}/exec`, { cmd: `echo ${marker} > /dev/ttyS0` });
@@ -475,20 +477,91 @@ describe('warren web console (live server)', { timeout: 15 * 60_000 }, () => {
     const sb = await (await api('GET', `/v1/sandboxes/${sandboxId}`)).json();
     assert.equal(sb.timeout_secs, 1200);
 
-    // Pause answers 501 until snapshots exist: the message must be shown.
+    // Pause: the state becomes paused and the head says what was written.
     await page.getByRole('button', { name: 'Pause', exact: true }).click();
-    const outcome = await waitFor('pause outcome', async () => {
-      if (await page.getByTestId('action-error').isVisible()) return 'error';
-      if ((await headState().innerText()) === 'paused') return 'paused';
-      return null;
+    await waitFor('state paused', async () => {
+      const err = page.getByTestId('action-error');
+      if (await err.isVisible()) throw Object.assign(new Error(`pause failed: ${await err.innerText()}`), { fatal: true });
+      return (await headState().innerText()) === 'paused';
+    }, 120_000);
+    assert.match(await page.getByTestId('action-result').innerText(), /^Paused: .+ written \(.+\), chain \d+, \d+ ms$/);
+    const paused = await (await api('GET', `/v1/sandboxes/${sandboxId}`)).json();
+    assert.equal(paused.state, 'paused');
+    assert.ok(await page.getByRole('button', { name: 'Resume', exact: true }).isVisible());
+    assert.ok(!(await page.getByRole('button', { name: 'Pause', exact: true }).isVisible()));
+
+    // Resume: running again, and the terminal reconnects and works.
+    await page.getByRole('button', { name: 'Resume', exact: true }).click();
+    await waitFor('state running', async () => {
+      const err = page.getByTestId('action-error');
+      if (await err.isVisible()) throw Object.assign(new Error(`resume failed: ${await err.innerText()}`), { fatal: true });
+      return (await headState().innerText()) === 'running';
+    }, 120_000);
+    await page.getByRole('tab', { name: 'Terminal' }).click();
+    const status = page.getByTestId('terminal-status');
+    await waitFor('terminal connected again', async () => {
+      const s = await status.getAttribute('data-status');
+      if (s === 'closed' || s === 'error') await page.getByRole('button', { name: 'Reconnect' }).click().catch(() => {});
+      return s === 'connected';
+    }, 60_000, 500);
+    const lines = () =>
+      page.evaluate(() =>
+        [...document.querySelectorAll('[data-testid="terminal"] .xterm-rows > div')].map((d) => (d.textContent ?? '').replace(/\u00a0/g, ' ').trimEnd()),
+      );
+    await page.locator('[data-testid="terminal"] .xterm').click();
+    // The shell may still be starting: retype until its answer shows.
+    await waitFor('the terminal answers after resume', async () => {
+      if ((await lines()).some((l) => l.trim() === 'resumed-42')) return true;
+      await page.keyboard.type('echo resumed-$((6*7))');
+      await page.keyboard.press('Enter');
+      await sleep(1000);
+      return (await lines()).some((l) => l.trim() === 'resumed-42');
+    }, 45_000, 500).catch(async (e) => {
+      throw new Error(`${e.message}\nterminal shows:\n${(await lines()).filter(Boolean).join('\n')}`);
     });
-    if (outcome === 'error') {
-      assert.match(await page.getByTestId('action-error').innerText(), /\S/);
-    } else {
-      await page.getByRole('button', { name: 'Resume', exact: true }).click();
-      await waitFor('running again', async () => (await headState().innerText()) === 'running', 60_000);
+  }, 300_000, true);
+
+  step('snapshot: take one, see it in the list and the create form, delete it', async () => {
+    const name = `web-e2e-${Date.now().toString(36)}`;
+    promptAnswer = name;
+    try {
+      await page.getByRole('button', { name: 'Snapshot', exact: true }).click();
+      await waitFor('the snapshot result', async () => {
+        const err = page.getByTestId('action-error');
+        if (await err.isVisible()) throw Object.assign(new Error(`snapshot failed: ${await err.innerText()}`), { fatal: true });
+        return (await page.getByTestId('action-result').innerText()).includes(`Snapshot ${name} created`);
+      }, 180_000, 500);
+    } finally {
+      promptAnswer = null;
     }
-  }, 120_000, true);
+    // A running sandbox is resumed after the copy.
+    await waitFor('running after the snapshot', async () => (await headState().innerText()) === 'running', 60_000);
+    const snap = await (await api('GET', `/v1/snapshots/${name}`)).json();
+    assert.equal(snap.source_sandbox, sandboxId);
+
+    await page.getByRole('link', { name: '← Sandboxes' }).click();
+    const row = page.locator(`[data-testid="snapshot-row"][data-name="${name}"]`);
+    await row.waitFor({ state: 'visible' });
+    assert.match(await row.innerText(), new RegExp(sandboxId));
+    // It is a template of the create form, which locks its size.
+    await row.getByRole('button', { name: `New sandbox from ${name}` }).click();
+    const template = page.getByLabel('Template', { exact: true });
+    await waitFor('the snapshot selected as template', async () => (await template.inputValue()) === name);
+    assert.ok(await page.getByLabel('Memory (MiB)', { exact: true }).isDisabled());
+    await template.selectOption('debian');
+    // Delete (confirm() is accepted): gone from the list and the form.
+    await row.getByRole('button', { name: `Delete snapshot ${name}` }).click();
+    await row.waitFor({ state: 'detached' });
+    assert.equal((await api('GET', `/v1/snapshots/${name}`)).status, 404);
+    await waitFor('the template gone from the form', async () =>
+      !(await template.locator('option').evaluateAll((os) => os.map((o) => o.value))).includes(name),
+    );
+    // Back to the sandbox for the next step.
+    await page.locator(`[data-testid="sandbox-row"][data-sandbox-id="${sandboxId}"] a`).first().click();
+    await waitFor('the sandbox page', async () => (await headState().innerText()) === 'running');
+    // Its terminal connects (before the next step kills the sandbox).
+    await waitFor('terminal connected', async () => (await page.getByTestId('terminal-status').getAttribute('data-status')) === 'connected', 60_000);
+  }, 300_000, true);
 
   step('kill the sandbox: state becomes stopped', async () => {
     await page.getByRole('button', { name: 'Kill', exact: true }).click(); // confirm() is accepted

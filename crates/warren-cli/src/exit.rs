@@ -12,9 +12,10 @@ pub const NOT_FOUND: i32 = 3;
 pub const CONFLICT: i32 = 4;
 /// Missing, wrong or revoked API key (HTTP 401).
 pub const AUTH: i32 = 5;
-/// A limit or the host's capacity is reached (HTTP 429, 503).
+/// A limit or the host's capacity is reached (HTTP 429, 503, and 507:
+/// the host's disk is full).
 pub const LIMIT: i32 = 6;
-/// The service does not implement it yet (HTTP 501).
+/// The service does not implement it (HTTP 501).
 pub const NOT_IMPLEMENTED: i32 = 7;
 /// No service could be reached or found.
 pub const UNREACHABLE: i32 = 8;
@@ -30,8 +31,9 @@ Exit status:
   3    not found: no such sandbox, template, key or file (HTTP 404)
   4    conflict: the sandbox's state does not allow it, e.g. it is stopped (HTTP 409)
   5    authentication failed: missing, wrong or revoked API key (HTTP 401)
-  6    limit or capacity: too many sandboxes, or the host is out of memory (HTTP 429/503)
-  7    not implemented by this service yet, e.g. pause/resume (HTTP 501)
+  6    limit or capacity: too many sandboxes, or the host is out of memory or
+       disk space (HTTP 429/503/507)
+  7    not implemented by this service (HTTP 501)
   8    no warren service reachable (not running, or a wrong WARREN_URL)
   125  warren could not run the command (exec, shell, run)
   exec, shell and run otherwise exit with the command's own status:
@@ -48,7 +50,7 @@ pub fn for_client_error(error: &warren_client::Error) -> i32 {
             401 | 403 => AUTH,
             404 => NOT_FOUND,
             409 => CONFLICT,
-            429 | 503 => LIMIT,
+            429 | 503 | 507 => LIMIT,
             501 => NOT_IMPLEMENTED,
             _ => GENERIC,
         },
@@ -99,13 +101,14 @@ pub fn describe(error: &anyhow::Error) -> (String, Option<String>) {
 /// The service's hints name API calls; at the command line, name the
 /// command that does the same.
 fn cli_hint(hint: &str) -> String {
-    const SAME: [(&str, &str); 3] = [
+    const SAME: [(&str, &str); 4] = [
         (
             "GET /v1/sandboxes/{id}/files/list",
             "`warren exec ID -- ls`",
         ),
         ("GET /v1/sandboxes", "`warren ls`"),
         ("GET /v1/templates", "`warren templates`"),
+        ("GET /v1/snapshots", "`warren snapshots`"),
     ];
     let mut text = hint.to_string();
     for (api, command) in SAME {
@@ -143,6 +146,7 @@ mod tests {
             (401, "unauthorized", AUTH),
             (429, "limit_exceeded", LIMIT),
             (503, "capacity", LIMIT),
+            (507, "disk_full", LIMIT),
             (501, "not_implemented", NOT_IMPLEMENTED),
             (422, "invalid", GENERIC),
             (500, "internal", GENERIC),
@@ -166,6 +170,10 @@ mod tests {
         assert_eq!(
             cli_hint("resume it with POST /v1/sandboxes/sb-1/resume"),
             "resume it with `warren resume sb-1`"
+        );
+        assert_eq!(
+            cli_hint("list snapshots with GET /v1/snapshots"),
+            "list snapshots with `warren snapshots`"
         );
         assert_eq!(cli_hint("create a new sandbox"), "create a new sandbox");
     }

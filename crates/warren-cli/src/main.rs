@@ -1,6 +1,7 @@
 //! `warren`: sandboxes for AI agents, as real Linux microVMs.
 
 mod bench;
+mod bench_snapshot;
 mod cp;
 mod exec;
 mod exit;
@@ -62,10 +63,21 @@ enum Commands {
     Logs(remote::LogsArgs),
     /// Set a sandbox's timeout: it is killed SECS from now (0 = never).
     Timeout(remote::TimeoutArgs),
-    /// Pause a sandbox to disk.
+    /// Pause a sandbox to disk (memory and disk): it then uses no RAM or
+    /// CPU; prints what the pause wrote.
     Pause(remote::IdArgs),
-    /// Resume a paused sandbox.
+    /// Resume a paused sandbox where it was paused.
     Resume(remote::IdArgs),
+    /// Turn a running or paused sandbox into a snapshot template NAME;
+    /// `warren create --template NAME` then makes clones of it.
+    Snapshot(remote::SnapshotArgs),
+    /// List snapshot templates (default), or show or delete one.
+    Snapshots {
+        #[command(subcommand)]
+        command: Option<remote::SnapshotsCommand>,
+        #[command(flatten)]
+        out: output::JsonFlag,
+    },
     /// Kill sandboxes (their records stay, as stopped).
     #[command(visible_alias = "rm")]
     Kill(remote::KillArgs),
@@ -134,6 +146,9 @@ enum BenchCommand {
     /// Create through the REST API vs the library, exec over REST vs
     /// WebSocket, listing throughput.
     Api(bench::ApiBenchArgs),
+    /// Pause (full and diff), resume at several memory sizes vs plain QEMU
+    /// restoring the same snapshot, clones, idle memory of clones.
+    Snapshot(bench_snapshot::SnapshotBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -227,8 +242,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             Commands::Cp(args) => cp::cp(&client, args).await,
             Commands::Logs(args) => remote::logs(&client, args).await,
             Commands::Timeout(args) => remote::timeout(&client, args).await,
-            Commands::Pause(args) => remote::pause_or_resume(&client, args, true).await,
-            Commands::Resume(args) => remote::pause_or_resume(&client, args, false).await,
+            Commands::Pause(args) => remote::pause(&client, args).await,
+            Commands::Resume(args) => remote::resume(&client, args).await,
+            Commands::Snapshot(args) => remote::snapshot(&client, args).await,
+            Commands::Snapshots { command, out } => remote::snapshots(&client, command, out).await,
             Commands::Kill(args) => remote::kill(&client, args).await,
             Commands::Templates { out } => remote::templates(&client, out).await,
             Commands::Keys { command } => remote::keys(&client, command).await,
@@ -256,6 +273,14 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         } => {
             let manager = Manager::new(config).context("setting up warren")?;
             let report = bench::boot(manager, args).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(0)
+        }
+        Commands::Bench {
+            command: BenchCommand::Snapshot(args),
+        } => {
+            let manager = Manager::new(config).context("setting up warren")?;
+            let report = bench_snapshot::snapshot(manager, args).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(0)
         }
@@ -320,6 +345,7 @@ async fn up(config: ManagerConfig, args: UpArgs) -> Result<i32> {
         data_dir: config.data_dir.clone(),
         database_url: args.database_url,
         max_sandboxes_per_team: args.max_sandboxes,
+        snapshot_merge_cap: warren_sandbox::snapshot::DEFAULT_MERGE_CAP,
         host_name: warren_server::config::host_name(),
         manager: config,
     };

@@ -117,6 +117,21 @@ pub fn mib(value: u32) -> String {
     }
 }
 
+/// A byte count for people: `512 B`, `3.0 KiB`, `123.4 MiB`, `2.1 GiB`.
+pub fn bytes(value: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if value < 1024 {
+        return format!("{value} B");
+    }
+    let mut scaled = value as f64 / 1024.0;
+    let mut unit = 0;
+    while scaled >= 1024.0 && unit + 1 < UNITS.len() {
+        scaled /= 1024.0;
+        unit += 1;
+    }
+    format!("{scaled:.1} {}", UNITS[unit])
+}
+
 /// `k=v,k2=v2`, or `-`.
 pub fn pairs(map: &std::collections::BTreeMap<String, String>) -> String {
     if map.is_empty() {
@@ -159,5 +174,9 @@ mod tests {
     fn sizes() {
         assert_eq!(mib(512), "512 MiB");
         assert_eq!(mib(2048), "2 GiB");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 * 1024), "3.0 KiB");
+        assert_eq!(bytes(129_394_278), "123.4 MiB");
+        assert_eq!(bytes(5 << 30), "5.0 GiB");
     }
 }

@@ -1,5 +1,5 @@
 //! Commands over the REST API (through `warren-client`): sandboxes,
-//! templates, keys, events. `exec`, `shell` and `cp` live in their own
+//! pause and resume, snapshots, templates, keys, events. `exec`, `shell` and `cp` live in their own
 //! modules.
 
 use std::collections::BTreeMap;
@@ -10,11 +10,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use warren_client::{
-    Client, CreateKey, CreateSandbox, ListEvents, ListSandboxes, Sandbox, SandboxState,
+    Client, CreateKey, CreateSandbox, ListEvents, ListSandboxes, PauseResult, Sandbox,
+    SandboxState, Snapshot,
 };
 
 use crate::exit;
-use crate::output::{JsonFlag, Table, mib, pairs, print_json, relative, relative_opt};
+use crate::output::{JsonFlag, Table, bytes, mib, pairs, print_json, relative, relative_opt};
 
 /// Connects to the service: `WARREN_URL`/`WARREN_API_KEY`, the config
 /// file, or the local `warren up` in `data_dir` (`--data-dir` /
@@ -46,6 +47,8 @@ pub struct UsageError(pub String);
 #[derive(Debug, clap::Args)]
 pub struct CreateArgs {
     /// Template to create from (see `warren templates`; default debian).
+    /// A snapshot's name (see `warren snapshots`) makes a clone of the
+    /// snapshotted sandbox; its CPUs and memory are the snapshot's.
     #[arg(long, short = 't')]
     pub template: Option<String>,
     /// Virtual CPUs (default 1).
@@ -54,7 +57,8 @@ pub struct CreateArgs {
     /// Guest memory in MiB (default 512).
     #[arg(long, value_name = "MIB")]
     pub memory: Option<u32>,
-    /// Seconds until the sandbox is killed (default 300; 0 = never).
+    /// Seconds until the sandbox is killed, or paused with --auto-pause
+    /// (default 300; 0 = never).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
     /// Environment variable for every process (KEY=VALUE), repeatable.
@@ -63,6 +67,13 @@ pub struct CreateArgs {
     /// Label to filter by later (KEY=VALUE), repeatable.
     #[arg(long, short = 'm', value_name = "KEY=VALUE")]
     pub meta: Vec<String>,
+    /// At the timeout, pause the sandbox (to disk) instead of killing it.
+    #[arg(long)]
+    pub auto_pause: bool,
+    /// While paused, any operation on the sandbox (exec, cp, shell...)
+    /// resumes it first.
+    #[arg(long)]
+    pub auto_resume: bool,
     #[command(flatten)]
     pub out: JsonFlag,
 }
@@ -78,7 +89,8 @@ pub async fn create(client: &Client, args: CreateArgs) -> Result<i32> {
         timeout_secs: args.timeout,
         metadata: (!metadata.is_empty()).then_some(metadata),
         env: (!env.is_empty()).then_some(env),
-        auto_pause: None,
+        auto_pause: args.auto_pause.then_some(true),
+        auto_resume: args.auto_resume.then_some(true),
     };
     let spinner = spinner(format!(
         "creating a sandbox from template {}",
@@ -237,31 +249,218 @@ fn print_sandbox(sandbox: &Sandbox) {
     }
     line("metadata", pairs(&sandbox.metadata));
     line("env", pairs(&sandbox.env));
-    if sandbox.auto_pause {
-        line("auto pause", "yes".into());
-    }
+    let yes_no = |on: bool| if on { "yes" } else { "no" }.to_string();
+    line("auto pause", yes_no(sandbox.auto_pause));
+    line("auto resume", yes_no(sandbox.auto_resume));
     table.print();
 }
 
-/// `warren pause` / `warren resume`.
-pub async fn pause_or_resume(client: &Client, args: IdArgs, pause: bool) -> Result<i32> {
-    let sandbox = if pause {
-        client
-            .pause_sandbox(&args.id)
-            .await
-            .with_context(|| format!("pausing sandbox {}", args.id))?
+/// `warren pause`: says what the pause wrote.
+pub async fn pause(client: &Client, args: IdArgs) -> Result<i32> {
+    let spinner = spinner(format!("pausing sandbox {}", args.id));
+    let paused = client.pause_sandbox(&args.id).await;
+    spinner.finish_and_clear();
+    let result = paused.with_context(|| format!("pausing sandbox {}", args.id))?;
+    if args.out.json {
+        print_json(&result)?;
     } else {
-        client
-            .resume_sandbox(&args.id)
-            .await
-            .with_context(|| format!("resuming sandbox {}", args.id))?
+        println!("{}", pause_summary(&result));
+    }
+    Ok(exit::OK)
+}
+
+/// `paused sb-x: 123.4 MiB written (full snapshot), chain 1, 850 ms`.
+fn pause_summary(result: &PauseResult) -> String {
+    let kind = match (result.full, result.merged) {
+        (true, _) => "full snapshot",
+        (false, true) => "changes since the last pause, chain merged",
+        (false, false) => "changes since the last pause",
     };
+    format!(
+        "paused {}: {} written ({kind}), chain {}, {} ms",
+        result.sandbox.id,
+        bytes(result.memory_bytes),
+        result.chain_length,
+        result.duration_ms
+    )
+}
+
+/// `warren resume`.
+pub async fn resume(client: &Client, args: IdArgs) -> Result<i32> {
+    let spinner = spinner(format!("resuming sandbox {}", args.id));
+    let resumed = client.resume_sandbox(&args.id).await;
+    spinner.finish_and_clear();
+    let sandbox = resumed.with_context(|| format!("resuming sandbox {}", args.id))?;
     if args.out.json {
         print_json(&sandbox)?;
     } else {
-        println!("{} {}", sandbox.id, sandbox.state);
+        println!("resumed {}: {}", sandbox.id, sandbox.state);
     }
     Ok(exit::OK)
+}
+
+/// Options of `warren snapshot`.
+#[derive(Debug, clap::Args)]
+pub struct SnapshotArgs {
+    /// Sandbox id (running or paused).
+    pub id: String,
+    /// Name of the new template (letters, digits, '-', '_', '.').
+    pub name: String,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+/// `warren snapshot`: a template from a sandbox.
+pub async fn snapshot(client: &Client, args: SnapshotArgs) -> Result<i32> {
+    let spinner = spinner(format!("snapshotting sandbox {} as {}", args.id, args.name));
+    let taken = client.create_snapshot(&args.id, &args.name).await;
+    spinner.finish_and_clear();
+    let snapshot =
+        taken.with_context(|| format!("taking snapshot {:?} of sandbox {}", args.name, args.id))?;
+    if args.out.json {
+        print_json(&snapshot)?;
+    } else {
+        println!(
+            "snapshot {} of {}: {} of memory, {} of disk",
+            snapshot.name,
+            args.id,
+            bytes(snapshot.memory_bytes),
+            bytes(snapshot.disk_bytes)
+        );
+        eprintln!(
+            "create clones with `warren create --template {}`",
+            snapshot.name
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// `warren snapshots ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum SnapshotsCommand {
+    /// Your team's snapshot templates (the default).
+    #[command(visible_alias = "list")]
+    Ls {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Show one snapshot template.
+    #[command(visible_alias = "inspect")]
+    Get {
+        /// Snapshot name.
+        name: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Delete a snapshot template (refused while sandboxes created from
+    /// it exist).
+    #[command(visible_alias = "delete")]
+    Rm {
+        /// Snapshot name.
+        name: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+/// Runs `warren snapshots [ls|get|rm]`.
+pub async fn snapshots(
+    client: &Client,
+    command: Option<SnapshotsCommand>,
+    out: JsonFlag,
+) -> Result<i32> {
+    match command.unwrap_or(SnapshotsCommand::Ls { out }) {
+        SnapshotsCommand::Ls { out: ls_out } => {
+            let list = client.list_snapshots().await.context("listing snapshots")?;
+            if out.json || ls_out.json {
+                print_json(&list)?;
+            } else {
+                snapshot_table(&list.snapshots).print();
+            }
+        }
+        SnapshotsCommand::Get { name, out: get_out } => {
+            let snapshot = client
+                .get_snapshot(&name)
+                .await
+                .with_context(|| format!("getting snapshot {name:?}"))?;
+            if out.json || get_out.json {
+                print_json(&snapshot)?;
+            } else {
+                print_snapshot(&snapshot);
+            }
+        }
+        SnapshotsCommand::Rm { name, out: rm_out } => {
+            client
+                .delete_snapshot(&name)
+                .await
+                .with_context(|| format!("deleting snapshot {name:?}"))?;
+            if out.json || rm_out.json {
+                print_json(&serde_json::json!({ "name": name, "deleted": true }))?;
+            } else {
+                println!("{name}");
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn used_by_cell(snapshot: &Snapshot) -> String {
+    if snapshot.used_by.is_empty() {
+        "-".into()
+    } else {
+        snapshot.used_by.join(",")
+    }
+}
+
+fn snapshot_table(snapshots: &[Snapshot]) -> Table {
+    let mut table = Table::new(&[
+        "NAME",
+        "CPUS",
+        "MEMORY",
+        "MEMORY ON DISK",
+        "DISK",
+        "USED BY",
+        "CREATED",
+    ]);
+    for snapshot in snapshots {
+        table.row(vec![
+            snapshot.name.clone(),
+            snapshot.cpus.to_string(),
+            mib(snapshot.memory_mib),
+            bytes(snapshot.memory_bytes),
+            bytes(snapshot.disk_bytes),
+            used_by_cell(snapshot),
+            relative(snapshot.created_at),
+        ]);
+    }
+    table
+}
+
+fn print_snapshot(snapshot: &Snapshot) {
+    let mut table = Table::default();
+    let mut line = |key: &str, value: String| table.row(vec![format!("{key}:"), value]);
+    line("name", snapshot.name.clone());
+    line(
+        "source",
+        snapshot
+            .source_sandbox
+            .clone()
+            .unwrap_or_else(|| "-".into()),
+    );
+    line("cpus", snapshot.cpus.to_string());
+    line("memory", mib(snapshot.memory_mib));
+    line("memory on disk", bytes(snapshot.memory_bytes));
+    line("disk", bytes(snapshot.disk_bytes));
+    line("used by", used_by_cell(snapshot));
+    line(
+        "created",
+        format!(
+            "{} ({})",
+            snapshot.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            relative(snapshot.created_at)
+        ),
+    );
+    table.print();
 }
 
 /// Options of `warren kill`.
@@ -552,5 +751,40 @@ mod tests {
         let error = parse_pairs("--meta", &["=v".into()]).unwrap_err();
         assert!(error.downcast_ref::<UsageError>().is_some());
         assert!(parse_pairs("--env", &["novalue".into()]).is_err());
+    }
+
+    fn sandbox(id: &str) -> Sandbox {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "template": "debian", "state": "paused", "cpus": 1,
+            "memory_mib": 512, "timeout_secs": 0, "created_at": "2026-01-01T00:00:00Z",
+            "expires_at": null, "stopped_at": null, "stop_reason": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pause_summaries_say_what_was_written() {
+        let mut result = PauseResult {
+            sandbox: sandbox("sb-x"),
+            memory_bytes: 129_394_278,
+            full: true,
+            chain_length: 1,
+            merged: false,
+            duration_ms: 850,
+        };
+        assert_eq!(
+            pause_summary(&result),
+            "paused sb-x: 123.4 MiB written (full snapshot), chain 1, 850 ms"
+        );
+        result.full = false;
+        result.chain_length = 3;
+        result.memory_bytes = 4096;
+        assert_eq!(
+            pause_summary(&result),
+            "paused sb-x: 4.0 KiB written (changes since the last pause), chain 3, 850 ms"
+        );
+        result.merged = true;
+        result.chain_length = 1;
+        assert!(pause_summary(&result).contains("chain merged), chain 1"));
     }
 }

@@ -431,16 +431,70 @@ fn a_sandbox_through_the_api_as_a_user_would() {
     expect_code(&logs, 0);
     assert!(!logs.stdout.is_empty());
 
-    // timeout, and pause (not available until snapshots exist: 501 -> 7).
+    // timeout; pause says what it wrote, resume continues where it was.
     let updated = json(&service.warren(&["timeout", &id, "600", "--json"], b""));
     assert_eq!(updated["timeout_secs"], 600);
-    let paused = service.warren(&["pause", &id], b"");
-    expect_code(&paused, 7);
-    assert!(
-        text(&paused.stderr).starts_with("warren: "),
-        "{}",
-        text(&paused.stderr)
+    expect_code(
+        &service.warren(
+            &["exec", &id, "--", "sh", "-c", "echo kept > /tmp/kept"],
+            b"",
+        ),
+        0,
     );
+    let paused = service.warren(&["pause", &id], b"");
+    expect_code(&paused, 0);
+    let line = text(&paused.stdout);
+    assert!(
+        line.starts_with(&format!("paused {id}: ")) && line.contains(" written ("),
+        "{line}"
+    );
+    assert!(
+        ids(&json(
+            &service.warren(&["ls", "--state", "paused", "--json"], b"")
+        ))
+        .contains(&id)
+    );
+    let got = text(&service.warren(&["get", &id], b"").stdout);
+    assert!(
+        got.contains("paused") && got.contains("auto resume:"),
+        "{got}"
+    );
+    // Pausing twice is a conflict (4); so is resuming a running sandbox.
+    expect_code(&service.warren(&["pause", &id], b""), 4);
+    let resumed = json(&service.warren(&["resume", &id, "--json"], b""));
+    assert_eq!(resumed["state"], "running");
+    expect_code(&service.warren(&["resume", &id], b""), 4);
+    let output = service.warren(&["exec", &id, "--", "cat", "/tmp/kept"], b"");
+    expect_code(&output, 0);
+    assert_eq!(text(&output.stdout), "kept\n");
+
+    // Snapshots: a template clones start from; deleting it waits for them.
+    let snapshot = json(&service.warren(&["snapshot", &id, "cli-snap", "--json"], b""));
+    assert_eq!(snapshot["name"], "cli-snap");
+    assert_eq!(snapshot["memory_mib"], 256);
+    let table = text(&service.warren(&["snapshots"], b"").stdout);
+    assert!(
+        table.starts_with("NAME ") && table.contains("cli-snap"),
+        "{table}"
+    );
+    expect_code(&service.warren(&["snapshot", &id, "cli-snap"], b""), 4);
+    let clone = service.warren(&["create", "--template", "cli-snap"], b"");
+    expect_code(&clone, 0);
+    let clone = text(&clone.stdout).trim().to_string();
+    let output = service.warren(&["exec", &clone, "--", "cat", "/tmp/kept"], b"");
+    assert_eq!(text(&output.stdout), "kept\n");
+    let got = json(&service.warren(&["snapshots", "get", "cli-snap", "--json"], b""));
+    assert_eq!(got["used_by"], serde_json::json!([clone]));
+    let refused = service.warren(&["snapshots", "rm", "cli-snap"], b"");
+    expect_code(&refused, 4);
+    assert!(
+        text(&refused.stderr).contains(&clone),
+        "{}",
+        text(&refused.stderr)
+    );
+    expect_code(&service.warren(&["kill", &clone], b""), 0);
+    expect_code(&service.warren(&["snapshots", "rm", "cli-snap"], b""), 0);
+    expect_code(&service.warren(&["snapshots", "get", "cli-snap"], b""), 3);
 
     // An interactive shell, fed from a pipe.
     let shell = service.warren(&["shell", &id], b"echo shell-$((6*7))\nexit 7\n");
@@ -510,6 +564,8 @@ fn a_sandbox_through_the_api_as_a_user_would() {
     for kind in [
         "sandbox.created",
         "sandbox.timeout_changed",
+        "sandbox.paused",
+        "sandbox.resumed",
         "sandbox.killed",
     ] {
         assert!(kinds.contains(&kind), "{kinds:?}");

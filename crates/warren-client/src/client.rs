@@ -385,15 +385,18 @@ impl Client {
         .await
     }
 
-    /// `POST /v1/sandboxes/{id}/pause` (`501 not_implemented` until the
-    /// service has snapshots).
-    pub async fn pause_sandbox(&self, id: &str) -> Result<Sandbox, Error> {
+    /// `POST /v1/sandboxes/{id}/pause`: saves the sandbox to disk (memory
+    /// and disk; its VM ends, using no RAM or CPU while paused) and says
+    /// what was written. `409` unless it is running; `507 disk_full` when
+    /// the host's disk is full (the sandbox then keeps running).
+    pub async fn pause_sandbox(&self, id: &str) -> Result<PauseResult, Error> {
         self.send_json(Method::POST, &["v1", "sandboxes", id, "pause"], None::<&()>)
             .await
     }
 
-    /// `POST /v1/sandboxes/{id}/resume` (`501 not_implemented` until the
-    /// service has snapshots).
+    /// `POST /v1/sandboxes/{id}/resume`: continues a paused sandbox where
+    /// it was paused. `409` unless it is paused; `503 capacity` when the
+    /// host lacks the memory.
     pub async fn resume_sandbox(&self, id: &str) -> Result<Sandbox, Error> {
         self.send_json(
             Method::POST,
@@ -749,6 +752,42 @@ impl Client {
             Some(&json!({ "from": from, "to": to, "overwrite": overwrite })),
         )
         .await
+    }
+
+    // ---- snapshots ------------------------------------------------------
+
+    /// `POST /v1/sandboxes/{id}/snapshots`: turns a running or paused
+    /// sandbox into a snapshot template named `name` (a running one is
+    /// paused for the copy and resumed; a paused one stays paused).
+    /// Sandboxes created with `template: name` are clones of it. `409` if
+    /// the name is taken or the sandbox is stopped, `422` for an invalid
+    /// name.
+    pub async fn create_snapshot(&self, id: &str, name: &str) -> Result<Snapshot, Error> {
+        self.send_json(
+            Method::POST,
+            &["v1", "sandboxes", id, "snapshots"],
+            Some(&CreateSnapshot {
+                name: name.to_string(),
+            }),
+        )
+        .await
+    }
+
+    /// `GET /v1/snapshots`: the team's snapshot templates, oldest first.
+    pub async fn list_snapshots(&self) -> Result<SnapshotList, Error> {
+        self.get_json(&["v1", "snapshots"], &[]).await
+    }
+
+    /// `GET /v1/snapshots/{name}`.
+    pub async fn get_snapshot(&self, name: &str) -> Result<Snapshot, Error> {
+        self.get_json(&["v1", "snapshots", name], &[]).await
+    }
+
+    /// `DELETE /v1/snapshots/{name}`: `409` while sandboxes created from it
+    /// exist (see [`Snapshot::used_by`]).
+    pub async fn delete_snapshot(&self, name: &str) -> Result<(), Error> {
+        self.send_empty(Method::DELETE, &["v1", "snapshots", name], &[], None::<&()>)
+            .await
     }
 
     // ---- templates, keys, events ----------------------------------------

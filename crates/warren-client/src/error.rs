@@ -231,6 +231,7 @@ fn generic_code(status: u16) -> &'static str {
         429 => "limit_exceeded",
         501 => "not_implemented",
         503 => "capacity",
+        507 => "disk_full",
         _ => "internal",
     }
 }

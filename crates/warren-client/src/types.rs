@@ -80,6 +80,10 @@ pub struct Sandbox {
     /// Pause instead of dying at the timeout.
     #[serde(default)]
     pub auto_pause: bool,
+    /// While paused, any operation on the sandbox (exec, files, terminals)
+    /// resumes it first.
+    #[serde(default)]
+    pub auto_resume: bool,
     /// Seconds of life from creation or the last timeout change (0 = none).
     pub timeout_secs: u64,
     /// Creation time.
@@ -97,16 +101,19 @@ pub struct Sandbox {
 /// defaults: template `debian`, 1 CPU, 512 MiB, timeout 300 s).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CreateSandbox {
-    /// Template id.
+    /// Template id: a built-in image (`debian`, `tiny`) or a snapshot's
+    /// name (the sandbox is then a clone of the snapshotted one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
-    /// Virtual CPUs.
+    /// Virtual CPUs (for a snapshot: omit, or give the snapshot's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpus: Option<u32>,
-    /// Guest memory in MiB (at least 128).
+    /// Guest memory in MiB (at least 128; for a snapshot: omit, or give
+    /// the snapshot's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u32>,
-    /// Seconds until the sandbox is killed; 0 for none, at most 86400.
+    /// Seconds until the sandbox is killed (or paused, with `auto_pause`);
+    /// 0 for none, at most 86400.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
     /// Labels to filter by later.
@@ -115,9 +122,76 @@ pub struct CreateSandbox {
     /// Environment variables for every process.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
-    /// Pause instead of dying at the timeout (501 until snapshots exist).
+    /// Pause instead of dying at the timeout.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_pause: Option<bool>,
+    /// While paused, any operation on the sandbox resumes it first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_resume: Option<bool>,
+}
+
+/// What a pause did ([`crate::Client::pause_sandbox`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PauseResult {
+    /// The sandbox, now paused.
+    pub sandbox: Sandbox,
+    /// Memory written by this pause (bytes on disk).
+    pub memory_bytes: u64,
+    /// A full snapshot (the first pause) rather than a diff of what
+    /// changed since the previous one.
+    #[serde(default)]
+    pub full: bool,
+    /// Generations in the sandbox's memory chain.
+    #[serde(default)]
+    pub chain_length: u32,
+    /// Whether the chain was merged into one generation.
+    #[serde(default)]
+    pub merged: bool,
+    /// How long the pause took (ms).
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+/// Request to take a snapshot template of a sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateSnapshot {
+    /// Template name (letters, digits, `-`, `_`, `.`; at most 64
+    /// characters); sandboxes are then created from it with
+    /// `template: name`.
+    pub name: String,
+}
+
+/// A snapshot template: a sandbox's memory and disk, frozen, that new
+/// sandboxes (clones) start from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Name (also its template id).
+    pub name: String,
+    /// The sandbox it was taken from.
+    pub source_sandbox: Option<String>,
+    /// vCPUs its clones get.
+    pub cpus: u32,
+    /// Memory its clones get, in MiB.
+    pub memory_mib: u32,
+    /// Allocated bytes of its memory on disk.
+    #[serde(default)]
+    pub memory_bytes: u64,
+    /// Allocated bytes of its disk layer.
+    #[serde(default)]
+    pub disk_bytes: u64,
+    /// Sandboxes (running or paused) created from it; it cannot be deleted
+    /// while there are any.
+    #[serde(default)]
+    pub used_by: Vec<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Snapshot templates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotList {
+    /// Oldest first.
+    pub snapshots: Vec<Snapshot>,
 }
 
 /// Filters of a sandbox listing.
@@ -623,6 +697,16 @@ mod tests {
             body,
             serde_json::json!({"template": "tiny", "memory_mib": 128})
         );
+        let flags = serde_json::to_value(CreateSandbox {
+            auto_pause: Some(true),
+            auto_resume: Some(true),
+            ..CreateSandbox::default()
+        })
+        .unwrap();
+        assert_eq!(
+            flags,
+            serde_json::json!({"auto_pause": true, "auto_resume": true})
+        );
         let exec = serde_json::to_value(ExecRequest::argv(["true"])).unwrap();
         assert_eq!(exec, serde_json::json!({"argv": ["true"]}));
     }
@@ -671,5 +755,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(key.key, "wrn_x");
+    }
+
+    #[test]
+    fn parses_pauses_and_snapshots() {
+        let pause: PauseResult = serde_json::from_str(
+            r#"{"sandbox":{"id":"sb-1","template":"debian","state":"paused","cpus":1,"memory_mib":512,
+                "metadata":{},"env":{},"auto_pause":false,"auto_resume":true,"timeout_secs":0,
+                "created_at":"2026-01-01T00:00:00Z","expires_at":null,"stopped_at":null,"stop_reason":null},
+               "memory_bytes":129394278,"full":true,"chain_length":1,"merged":false,"duration_ms":850}"#,
+        )
+        .unwrap();
+        assert_eq!(pause.sandbox.state, SandboxState::Paused);
+        assert!(pause.sandbox.auto_resume && pause.full);
+        assert_eq!((pause.chain_length, pause.duration_ms), (1, 850));
+        let list: SnapshotList = serde_json::from_str(
+            r#"{"snapshots":[{"name":"base","source_sandbox":"sb-1","cpus":1,"memory_mib":512,
+                "memory_bytes":1024,"disk_bytes":2048,"used_by":["sb-2"],"created_at":"2026-01-01T00:00:00Z"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(list.snapshots[0].used_by, ["sb-2"]);
+        assert_eq!(list.snapshots[0].source_sandbox.as_deref(), Some("sb-1"));
+        // An older service without auto_resume still parses.
+        let old: Sandbox = serde_json::from_value(serde_json::json!({
+            "id": "sb-1", "template": "debian", "state": "running", "cpus": 1,
+            "memory_mib": 512, "timeout_secs": 0, "created_at": "2026-01-01T00:00:00Z",
+            "expires_at": null, "stopped_at": null, "stop_reason": null
+        }))
+        .unwrap();
+        assert!(!old.auto_resume);
     }
 }

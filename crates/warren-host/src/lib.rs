@@ -13,7 +13,10 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
-use warren_sandbox::{CreateError, DestroyError, Manager, Progress, Sandbox, SandboxSpec};
+use warren_sandbox::{
+    CreateError, DestroyError, Manager, PauseError, PauseOptions, PauseReport, Progress,
+    ResumeReport, Sandbox, SandboxSpec, SnapshotOpError, TemplateMeta,
+};
 use warren_vmm::VmExit;
 
 /// Something that happened to a sandbox on this host without being asked.
@@ -44,6 +47,38 @@ pub enum HostCreateError {
     /// Creating failed.
     #[error(transparent)]
     Create(#[from] CreateError),
+}
+
+/// Why the host could not resume or clone a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum HostResumeError {
+    /// Not enough memory left on this host.
+    #[error(
+        "this host has {available_mib} MiB left for sandboxes and resuming needs {requested_mib} MiB; delete or pause sandboxes first"
+    )]
+    OutOfMemory {
+        /// What is needed.
+        requested_mib: u64,
+        /// What is left.
+        available_mib: u64,
+    },
+    /// The snapshot operation failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotOpError),
+}
+
+/// Why a snapshot template could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum HostTemplateError {
+    /// Pausing the running sandbox first failed.
+    #[error(transparent)]
+    Pause(#[from] PauseError),
+    /// Taking or restoring failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotOpError),
+    /// The sandbox is neither running nor paused here.
+    #[error("no sandbox {0} on this host")]
+    NotFound(String),
 }
 
 /// The sandboxes live on this host.
@@ -210,7 +245,8 @@ impl HostAgent {
         self.len() == 0
     }
 
-    /// Kills a sandbox. Returns false if it was not live here.
+    /// Kills a sandbox, or deletes it if it is paused. Returns false if it
+    /// was neither live nor paused here.
     pub async fn kill(&self, id: &str) -> Result<bool, DestroyError> {
         let removed = self.live.write().expect("registry lock").remove(id);
         match removed {
@@ -220,8 +256,146 @@ impl HostAgent {
                 killed?;
                 Ok(true)
             }
+            None if self.manager.is_paused(id) => match self.manager.remove_paused(id) {
+                Ok(()) => Ok(true),
+                Err(error) => Err(DestroyError::Cleanup {
+                    path: self.manager.sandboxes_dir().join(id),
+                    source: std::io::Error::other(error.to_string()),
+                }),
+            },
             None => Ok(false),
         }
+    }
+
+    /// Pauses a live sandbox to disk. A failure that leaves it running
+    /// keeps it registered; any other outcome unregisters it (it is paused,
+    /// at the new or the previous snapshot, or lost).
+    pub async fn pause(
+        &self,
+        id: &str,
+        options: &PauseOptions,
+    ) -> Result<Option<PauseReport>, PauseError> {
+        let Some(sandbox) = self.get(id) else {
+            return Ok(None);
+        };
+        let result = sandbox.pause(options).await;
+        let unregister = match &result {
+            Ok(_) => true,
+            Err(error) => !error.still_running(),
+        };
+        if unregister {
+            self.live.write().expect("registry lock").remove(id);
+        }
+        result.map(Some)
+    }
+
+    /// The console log of a paused sandbox (kept in its directory).
+    pub fn paused_console_log(&self, id: &str, max_bytes: u64) -> Option<String> {
+        self.manager.is_paused(id).then(|| {
+            warren_vmm::qemu::tail_of(
+                &self
+                    .manager
+                    .sandboxes_dir()
+                    .join(id)
+                    .join(warren_vmm::config::files::CONSOLE_LOG),
+                max_bytes,
+            )
+        })
+    }
+
+    /// Whether a sandbox is paused on this host.
+    pub fn is_paused(&self, id: &str) -> bool {
+        self.manager.is_paused(id)
+    }
+
+    fn check_memory(&self, memory_mib: u32) -> Result<(), HostResumeError> {
+        let requested = u64::from(memory_mib);
+        let available = self.available_memory_mib();
+        if requested > available {
+            return Err(HostResumeError::OutOfMemory {
+                requested_mib: requested,
+                available_mib: available,
+            });
+        }
+        Ok(())
+    }
+
+    fn register(self: &Arc<Self>, sandbox: Sandbox) -> Arc<Sandbox> {
+        let sandbox = Arc::new(sandbox);
+        let id = sandbox.id().to_string();
+        self.live
+            .write()
+            .expect("registry lock")
+            .insert(id.clone(), sandbox.clone());
+        self.watch_exit(id, Arc::downgrade(&sandbox));
+        sandbox
+    }
+
+    /// Resumes a paused sandbox and registers it.
+    pub async fn resume(
+        self: &Arc<Self>,
+        id: &str,
+        memory_mib: u32,
+    ) -> Result<(Arc<Sandbox>, ResumeReport), HostResumeError> {
+        if let Some(live) = self.get(id) {
+            return Ok((
+                live,
+                ResumeReport {
+                    duration_ms: 0,
+                    chain_length: 0,
+                },
+            ));
+        }
+        self.check_memory(memory_mib)?;
+        let (sandbox, report) = self.manager.resume(id).await?;
+        Ok((self.register(sandbox), report))
+    }
+
+    /// Creates a sandbox from a snapshot template (a clone) and registers it.
+    pub async fn clone_template(
+        self: &Arc<Self>,
+        name: &str,
+        env: std::collections::BTreeMap<String, String>,
+        metadata: std::collections::BTreeMap<String, String>,
+    ) -> Result<(Arc<Sandbox>, ResumeReport), HostResumeError> {
+        let template = self.manager.template(name)?;
+        self.check_memory(template.spec.memory_mib)?;
+        let (sandbox, report) = self.manager.clone_template(name, env, metadata).await?;
+        Ok((self.register(sandbox), report))
+    }
+
+    /// Takes snapshot template `name` of a sandbox. A running sandbox is
+    /// paused for the copy and resumed afterwards (`Ok((template, true))`).
+    pub async fn create_template(
+        self: &Arc<Self>,
+        id: &str,
+        name: &str,
+        options: &PauseOptions,
+    ) -> Result<(TemplateMeta, bool), HostTemplateError> {
+        warren_sandbox::snapshot::validate_template_name(name)?;
+        if self.manager.template(name).is_ok() {
+            return Err(SnapshotOpError::TemplateExists(name.to_string()).into());
+        }
+        let was_running = match self.get(id) {
+            Some(_) => {
+                self.pause(id, options).await?;
+                true
+            }
+            None if self.manager.is_paused(id) => false,
+            None => return Err(HostTemplateError::NotFound(id.to_string())),
+        };
+        let taken = self.manager.create_template(id, name).await;
+        if was_running {
+            let memory = self
+                .manager
+                .template(name)
+                .map(|t| t.spec.memory_mib)
+                .unwrap_or(0);
+            if let Err(error) = self.resume(id, memory).await {
+                tracing::warn!(%id, %error, "resuming after taking a template failed; the sandbox stays paused");
+            }
+        }
+        Ok((taken?, was_running))
     }
 
     /// Kills every live sandbox (service shutdown).

@@ -34,11 +34,19 @@ pub(crate) struct SandboxShared {
     pub console_log: PathBuf,
     pub exit: watch::Receiver<Option<VmExit>>,
     pub destroyed: AtomicBool,
+    /// Set when the sandbox was paused: this handle's VM is gone, the
+    /// sandbox lives on as a snapshot.
+    pub paused: AtomicBool,
 }
 
 impl SandboxShared {
     /// What makes the sandbox unavailable, if anything does.
     pub fn unavailable(&self) -> Option<Unavailable> {
+        if self.paused.load(Ordering::SeqCst) {
+            return Some(Unavailable::Paused {
+                id: self.id.clone(),
+            });
+        }
         if self.destroyed.load(Ordering::SeqCst) {
             return Some(Unavailable::Destroyed {
                 id: self.id.clone(),

@@ -87,6 +87,12 @@ pub enum Unavailable {
         /// The end of the guest console.
         console_tail: String,
     },
+    /// It was paused: resume it for a new handle.
+    #[error("sandbox {id} is paused; resume it first")]
+    Paused {
+        /// Sandbox id.
+        id: String,
+    },
     /// It was destroyed through this handle.
     #[error("sandbox {id} was destroyed")]
     Destroyed {

@@ -18,7 +18,9 @@ pub mod exec;
 pub mod files;
 pub mod id;
 pub mod manager;
+pub mod memfs;
 pub mod sandbox;
+pub mod snapshot;
 pub mod spec;
 
 pub use error::{
@@ -31,6 +33,9 @@ pub use exec::{
 pub use files::{FileInfo, FileType, TransferProgress, WriteOptions};
 pub use manager::{Manager, ManagerConfig, SandboxMeta};
 pub use sandbox::{GuestInfo, Sandbox};
+pub use snapshot::{
+    PauseError, PauseOptions, PauseReport, ResumeReport, SnapshotOpError, TemplateMeta,
+};
 pub use spec::SandboxSpec;
 pub use warren_image::{NoProgress, Progress};
 pub use warren_vmm::{Accel, AccelChoice};

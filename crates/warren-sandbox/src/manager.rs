@@ -105,6 +105,26 @@ pub struct SandboxMeta {
     pub owner_pid: u32,
     /// Dies with its owner.
     pub ephemeral: bool,
+    /// The kernel it booted (a resume must use the same one).
+    #[serde(default)]
+    pub kernel: PathBuf,
+    /// The initramfs it booted.
+    #[serde(default)]
+    pub initramfs: PathBuf,
+    /// The disk below its first own layer: the image's root filesystem, or
+    /// a template's frozen disk for a clone.
+    #[serde(default)]
+    pub base_disk: PathBuf,
+    /// qemu-img format of `base_disk` (`raw` or `qcow2`).
+    #[serde(default = "default_base_format")]
+    pub base_disk_format: String,
+    /// The snapshot template it was cloned from.
+    #[serde(default)]
+    pub template: Option<String>,
+}
+
+fn default_base_format() -> String {
+    "raw".into()
 }
 
 impl Manager {
@@ -266,6 +286,11 @@ impl Manager {
                 .as_millis() as u64,
             owner_pid: std::process::id(),
             ephemeral: self.config.ephemeral,
+            kernel: image.kernel.clone(),
+            initramfs: image.initramfs.clone(),
+            base_disk: image.rootfs.clone(),
+            base_disk_format: "raw".into(),
+            template: None,
         };
         let meta_path = dir.join(SANDBOX_META);
         let meta_json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
@@ -277,7 +302,7 @@ impl Manager {
         })?;
 
         let disk = dir.join(DISK_OVERLAY);
-        create_overlay(&image.rootfs, &disk).await?;
+        create_overlay(&image.rootfs, "raw", &disk).await?;
 
         let config = self.vm_config(id, dir, &spec, image, &disk);
         let vm = self.vmm.launch(config).await?;
@@ -294,6 +319,7 @@ impl Manager {
             console_log: vm.console_log().to_path_buf(),
             exit: vm.exit_watch(),
             destroyed: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
         });
         let sandbox = Sandbox::new(
             shared,
@@ -303,25 +329,13 @@ impl Manager {
             spec,
             image.key.clone(),
         );
-        let info = sandbox.info().await.map_err(|e| CreateError::Agent {
-            id: id.to_string(),
-            detail: e.to_string(),
-        })?;
-        if info.protocol_version != warren_proto::PROTOCOL_VERSION {
-            return Err(CreateError::Agent {
-                id: id.to_string(),
-                detail: format!(
-                    "guest agent protocol {} but host speaks {}; rebuild the image (the guest agent changed)",
-                    info.protocol_version,
-                    warren_proto::PROTOCOL_VERSION
-                ),
-            });
-        }
-        sandbox.sync_clock().await.map_err(|e| CreateError::Agent {
-            id: id.to_string(),
-            detail: format!("setting the guest clock failed: {e}"),
-        })?;
+        finish_boot(&sandbox, id).await?;
         Ok(sandbox)
+    }
+
+    /// Whether VMs die with this process.
+    pub fn ephemeral(&self) -> bool {
+        self.config.ephemeral
     }
 
     /// Removes sandboxes whose ephemeral owner process died (killing any VM
@@ -355,6 +369,8 @@ impl Manager {
                 continue;
             }
             kill_leftover_vm(&dir, id);
+            // A memory daemon that died with its owner leaves a dead mount.
+            let _ = nix::mount::umount2(&dir.join("memfs"), nix::mount::MntFlags::MNT_DETACH);
             if std::fs::remove_dir_all(&dir).is_ok() {
                 tracing::info!(%id, "removed orphaned sandbox");
                 removed += 1;
@@ -364,10 +380,38 @@ impl Manager {
     }
 }
 
-/// Creates the per-sandbox copy-on-write overlay over the shared base.
-async fn create_overlay(base: &Path, overlay: &Path) -> Result<(), CreateError> {
+/// Checks the agent's protocol and sets the guest clock: the last steps of a
+/// boot, a resume and a clone alike.
+pub(crate) async fn finish_boot(sandbox: &Sandbox, id: &str) -> Result<(), CreateError> {
+    let info = sandbox.info().await.map_err(|e| CreateError::Agent {
+        id: id.to_string(),
+        detail: e.to_string(),
+    })?;
+    if info.protocol_version != warren_proto::PROTOCOL_VERSION {
+        return Err(CreateError::Agent {
+            id: id.to_string(),
+            detail: format!(
+                "guest agent protocol {} but host speaks {}; rebuild the image (the guest agent changed)",
+                info.protocol_version,
+                warren_proto::PROTOCOL_VERSION
+            ),
+        });
+    }
+    sandbox.sync_clock().await.map_err(|e| CreateError::Agent {
+        id: id.to_string(),
+        detail: format!("setting the guest clock failed: {e}"),
+    })?;
+    Ok(())
+}
+
+/// Creates a copy-on-write overlay over `base` (format `raw` or `qcow2`).
+pub(crate) async fn create_overlay(
+    base: &Path,
+    base_format: &str,
+    overlay: &Path,
+) -> Result<(), CreateError> {
     let output = tokio::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .args(["create", "-q", "-f", "qcow2", "-F", base_format, "-b"])
         .arg(base)
         .arg(overlay)
         .kill_on_drop(true)
@@ -392,7 +436,7 @@ async fn create_overlay(base: &Path, overlay: &Path) -> Result<(), CreateError> 
 }
 
 /// Waits for the agent handshake, or the VM's death, or the timeout.
-async fn connect_agent(
+pub(crate) async fn connect_agent(
     id: &str,
     vm: &dyn Vm,
     timeout: Duration,
@@ -493,10 +537,14 @@ fn kill_leftover_vm(dir: &Path, id: &str) {
 }
 
 /// Removes a directory when dropped, unless disarmed.
-struct DirGuard(Option<PathBuf>);
+pub(crate) struct DirGuard(Option<PathBuf>);
 
 impl DirGuard {
-    fn disarm(mut self) {
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        Self(Some(dir))
+    }
+
+    pub(crate) fn disarm(mut self) {
         self.0 = None;
     }
 }

@@ -68,6 +68,8 @@ pub struct Sandbox {
     spec: SandboxSpec,
     image_key: String,
     created_at: SystemTime,
+    /// The memory daemon of a resumed sandbox.
+    memfs: std::sync::Mutex<Option<crate::memfs::MemFs>>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -96,7 +98,47 @@ impl Sandbox {
             spec,
             image_key,
             created_at: SystemTime::now(),
+            memfs: std::sync::Mutex::new(None),
         }
+    }
+
+    pub(crate) fn set_memfs(&self, memfs: crate::memfs::MemFs) {
+        *self.memfs.lock().expect("memfs lock") = Some(memfs);
+    }
+
+    pub(crate) fn memfs_handle(&self) -> &std::sync::Mutex<Option<crate::memfs::MemFs>> {
+        &self.memfs
+    }
+
+    /// From now on the directory belongs to the snapshot: dropping the
+    /// handle must not remove it.
+    pub(crate) fn mark_paused(&self) {
+        self.shared.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether this handle was paused (its VM is gone, its directory kept).
+    pub fn is_paused(&self) -> bool {
+        self.shared.paused.load(Ordering::SeqCst)
+    }
+
+    /// A resume that failed after its VM started: kill the VM and the
+    /// memory daemon, drop this attempt's disk layer, keep the snapshot.
+    pub(crate) async fn abandon_resume(&self) {
+        self.mark_paused();
+        let _ = self.vm().kill().await;
+        if let Some(mut memfs) = self.memfs.lock().expect("memfs lock").take() {
+            memfs.abort();
+        }
+        let _ = std::fs::remove_file(self.dir.join(crate::manager::DISK_OVERLAY));
+    }
+
+    /// Pid of the memory daemon of a resumed sandbox.
+    pub fn memfs_pid(&self) -> Option<u32> {
+        self.memfs
+            .lock()
+            .expect("memfs lock")
+            .as_ref()
+            .and_then(|m| m.pid())
     }
 
     pub(crate) fn shared(&self) -> &SandboxShared {
@@ -107,7 +149,7 @@ impl Sandbox {
         self.agent.client()
     }
 
-    fn vm(&self) -> &dyn Vm {
+    pub(crate) fn vm(&self) -> &dyn Vm {
         self.vm.as_deref().expect("vm present until drop")
     }
 
@@ -362,7 +404,14 @@ impl Sandbox {
         let vm = self.vm.take().expect("vm present until destroy");
         let killed = vm.kill().await;
         drop(vm);
-        let removed = remove_dir(&self.dir);
+        if let Some(mut memfs) = self.memfs.lock().expect("memfs lock").take() {
+            memfs.abort();
+        }
+        let removed = if self.is_paused() {
+            Ok(())
+        } else {
+            remove_dir(&self.dir)
+        };
         killed?;
         removed
     }
@@ -374,7 +423,12 @@ impl Drop for Sandbox {
             self.shared.destroyed.store(true, Ordering::SeqCst);
             // QemuVm's Drop kills and reaps the process synchronously.
             drop(vm);
-            let _ = remove_dir(&self.dir);
+            if let Some(mut memfs) = self.memfs.lock().expect("memfs lock").take() {
+                memfs.abort();
+            }
+            if !self.is_paused() {
+                let _ = remove_dir(&self.dir);
+            }
         }
     }
 }

@@ -22,6 +22,9 @@ pub struct ServerConfig {
     pub database_url: Option<String>,
     /// Running sandboxes a team may have at once.
     pub max_sandboxes_per_team: u32,
+    /// Memory generations a paused sandbox keeps before they are merged
+    /// (bounds resume's lookups and disk chains).
+    pub snapshot_merge_cap: usize,
     /// Name of this host in records.
     pub host_name: String,
     /// The sandbox manager's settings.

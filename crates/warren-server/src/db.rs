@@ -90,6 +90,8 @@ pub struct SandboxRow {
     pub stop_reason: Option<String>,
     /// Host that runs it.
     pub host: String,
+    /// 1 if operations on the paused sandbox resume it first.
+    pub auto_resume: i64,
 }
 
 impl SandboxRow {
@@ -147,7 +149,7 @@ pub struct EventRow {
 }
 
 const KEY_COLUMNS: &str = "k.id, k.team_id, t.name AS team_name, t.is_admin, k.name, k.prefix, k.created_at, k.last_used_at, k.revoked_at";
-const SANDBOX_COLUMNS: &str = "id, team_id, template_id, state, cpus, memory_mib, metadata, env, auto_pause, timeout_secs, created_at, expires_at, stopped_at, stop_reason, host";
+const SANDBOX_COLUMNS: &str = "id, team_id, template_id, state, cpus, memory_mib, metadata, env, auto_pause, timeout_secs, created_at, expires_at, stopped_at, stop_reason, host, auto_resume";
 const TEMPLATE_COLUMNS: &str =
     "id, team_id, name, kind, description, image, cpus, memory_mib, created_at";
 
@@ -314,6 +316,54 @@ impl Db {
         Ok(())
     }
 
+    /// Records a team's snapshot template.
+    pub async fn insert_snapshot_template(
+        &self,
+        row: &TemplateRow,
+        source_sandbox: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO templates (id, team_id, name, kind, description, image, cpus, memory_mib, created_at, source_sandbox) VALUES ($1, $2, $3, 'snapshot', $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&row.id)
+        .bind(&row.team_id)
+        .bind(&row.name)
+        .bind(&row.description)
+        .bind(&row.image)
+        .bind(row.cpus)
+        .bind(row.memory_mib)
+        .bind(row.created_at)
+        .bind(source_sandbox)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a team's snapshot template record.
+    pub async fn delete_snapshot_template(
+        &self,
+        team_id: &str,
+        id: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "DELETE FROM templates WHERE id = $1 AND team_id = $2 AND kind = 'snapshot'",
+        )
+        .bind(id)
+        .bind(team_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Whether any team has a template with this id.
+    pub async fn template_id_taken(&self, id: &str) -> Result<bool, sqlx::Error> {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM templates WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count > 0)
+    }
+
     /// Templates a team can use (public ones and its own).
     pub async fn templates(&self, team_id: &str) -> Result<Vec<TemplateRow>, sqlx::Error> {
         sqlx::query_as::<_, TemplateRow>(&format!(
@@ -344,7 +394,7 @@ impl Db {
     /// Records a new running sandbox.
     pub async fn insert_sandbox(&self, row: &SandboxRow) -> Result<(), sqlx::Error> {
         sqlx::query(&format!(
-            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         ))
         .bind(&row.id)
         .bind(&row.team_id)
@@ -361,6 +411,7 @@ impl Db {
         .bind(row.stopped_at)
         .bind(&row.stop_reason)
         .bind(&row.host)
+        .bind(row.auto_resume)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -457,6 +508,35 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Moves a sandbox between `running` and `paused` (not from `stopped`).
+    pub async fn set_state(
+        &self,
+        id: &str,
+        state: &str,
+        expires_at: Option<i64>,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE sandboxes SET state = $1, expires_at = $2 WHERE id = $3 AND state <> 'stopped'",
+        )
+        .bind(state)
+        .bind(expires_at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Sandboxes (not stopped) created from a template.
+    pub async fn template_users(&self, template_id: &str) -> Result<Vec<String>, sqlx::Error> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM sandboxes WHERE template_id = $1 AND state <> 'stopped' ORDER BY id",
+        )
+        .bind(template_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
     /// Sets a sandbox's timeout and expiry.

@@ -15,6 +15,7 @@ mod ids;
 mod metrics;
 pub mod model;
 mod routes;
+mod snapshots;
 mod state;
 
 use std::io::Write;

@@ -66,6 +66,8 @@ pub struct Sandbox {
     pub env: BTreeMap<String, String>,
     /// Pause instead of dying at the timeout.
     pub auto_pause: bool,
+    /// Operations on the paused sandbox resume it first.
+    pub auto_resume: bool,
     /// Seconds of life from creation or the last timeout change (0 = none).
     pub timeout_secs: u64,
     /// Creation time.
@@ -90,6 +92,7 @@ impl From<&SandboxRow> for Sandbox {
             metadata: row.metadata_map(),
             env: row.env_map(),
             auto_pause: row.auto_pause != 0,
+            auto_resume: row.auto_resume != 0,
             timeout_secs: row.timeout_secs.max(0) as u64,
             created_at: time(row.created_at),
             expires_at: row.expires_at.map(time),
@@ -122,6 +125,8 @@ pub struct CreateSandbox {
     pub env: Option<BTreeMap<String, String>>,
     /// Pause instead of dying at the timeout.
     pub auto_pause: Option<bool>,
+    /// When paused, any operation on the sandbox resumes it first.
+    pub auto_resume: Option<bool>,
 }
 
 /// A list of sandboxes.
@@ -498,6 +503,65 @@ impl From<&TemplateRow> for Template {
             created_at: time(row.created_at),
         }
     }
+}
+
+/// Request to take a snapshot template.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    /// Template name (letters, digits, '-', '_', '.'); sandboxes are then
+    /// created from it with `"template": name`.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
+    pub name: String,
+}
+
+/// A snapshot template.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Snapshot {
+    /// Name (also its template id).
+    pub name: String,
+    /// The sandbox it was taken from.
+    pub source_sandbox: Option<String>,
+    /// vCPUs its clones get.
+    pub cpus: u32,
+    /// Memory its clones get.
+    pub memory_mib: u32,
+    /// Allocated bytes of its memory on disk.
+    pub memory_bytes: u64,
+    /// Allocated bytes of its disk layer.
+    pub disk_bytes: u64,
+    /// Sandboxes (running or paused) created from it.
+    pub used_by: Vec<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Snapshot templates.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotList {
+    /// Oldest first.
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// What a pause did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PauseResult {
+    /// The sandbox, now paused.
+    pub sandbox: Sandbox,
+    /// Memory written by this pause (bytes on disk).
+    pub memory_bytes: u64,
+    /// A full snapshot (the first pause) rather than a diff.
+    pub full: bool,
+    /// Generations in the memory chain.
+    pub chain_length: u32,
+    /// Whether the chain was merged into one generation.
+    pub merged: bool,
+    /// How long the pause took (ms).
+    pub duration_ms: u64,
 }
 
 /// Templates.

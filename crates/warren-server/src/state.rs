@@ -106,7 +106,7 @@ impl AppState {
         }
     }
 
-    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()
             .expect("locks")
@@ -151,7 +151,17 @@ impl AppState {
         caller: &Caller,
         id: &str,
     ) -> ApiResult<(SandboxRow, Arc<LiveSandbox>)> {
-        let row = self.sandbox_row(caller, id).await?;
+        let mut row = self.sandbox_row(caller, id).await?;
+        if row.state == "paused" && row.auto_resume != 0 {
+            let lock = self.lock_for(id);
+            let _guard = lock.lock().await;
+            row = self.db.sandbox(&caller.team_id, id).await?.unwrap_or(row);
+            if row.state == "paused" {
+                let live = self.resume_locked(&row, "auto_resume").await?;
+                let row = self.db.sandbox(&caller.team_id, id).await?.unwrap_or(row);
+                return Ok((row, live));
+            }
+        }
         match row.state.as_str() {
             "running" => {}
             "paused" => {
@@ -194,18 +204,20 @@ impl AppState {
                 ApiError::invalid(format!("no template named {template_id:?}"))
                     .hint("list templates with GET /v1/templates")
             })?;
-        if template.kind != "image" {
-            return Err(ApiError::not_implemented(format!(
-                "template {template_id} is a snapshot; creating from snapshots is not available yet"
-            )));
-        }
-        if request.auto_pause == Some(true) {
-            return Err(ApiError::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                "unsupported",
-                "auto_pause needs sandbox snapshots, which this version of warren does not have yet",
-            )
-            .hint("create the sandbox without auto_pause; it is then killed at its timeout"));
+        let snapshot = template.kind == "snapshot";
+        if snapshot {
+            let locked_cpus = template.cpus.unwrap_or(0);
+            let locked_memory = template.memory_mib.unwrap_or(0);
+            if request.cpus.is_some_and(|c| i64::from(c) != locked_cpus)
+                || request
+                    .memory_mib
+                    .is_some_and(|m| i64::from(m) != locked_memory)
+            {
+                return Err(ApiError::invalid(format!(
+                    "snapshot {template_id} is locked to {locked_cpus} vCPUs and {locked_memory} MiB"
+                ))
+                .hint("leave cpus and memory_mib out when creating from a snapshot"));
+            }
         }
         let timeout_secs = request.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
         if timeout_secs > MAX_TIMEOUT_SECS {
@@ -215,10 +227,16 @@ impl AppState {
         }
         let spec = SandboxSpec {
             image: template.image.clone(),
-            vcpus: request.cpus.unwrap_or(warren_sandbox::spec::DEFAULT_VCPUS),
-            memory_mib: request
-                .memory_mib
-                .unwrap_or(warren_sandbox::spec::DEFAULT_MEMORY_MIB),
+            vcpus: match template.cpus {
+                Some(cpus) if snapshot => u32::try_from(cpus).unwrap_or(1),
+                _ => request.cpus.unwrap_or(warren_sandbox::spec::DEFAULT_VCPUS),
+            },
+            memory_mib: match template.memory_mib {
+                Some(memory) if snapshot => u32::try_from(memory).unwrap_or(0),
+                _ => request
+                    .memory_mib
+                    .unwrap_or(warren_sandbox::spec::DEFAULT_MEMORY_MIB),
+            },
             env: request.env.clone().unwrap_or_default(),
             metadata: request.metadata.clone().unwrap_or_default(),
         };
@@ -253,7 +271,27 @@ impl AppState {
         };
 
         let started = Instant::now();
-        let live = match self.host.create(spec.clone(), Arc::new(NoProgress)).await {
+        let created = if snapshot {
+            self.host
+                .clone_template(&template_id, spec.env.clone(), spec.metadata.clone())
+                .await
+                .map(|(live, _)| live)
+                .map_err(|error| match error {
+                    warren_host::HostResumeError::OutOfMemory {
+                        requested_mib,
+                        available_mib,
+                    } => HostCreateError::OutOfMemory {
+                        requested_mib,
+                        available_mib,
+                    },
+                    warren_host::HostResumeError::Snapshot(error) => HostCreateError::Create(
+                        warren_sandbox::CreateError::Disk(error.to_string()),
+                    ),
+                })
+        } else {
+            self.host.create(spec.clone(), Arc::new(NoProgress)).await
+        };
+        let live = match created {
             Ok(live) => live,
             Err(HostCreateError::OutOfMemory { .. }) => {
                 self.metrics.creates.with_label_values(&["capacity"]).inc();
@@ -283,7 +321,8 @@ impl AppState {
             memory_mib: i64::from(spec.memory_mib),
             metadata: serde_json::to_string(&spec.metadata).expect("map serializes"),
             env: serde_json::to_string(&spec.env).expect("map serializes"),
-            auto_pause: 0,
+            auto_pause: i64::from(request.auto_pause == Some(true)),
+            auto_resume: i64::from(request.auto_resume == Some(true)),
             timeout_secs: timeout_secs as i64,
             created_at: now,
             expires_at: (timeout_secs > 0).then(|| now + timeout_secs as i64 * 1000),
@@ -372,7 +411,7 @@ impl AppState {
 
     /// Marks a record stopped and logs the event (for exits noticed by the
     /// system rather than asked for).
-    async fn stop_record(&self, row: &SandboxRow, reason: &str, actor: &str) {
+    pub(crate) async fn stop_record(&self, row: &SandboxRow, reason: &str, actor: &str) {
         match self.db.mark_stopped(&row.id, reason).await {
             Ok(true) => {
                 self.event(
@@ -406,6 +445,10 @@ impl AppState {
                 continue;
             };
             if current.state != "running" || current.expires_at.is_none_or(|at| at > now_ms()) {
+                continue;
+            }
+            if current.auto_pause != 0 {
+                self.auto_pause(&current).await;
                 continue;
             }
             tracing::info!(id = %row.id, "sandbox timed out");
@@ -443,12 +486,17 @@ impl AppState {
     }
 
     /// Makes the database agree with this host at startup: records of
-    /// sandboxes whose VM is not running here are marked stopped.
+    /// sandboxes whose VM is not running here, or whose snapshot is not
+    /// here, are marked stopped.
     pub async fn reconcile_at_start(&self) -> Result<usize, sqlx::Error> {
         let mut fixed = 0;
         for state in ["running", "paused"] {
             for row in self.db.sandboxes_in_state(state).await? {
-                if self.host.get(&row.id).is_none() {
+                let here = match state {
+                    "running" => self.host.get(&row.id).is_some(),
+                    _ => self.host.is_paused(&row.id),
+                };
+                if !here {
                     self.stop_record(&row, "host_restart", "system").await;
                     fixed += 1;
                 }

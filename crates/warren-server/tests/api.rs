@@ -78,13 +78,22 @@ async fn every_endpoint_answers_as_documented() {
     assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
     let (status, body) = api.post("/v1/sandboxes", json!({"unknown_field": 1})).await;
     assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
-    let (status, body) = api.post("/v1/sandboxes", json!({"auto_pause": true})).await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "unsupported",
+    let (status, body) = api
+        .post(
+            "/v1/sandboxes",
+            json!({"template": "tiny", "memory_mib": 128, "auto_pause": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        (body["auto_pause"].as_bool(), body["auto_resume"].as_bool()),
+        (Some(true), Some(false)),
+        "{body}"
     );
+    let (status, _) = api
+        .delete(&format!("/v1/sandboxes/{}", body["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, body) = api
         .post(
             "/v1/sandboxes",
@@ -460,7 +469,7 @@ async fn every_endpoint_answers_as_documented() {
         .await;
     assert_error(status, &body, StatusCode::CONFLICT, "conflict");
 
-    // Timeout, logs, pause/resume (not yet), events.
+    // Timeout, logs, pause/resume, events.
     let (status, body) = api
         .post(
             &format!("/v1/sandboxes/{id}/timeout"),
@@ -495,18 +504,46 @@ async fn every_endpoint_answers_as_documented() {
         "console log lacks the init's line: {log}"
     );
     let (status, body) = api
-        .post(&format!("/v1/sandboxes/{id}/pause"), json!({}))
-        .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-    );
-    let (status, body) = api
         .post(&format!("/v1/sandboxes/{id}/resume"), json!({}))
         .await;
     assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let (status, body) = api
+        .post(&format!("/v1/sandboxes/{id}/pause"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["sandbox"]["state"], "paused", "{body}");
+    assert!(body["memory_bytes"].as_u64().unwrap() > 0, "{body}");
+    assert_eq!(body["full"], true, "{body}");
+    let (_, body) = api.get(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(body["state"], "paused");
+    // Without auto_resume, work on a paused sandbox is refused.
+    let (status, body) = api
+        .post(&format!("/v1/sandboxes/{id}/exec"), json!({"cmd": "true"}))
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let (status, body) = api
+        .post(&format!("/v1/sandboxes/{id}/pause"), json!({}))
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let (status, body) = api
+        .post(&format!("/v1/sandboxes/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (StatusCode::OK, Some("running")),
+        "{body}"
+    );
+    let (status, body) = api
+        .post(
+            &format!("/v1/sandboxes/{id}/exec"),
+            json!({"cmd": "echo $GREETING"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["stdout"].as_str()),
+        (StatusCode::OK, Some("hi\n")),
+        "{body}"
+    );
 
     // Metrics and OpenAPI.
     let response = api

@@ -74,6 +74,10 @@ pub trait Vm: Send + Sync {
     /// handle will no longer kill it.
     fn detach(&self);
 
+    /// The RAM file must survive the VM's end (a pause keeps it as the
+    /// snapshot's memory); by default it is removed with the VM.
+    fn keep_memory_file(&self);
+
     /// Stops the vCPUs and writes the device state (CPU registers, device
     /// models; not RAM, which is the shared memory file) to `state`. The VM
     /// stays stopped: the caller then either kills it (a pause) or calls

@@ -15,7 +15,6 @@ from warren import (
     ConfigError,
     ConflictError,
     NotFoundError,
-    NotImplementedFeatureError,
     Sandbox,
     SandboxState,
     Warren,
@@ -90,15 +89,6 @@ def test_context_manager_kills_on_exit_and_set_timeout(server: Server) -> None:
         assert 590 <= remaining <= 610, remaining
         assert sbx.get_info().expires_at == info.expires_at
 
-        # pause/resume answer 501 until snapshots exist; if they work,
-        # they must round-trip.
-        try:
-            paused = sbx.pause()
-        except NotImplementedFeatureError as e:
-            assert e.status_code == 501 and e.message
-        else:
-            assert paused.state == SandboxState.PAUSED
-            assert sbx.resume().state == SandboxState.RUNNING
 
     other = Sandbox.connect(sandbox_id)
     try:
@@ -106,6 +96,73 @@ def test_context_manager_kills_on_exit_and_set_timeout(server: Server) -> None:
         assert info.state == SandboxState.STOPPED and info.stop_reason == "killed"
     finally:
         other.close()
+
+
+# A background Python process that keeps a random value in memory only and
+# tells it when asked (a file appears): after a pause and resume it must
+# still be the same process with the same value.
+_KEEPER = """
+import os, secrets, time
+value = secrets.token_hex(8)
+with open('/tmp/keeper-value', 'w') as f:
+    f.write(value)
+while True:
+    if os.path.exists('/tmp/keeper-ask'):
+        os.remove('/tmp/keeper-ask')
+        with open('/tmp/keeper-answer.tmp', 'w') as f:
+            f.write(value)
+        os.rename('/tmp/keeper-answer.tmp', '/tmp/keeper-answer')
+    time.sleep(0.1)
+"""
+
+
+def _wait_for_file(sbx: Sandbox, path: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return sbx.files.read(path)
+        except NotFoundError:
+            assert time.monotonic() < deadline, f"{path} did not appear"
+            time.sleep(0.2)
+
+
+def test_pause_and_resume_keep_files_and_processes(server: Server) -> None:
+    with Sandbox.create(template="debian", memory_mib=256, timeout=600) as sbx:
+        assert not sbx.info.auto_resume
+        sbx.files.write("/home/user/before-pause.txt", "still here\n")
+        keeper = sbx.commands.run(["python3", "-c", _KEEPER], background=True, stdin=False)
+        value = _wait_for_file(sbx, "/tmp/keeper-value")
+        assert len(value) == 16
+
+        result = sbx.pause()
+        assert result.sandbox.sandbox_id == sbx.sandbox_id
+        assert result.sandbox.state == SandboxState.PAUSED and result.sandbox.is_paused
+        assert result.full and result.chain_length >= 1
+        assert result.memory_bytes > 0 and result.duration_ms >= 0
+        assert sbx.info.state == SandboxState.PAUSED
+        assert sbx.get_info().state == SandboxState.PAUSED and not sbx.is_running()
+        assert sbx.sandbox_id in {s.sandbox_id for s in Sandbox.list(state="paused")}
+        # Without auto_resume, work on a paused sandbox is refused; so is a
+        # second pause. Its console log can still be read.
+        with pytest.raises(ConflictError):
+            sbx.commands.run("true")
+        with pytest.raises(ConflictError):
+            sbx.pause()
+        assert isinstance(sbx.logs(), str)
+
+        info = sbx.resume()
+        assert info.state == SandboxState.RUNNING and sbx.is_running()
+        with pytest.raises(ConflictError):
+            sbx.resume()
+        assert sbx.files.read("/home/user/before-pause.txt") == "still here\n"
+        # The same process, with the same value in its memory.
+        assert sbx.commands.run(f"kill -0 {keeper.pid}").exit_code == 0
+        sbx.files.write("/tmp/keeper-ask", "")
+        assert _wait_for_file(sbx, "/tmp/keeper-answer") == value
+        keeper.kill()
+
+        kinds = {e.kind for e in sbx.events()}
+        assert {"sandbox.paused", "sandbox.resumed"} <= kinds, kinds
 
 
 def test_sandbox_expires_after_timeout(server: Server) -> None:

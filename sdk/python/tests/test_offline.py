@@ -67,6 +67,8 @@ def test_config_error_says_how_to_fix(monkeypatch: pytest.MonkeyPatch, tmp_path:
         (500, "internal", warren.ServerError),
         (501, "not_implemented", warren.NotImplementedFeatureError),
         (503, "capacity", warren.CapacityError),
+        (507, "disk_full", warren.HostDiskFullError),
+        (507, None, warren.HostDiskFullError),
         (418, "teapot", warren.InvalidRequestError),
         (502, None, warren.ServerError),
     ],
@@ -77,6 +79,57 @@ def test_error_mapping(status: int, code: str | None, cls: type[warren.WarrenErr
     assert isinstance(err, warren.WarrenError)
     assert (err.status_code, err.code, err.message, err.hint) == (status, code, "it broke", "do this")
     assert str(err) == "it broke (hint: do this)"
+
+
+def test_host_disk_full_is_both_disk_full_and_capacity() -> None:
+    err = error_from_body(507, {"code": "disk_full", "message": "no space left"})
+    assert isinstance(err, warren.DiskFullError) and isinstance(err, warren.CapacityError)
+    # The sandbox's own full disk stays a plain DiskFullError (422).
+    guest = error_from_body(422, {"code": "disk_full", "message": "no space left"})
+    assert type(guest) is warren.DiskFullError and not isinstance(guest, warren.CapacityError)
+
+
+def test_pause_and_snapshot_results_parse() -> None:
+    sandbox = {
+        "id": "sb-1",
+        "template": "debian",
+        "state": "paused",
+        "cpus": 1,
+        "memory_mib": 512,
+        "auto_pause": True,
+        "auto_resume": True,
+        "timeout_secs": 0,
+        "created_at": "2026-01-01T00:00:00Z",
+    }
+    result = warren.PauseResult.from_json(
+        {"sandbox": sandbox, "memory_bytes": 1234, "full": True, "chain_length": 1, "merged": False, "duration_ms": 850}
+    )
+    assert result.sandbox.sandbox_id == "sb-1" and result.sandbox.is_paused
+    assert result.sandbox.auto_pause and result.sandbox.auto_resume
+    assert (result.memory_bytes, result.full, result.chain_length, result.merged, result.duration_ms) == (
+        1234,
+        True,
+        1,
+        False,
+        850,
+    )
+    snap = warren.SnapshotInfo.from_json(
+        {
+            "name": "base",
+            "source_sandbox": "sb-1",
+            "cpus": 1,
+            "memory_mib": 512,
+            "memory_bytes": 10,
+            "disk_bytes": 20,
+            "used_by": ["sb-2"],
+            "created_at": "2026-01-01T00:00:00Z",
+        }
+    )
+    assert (snap.name, snap.source_sandbox, snap.used_by) == ("base", "sb-1", ["sb-2"])
+    assert snap.created_at is not None
+    # An older service without auto_resume.
+    del sandbox["auto_resume"]
+    assert warren.SandboxInfo.from_json(sandbox).auto_resume is False
 
 
 def test_error_without_json_body() -> None:

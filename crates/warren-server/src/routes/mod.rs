@@ -53,6 +53,7 @@ pub struct ApiPath<T>(pub T);
         (name = "processes", description = "Run commands and terminals"),
         (name = "files", description = "Files inside sandboxes"),
         (name = "templates", description = "What sandboxes are created from"),
+        (name = "snapshots", description = "Snapshot templates: a paused sandbox frozen so clones can start from it"),
         (name = "keys", description = "API keys"),
         (name = "events", description = "Lifecycle events"),
         (name = "service", description = "Health and metrics"),
@@ -95,6 +96,9 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(sandboxes::get_sandbox, sandboxes::delete_sandbox))
         .routes(routes!(sandboxes::set_timeout))
         .routes(routes!(sandboxes::pause_sandbox))
+        .routes(routes!(sandboxes::create_snapshot))
+        .routes(routes!(sandboxes::list_snapshots))
+        .routes(routes!(sandboxes::get_snapshot, sandboxes::delete_snapshot))
         .routes(routes!(sandboxes::resume_sandbox))
         .routes(routes!(sandboxes::sandbox_logs))
         .routes(routes!(sandboxes::sandbox_events))

@@ -9,7 +9,8 @@ use super::{ApiJson, ApiPath, ApiQuery, json_status, no_content};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::model::{
-    CreateSandbox, EventList, LogsQuery, Sandbox, SandboxList, SandboxState, SetTimeout,
+    CreateSandbox, CreateSnapshot, EventList, LogsQuery, PauseResult, Sandbox, SandboxList,
+    SandboxState, SetTimeout, Snapshot, SnapshotList,
 };
 use crate::state::AppState;
 
@@ -169,38 +170,31 @@ pub async fn set_timeout(
     ))
 }
 
-/// Pauses a sandbox to disk (not available yet: 501).
+/// Pauses a sandbox to disk: its VM ends (no RAM, no CPU used while
+/// paused); resume continues exactly where it was.
 #[utoipa::path(
     post, path = "/v1/sandboxes/{id}/pause", tag = "sandboxes",
     params(("id" = String, Path, description = "Sandbox id")),
     responses(
-        (status = 200, description = "Paused sandbox", body = Sandbox),
+        (status = 200, description = "Paused sandbox and what the pause wrote", body = PauseResult),
         (status = 400, description = "Bad path", body = ErrorBody),
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 404, description = "No such sandbox", body = ErrorBody),
         (status = 409, description = "The sandbox is not running", body = ErrorBody),
         (status = 500, description = "Server failure", body = ErrorBody),
-        (status = 501, description = "Snapshots are not available in this version", body = ErrorBody),
+        (status = 507, description = "The host's disk is full; the sandbox keeps running (or keeps its previous snapshot)", body = ErrorBody),
     )
 )]
 pub async fn pause_sandbox(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Sandbox>> {
-    let row = state.sandbox_row(&caller, &id).await?;
-    if row.state != "running" {
-        return Err(ApiError::conflict(format!(
-            "sandbox {id} is {}; only running sandboxes can be paused",
-            row.state
-        )));
-    }
-    Err(ApiError::not_implemented(
-        "pausing needs sandbox snapshots, which this version of warren does not have yet",
-    ))
+) -> ApiResult<Json<PauseResult>> {
+    Ok(Json(state.pause_sandbox(&caller, &id).await?))
 }
 
-/// Resumes a paused sandbox (not available yet: 501).
+/// Resumes a paused sandbox where it was paused (memory is loaded lazily,
+/// the guest clock is set).
 #[utoipa::path(
     post, path = "/v1/sandboxes/{id}/resume", tag = "sandboxes",
     params(("id" = String, Path, description = "Sandbox id")),
@@ -211,7 +205,7 @@ pub async fn pause_sandbox(
         (status = 404, description = "No such sandbox", body = ErrorBody),
         (status = 409, description = "The sandbox is not paused", body = ErrorBody),
         (status = 500, description = "Server failure", body = ErrorBody),
-        (status = 501, description = "Snapshots are not available in this version", body = ErrorBody),
+        (status = 503, description = "Not enough host memory to resume", body = ErrorBody),
     )
 )]
 pub async fn resume_sandbox(
@@ -219,16 +213,95 @@ pub async fn resume_sandbox(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Sandbox>> {
-    let row = state.sandbox_row(&caller, &id).await?;
-    if row.state != "paused" {
-        return Err(ApiError::conflict(format!(
-            "sandbox {id} is {}; only paused sandboxes can be resumed",
-            row.state
-        )));
-    }
-    Err(ApiError::not_implemented(
-        "resuming needs sandbox snapshots, which this version of warren does not have yet",
-    ))
+    Ok(Json(state.resume_sandbox(&caller, &id).await?))
+}
+
+/// Turns a running or paused sandbox into a snapshot template (memory and
+/// disk). Sandboxes created from it (`"template": name`) are clones.
+#[utoipa::path(
+    post, path = "/v1/sandboxes/{id}/snapshots", tag = "snapshots",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = CreateSnapshot,
+    responses(
+        (status = 201, description = "The snapshot template", body = Snapshot),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 409, description = "The sandbox is stopped, or the name is taken", body = ErrorBody),
+        (status = 422, description = "Invalid name", body = ErrorBody),
+        (status = 500, description = "Server failure", body = ErrorBody),
+        (status = 507, description = "The host's disk is full", body = ErrorBody),
+    )
+)]
+pub async fn create_snapshot(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(request): ApiJson<CreateSnapshot>,
+) -> ApiResult<Response> {
+    let snapshot = state.snapshot_sandbox(&caller, &id, &request.name).await?;
+    Ok((StatusCode::CREATED, Json(snapshot)).into_response())
+}
+
+/// The caller's snapshot templates.
+#[utoipa::path(
+    get, path = "/v1/snapshots", tag = "snapshots",
+    responses(
+        (status = 200, description = "Snapshot templates", body = SnapshotList),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 500, description = "Server failure", body = ErrorBody),
+    )
+)]
+pub async fn list_snapshots(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<SnapshotList>> {
+    Ok(Json(SnapshotList {
+        snapshots: state.list_snapshots(&caller).await?,
+    }))
+}
+
+/// One snapshot template.
+#[utoipa::path(
+    get, path = "/v1/snapshots/{name}", tag = "snapshots",
+    params(("name" = String, Path, description = "Snapshot name")),
+    responses(
+        (status = 200, description = "The snapshot template", body = Snapshot),
+        (status = 400, description = "Bad path", body = ErrorBody),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 404, description = "No such snapshot", body = ErrorBody),
+        (status = 500, description = "Server failure", body = ErrorBody),
+    )
+)]
+pub async fn get_snapshot(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<Snapshot>> {
+    Ok(Json(state.get_snapshot(&caller, &name).await?))
+}
+
+/// Deletes a snapshot template; refused (409) while sandboxes created from
+/// it exist.
+#[utoipa::path(
+    delete, path = "/v1/snapshots/{name}", tag = "snapshots",
+    params(("name" = String, Path, description = "Snapshot name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Bad path", body = ErrorBody),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 404, description = "No such snapshot", body = ErrorBody),
+        (status = 409, description = "Sandboxes still use it", body = ErrorBody),
+        (status = 500, description = "Server failure", body = ErrorBody),
+    )
+)]
+pub async fn delete_snapshot(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Response> {
+    state.delete_snapshot(&caller, &name).await?;
+    Ok(no_content())
 }
 
 /// The guest's serial console.
@@ -259,13 +332,18 @@ pub async fn sandbox_logs(
     }
     let text = match state.host.get(&row.id) {
         Some(live) => live.console_log(tail),
-        // Stopped: the end of its log was kept when it stopped.
-        None => state.host.kept_console_log(&row.id, tail).ok_or_else(|| {
-            ApiError::conflict(format!(
-                "sandbox {id} is {} and its console log was not kept",
-                row.state
-            ))
-        })?,
+        // Paused: in its directory. Stopped: the end of its log was kept
+        // when it stopped.
+        None => state
+            .host
+            .paused_console_log(&row.id, tail)
+            .or_else(|| state.host.kept_console_log(&row.id, tail))
+            .ok_or_else(|| {
+                ApiError::conflict(format!(
+                    "sandbox {id} is {} and its console log was not kept",
+                    row.state
+                ))
+            })?,
     };
     Ok((
         [(

@@ -41,6 +41,7 @@ impl TestServer {
             data_dir: data_dir.to_path_buf(),
             database_url: None,
             max_sandboxes_per_team: max_sandboxes,
+            snapshot_merge_cap: warren_sandbox::snapshot::DEFAULT_MERGE_CAP,
             host_name: "test-host".into(),
             manager,
         };

@@ -125,6 +125,10 @@ pub fn build_args(config: &VmConfig) -> Vec<OsString> {
     args.push("-chardev".into());
     let mut console = OsString::from("file,id=console,path=");
     console.push(escape_commas(path(files::CONSOLE_LOG).as_os_str()));
+    if config.incoming {
+        // A resumed guest continues the log of the run it was paused in.
+        console.push(",append=on");
+    }
     args.push(console);
     args.push("-serial".into());
     args.push("chardev:console".into());

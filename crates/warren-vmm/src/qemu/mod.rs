@@ -6,7 +6,7 @@
 //! is not its parent.
 
 pub mod cmdline;
-mod spawn;
+pub mod spawn;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -115,7 +115,7 @@ impl Vmm for QemuVmm {
     async fn launch(&self, mut config: VmConfig) -> Result<Box<dyn Vm>, LaunchError> {
         config.accel = self.accel;
         self.validate(&config)?;
-        remove_runtime_files(&config.dir);
+        remove_runtime_files(&config.dir, false);
         let vmm_log_path = config.dir.join(files::VMM_LOG);
         let vmm_log = File::create(&vmm_log_path).map_err(|source| LaunchError::Io {
             path: vmm_log_path.clone(),
@@ -162,6 +162,8 @@ pub struct QemuVm {
     exit_rx: watch::Receiver<Option<VmExit>>,
     kill_requested: Arc<AtomicBool>,
     detached: AtomicBool,
+    /// Keep the RAM file when the VM ends (a pause).
+    keep_memory: AtomicBool,
     agent_socket: PathBuf,
     console_log: PathBuf,
     qmp: tokio::sync::OnceCell<QmpClient>,
@@ -219,6 +221,7 @@ impl QemuVm {
             exit_rx,
             kill_requested,
             detached: AtomicBool::new(false),
+            keep_memory: AtomicBool::new(false),
             qmp: tokio::sync::OnceCell::new(),
             supervisor,
         })
@@ -294,7 +297,7 @@ impl Vm for QemuVm {
 
     async fn kill(&self) -> Result<VmExit, KillError> {
         if let Some(exit) = self.exit() {
-            remove_runtime_files(&self.config.dir);
+            remove_runtime_files(&self.config.dir, self.keep_memory.load(Ordering::SeqCst));
             return Ok(exit);
         }
         self.kill_now()?;
@@ -307,12 +310,16 @@ impl Vm for QemuVm {
                 timeout: KILL_TIMEOUT,
             }),
         };
-        remove_runtime_files(&self.config.dir);
+        remove_runtime_files(&self.config.dir, self.keep_memory.load(Ordering::SeqCst));
         result
     }
 
     fn detach(&self) {
         self.detached.store(true, Ordering::SeqCst);
+    }
+
+    fn keep_memory_file(&self) {
+        self.keep_memory.store(true, Ordering::SeqCst);
     }
 
     async fn save_device_state(
@@ -405,7 +412,7 @@ impl Drop for QemuVm {
             &self.config.dir.join(files::VMM_LOG),
         );
         self.exit_tx.send_replace(Some(exit));
-        remove_runtime_files(&self.config.dir);
+        remove_runtime_files(&self.config.dir, self.keep_memory.load(Ordering::SeqCst));
     }
 }
 
@@ -459,14 +466,12 @@ pub fn tail_of(path: &Path, max: u64) -> String {
 }
 
 /// Removes the files a running VM owns (not its disks or logs).
-fn remove_runtime_files(dir: &Path) {
-    for name in [
-        files::QMP_SOCKET,
-        files::AGENT_SOCKET,
-        files::MEMORY,
-        files::PID,
-    ] {
+fn remove_runtime_files(dir: &Path, keep_memory: bool) {
+    for name in [files::QMP_SOCKET, files::AGENT_SOCKET, files::PID] {
         let _ = std::fs::remove_file(dir.join(name));
+    }
+    if !keep_memory {
+        let _ = std::fs::remove_file(dir.join(files::MEMORY));
     }
 }
 

@@ -1,4 +1,5 @@
-//! Spawning VMM processes from one long-lived thread.
+//! Spawning VMM processes (QEMU, and helpers such as the snapshot memory
+//! daemon) from one long-lived thread.
 //!
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits,
 //! not the process. Async runtimes fork from whatever worker or blocking
@@ -15,7 +16,7 @@ use std::sync::OnceLock;
 use std::sync::mpsc;
 
 /// What to start.
-pub(crate) struct SpawnRequest {
+pub struct SpawnRequest {
     pub binary: PathBuf,
     pub args: Vec<OsString>,
     /// Receives the process's stdout and stderr.
@@ -43,7 +44,7 @@ fn spawner() -> &'static mpsc::Sender<Job> {
 }
 
 /// Starts the process on the spawner thread and returns its handle.
-pub(crate) fn spawn(request: SpawnRequest) -> std::io::Result<Child> {
+pub fn spawn(request: SpawnRequest) -> std::io::Result<Child> {
     let (tx, rx) = mpsc::channel();
     spawner()
         .send((request, tx))

@@ -1,4 +1,4 @@
-"""Service-level API: health, templates, API keys, events."""
+"""Service-level API: health, templates, snapshots, API keys, events."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import httpx
 
 from ._config import ConnectionConfig
 from ._http import ApiClient, _transport_error, raise_for_response
-from .models import ApiKey, Event, Health, SandboxInfo, Template
+from .models import ApiKey, Event, Health, SandboxInfo, SnapshotInfo, Template
 
 __all__ = ["Warren"]
 
@@ -62,6 +62,21 @@ class Warren:
 
     def get_template(self, template_id: str) -> Template:
         return Template.from_json(self._api.get_json(f"/v1/templates/{template_id}"))
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        """The team's snapshot templates, oldest first (take one with
+        :meth:`Sandbox.snapshot <warren.Sandbox.snapshot>`)."""
+        return [SnapshotInfo.from_json(s) for s in _items(self._api.get_json("/v1/snapshots"), "snapshots")]
+
+    def get_snapshot(self, name: str) -> SnapshotInfo:
+        """One snapshot template (:class:`~warren.NotFoundError` if there is
+        none by that name)."""
+        return SnapshotInfo.from_json(self._api.get_json(f"/v1/snapshots/{name}"))
+
+    def delete_snapshot(self, name: str) -> None:
+        """Deletes a snapshot template. :class:`~warren.ConflictError` while
+        sandboxes created from it exist (see :attr:`SnapshotInfo.used_by`)."""
+        self._api.request("DELETE", f"/v1/snapshots/{name}")
 
     def create_key(self, name: str, *, team: str | None = None) -> ApiKey:
         """Creates an API key; its secret is in ``.key``, shown only now.

@@ -25,6 +25,7 @@ __all__ = [
     "CommandNotFoundError",
     "PermissionDeniedError",
     "DiskFullError",
+    "HostDiskFullError",
     "PayloadTooLargeError",
     "RateLimitError",
     "NotImplementedFeatureError",
@@ -115,7 +116,8 @@ class PermissionDeniedError(InvalidRequestError):
 
 
 class DiskFullError(InvalidRequestError):
-    """422 ``disk_full``: the sandbox's disk is full."""
+    """``disk_full``: a disk is full. 422: the sandbox's own disk (free
+    space in it); 507: the host's disk (see :class:`HostDiskFullError`)."""
 
 
 class PayloadTooLargeError(InvalidRequestError):
@@ -127,12 +129,18 @@ class RateLimitError(WarrenError):
 
 
 class NotImplementedFeatureError(WarrenError):
-    """501: the service does not implement this yet (e.g. pause/resume
-    before snapshots exist)."""
+    """501: the service does not implement this."""
 
 
 class CapacityError(WarrenError):
-    """503: the host is out of capacity (memory)."""
+    """503: the host is out of capacity (memory), e.g. to resume a paused
+    sandbox."""
+
+
+class HostDiskFullError(DiskFullError, CapacityError):
+    """507 ``disk_full``: the host's disk is full, so a pause or snapshot
+    could not be written (a sandbox being paused keeps running). Both a
+    :class:`DiskFullError` and a :class:`CapacityError`."""
 
 
 class ServerError(WarrenError):
@@ -208,12 +216,15 @@ _BY_STATUS: dict[int, type[WarrenError]] = {
     429: RateLimitError,
     501: NotImplementedFeatureError,
     503: CapacityError,
+    507: HostDiskFullError,
 }
 
 
 def error_class(status_code: int | None, code: str | None) -> type[WarrenError]:
     """The exception class for an API error: the code decides when known,
-    else the status."""
+    else the status (507 is always the host's full disk)."""
+    if status_code == 507:
+        return HostDiskFullError
     if code and code in _BY_CODE:
         return _BY_CODE[code]
     if status_code is not None:

@@ -17,6 +17,8 @@ from .errors import CommandExitError
 __all__ = [
     "SandboxState",
     "SandboxInfo",
+    "PauseResult",
+    "SnapshotInfo",
     "CommandResult",
     "ExitStatus",
     "OutputChunk",
@@ -87,10 +89,17 @@ class SandboxInfo:
     stopped_at: datetime | None
     stop_reason: str | None
     """When stopped: ``killed``, ``timeout``, ``vm_exited`` or ``host_restart``."""
+    auto_resume: bool = False
+    """While paused, any operation (commands, files, terminals) resumes it
+    first."""
 
     @property
     def is_running(self) -> bool:
         return self.state == SandboxState.RUNNING
+
+    @property
+    def is_paused(self) -> bool:
+        return self.state == SandboxState.PAUSED
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> SandboxInfo:
@@ -108,6 +117,76 @@ class SandboxInfo:
             expires_at=_dt(d.get("expires_at")),
             stopped_at=_dt(d.get("stopped_at")),
             stop_reason=_opt_str(d.get("stop_reason")),
+            auto_resume=bool(d.get("auto_resume", False)),
+        )
+
+
+@dataclass(frozen=True)
+class PauseResult:
+    """What :meth:`Sandbox.pause <warren.Sandbox.pause>` did: the paused
+    sandbox, and what was written to disk."""
+
+    sandbox: SandboxInfo
+    """The sandbox, now paused."""
+    memory_bytes: int
+    """Memory written by this pause (bytes on disk)."""
+    full: bool
+    """A full snapshot (the first pause) rather than the changes since the
+    previous one."""
+    chain_length: int
+    """Generations in the sandbox's memory chain."""
+    merged: bool
+    """Whether the chain was merged into one generation."""
+    duration_ms: int
+    """How long the pause took."""
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> PauseResult:
+        sandbox = d.get("sandbox")
+        return cls(
+            sandbox=SandboxInfo.from_json(sandbox if isinstance(sandbox, Mapping) else {}),
+            memory_bytes=_int(d.get("memory_bytes")),
+            full=bool(d.get("full", False)),
+            chain_length=_int(d.get("chain_length")),
+            merged=bool(d.get("merged", False)),
+            duration_ms=_int(d.get("duration_ms")),
+        )
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot template: a sandbox's memory and disk, frozen. Sandboxes
+    created with ``template=<name>`` are clones of it."""
+
+    name: str
+    """Its name, also its template id."""
+    source_sandbox: str | None
+    """The sandbox it was taken from."""
+    cpus: int
+    """vCPUs its clones get."""
+    memory_mib: int
+    """Memory its clones get."""
+    memory_bytes: int
+    """Allocated bytes of its memory on disk."""
+    disk_bytes: int
+    """Allocated bytes of its disk layer."""
+    used_by: list[str]
+    """Ids of the sandboxes (running or paused) created from it; it cannot
+    be deleted while there are any."""
+    created_at: datetime | None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> SnapshotInfo:
+        used_by = d.get("used_by")
+        return cls(
+            name=_str(d.get("name")),
+            source_sandbox=_opt_str(d.get("source_sandbox")),
+            cpus=_int(d.get("cpus")),
+            memory_mib=_int(d.get("memory_mib")),
+            memory_bytes=_int(d.get("memory_bytes")),
+            disk_bytes=_int(d.get("disk_bytes")),
+            used_by=[str(u) for u in used_by] if isinstance(used_by, list) else [],
+            created_at=_dt(d.get("created_at")),
         )
 
 
@@ -258,8 +337,8 @@ class FileInfo:
 
 @dataclass(frozen=True)
 class Template:
-    """A template sandboxes are created from (built-in image, or later a
-    snapshot)."""
+    """A template sandboxes are created from (a built-in image, or a
+    snapshot: see :class:`SnapshotInfo`)."""
 
     template_id: str
     name: str

@@ -13,7 +13,7 @@ from ._http import ApiClient
 from .commands import Commands
 from .errors import ConflictError, NotFoundError, WarrenError
 from .files import Files
-from .models import Event, SandboxInfo, SandboxState
+from .models import Event, PauseResult, SandboxInfo, SandboxState, SnapshotInfo
 from .pty import Pty
 
 __all__ = ["Sandbox"]
@@ -24,6 +24,12 @@ guest agent is up, and the first sandbox of a template may build its
 image."""
 
 _T = TypeVar("_T")
+
+
+def _slow_timeout(api: ApiClient) -> float:
+    """Timeout of the calls that write or load a sandbox's memory (pause,
+    resume, snapshot): like create's, never below the configured one."""
+    return max(DEFAULT_CREATE_TIMEOUT, api.config.request_timeout or 0.0)
 
 
 def _api(
@@ -126,6 +132,7 @@ class Sandbox:
         metadata: Mapping[str, str] | None = None,
         envs: Mapping[str, str] | None = None,
         auto_pause: bool = False,
+        auto_resume: bool = False,
         api_key: str | None = None,
         base_url: str | None = None,
         request_timeout: float | None = None,
@@ -133,8 +140,14 @@ class Sandbox:
         """Boots a sandbox and returns once its agent answers.
 
         Unset options take the service's defaults (template ``debian``, 1
-        CPU, 512 MiB, timeout 300 s). ``timeout``: seconds until the service
-        kills the sandbox (0 for never; extend it with :meth:`set_timeout`).
+        CPU, 512 MiB, timeout 300 s). ``template`` may name a snapshot (see
+        :meth:`snapshot`): the new sandbox is then a clone of the
+        snapshotted one, with its CPUs and memory (leave ``cpus`` and
+        ``memory_mib`` unset, or give the snapshot's). ``timeout``: seconds
+        until the service kills the sandbox (0 for never; extend it with
+        :meth:`set_timeout`); with ``auto_pause`` it is paused instead.
+        ``auto_resume``: while paused, any operation on the sandbox
+        (commands, files, terminals) resumes it first.
         ``envs`` are set for every command. ``api_key`` / ``base_url``
         override ``WARREN_API_KEY`` / ``WARREN_URL`` and local discovery;
         ``request_timeout`` is the default for this sandbox's API calls.
@@ -154,6 +167,8 @@ class Sandbox:
             body["env"] = {str(k): str(v) for k, v in envs.items()}
         if auto_pause:
             body["auto_pause"] = True
+        if auto_resume:
+            body["auto_resume"] = True
         api = _api(api_key, base_url, request_timeout)
         try:
             create_timeout = max(DEFAULT_CREATE_TIMEOUT, request_timeout or 0.0)
@@ -169,18 +184,22 @@ class Sandbox:
         cls,
         sandbox_id: str,
         *,
+        resume: bool = True,
         api_key: str | None = None,
         base_url: str | None = None,
         request_timeout: float | None = None,
     ) -> Sandbox:
         """Attaches to an existing sandbox (created by this or another
         client of the same team). Raises :class:`~warren.NotFoundError` if
-        it does not exist. A paused sandbox is resumed."""
+        it does not exist. A paused sandbox is resumed, unless ``resume``
+        is False (then call :meth:`resume` when needed)."""
         api = _api(api_key, base_url, request_timeout)
         try:
             info = SandboxInfo.from_json(api.get_json(f"/v1/sandboxes/{sandbox_id}"))
-            if info.state == SandboxState.PAUSED:
-                info = SandboxInfo.from_json(api.post_json(f"/v1/sandboxes/{sandbox_id}/resume"))
+            if resume and info.state == SandboxState.PAUSED:
+                info = SandboxInfo.from_json(
+                    api.post_json(f"/v1/sandboxes/{sandbox_id}/resume", timeout=_slow_timeout(api))
+                )
         except BaseException:
             api.close()
             raise
@@ -227,8 +246,8 @@ class Sandbox:
         return self._info
 
     def is_running(self) -> bool:
-        """Whether the sandbox is running (False once it is stopped or
-        gone)."""
+        """Whether the sandbox is running (False once it is paused, stopped
+        or gone)."""
         try:
             return self.get_info().state == SandboxState.RUNNING
         except NotFoundError:
@@ -242,16 +261,46 @@ class Sandbox:
         )
         return self._info
 
-    def pause(self) -> SandboxInfo:
-        """Pauses the sandbox (:class:`~warren.NotImplementedFeatureError`
-        until the service supports snapshots)."""
-        self._info = SandboxInfo.from_json(self._api.post_json(f"/v1/sandboxes/{self.sandbox_id}/pause"))
-        return self._info
+    def pause(self) -> PauseResult:
+        """Pauses the sandbox to disk: its memory and disk are saved and its
+        VM ends (no RAM or CPU used while paused); :meth:`resume` continues
+        exactly where it was, running processes included. Returns what was
+        written (``.sandbox`` is the paused sandbox).
+
+        :class:`~warren.ConflictError` unless it is running;
+        :class:`~warren.HostDiskFullError` when the host's disk is full
+        (the sandbox then keeps running).
+        """
+        result = PauseResult.from_json(
+            self._api.post_json(f"/v1/sandboxes/{self.sandbox_id}/pause", timeout=_slow_timeout(self._api))
+        )
+        self._info = result.sandbox
+        return result
 
     def resume(self) -> SandboxInfo:
-        """Resumes a paused sandbox."""
-        self._info = SandboxInfo.from_json(self._api.post_json(f"/v1/sandboxes/{self.sandbox_id}/resume"))
+        """Resumes a paused sandbox where it was paused.
+        :class:`~warren.ConflictError` unless it is paused;
+        :class:`~warren.CapacityError` when the host lacks the memory."""
+        self._info = SandboxInfo.from_json(
+            self._api.post_json(f"/v1/sandboxes/{self.sandbox_id}/resume", timeout=_slow_timeout(self._api))
+        )
         return self._info
+
+    def snapshot(self, name: str) -> SnapshotInfo:
+        """Turns the sandbox (running or paused) into a snapshot template
+        called ``name``; ``Sandbox.create(template=name)`` then makes clones
+        of it. A running sandbox is paused for the copy and resumed; a
+        paused one stays paused. :class:`~warren.ConflictError` if the name
+        is taken or the sandbox is stopped,
+        :class:`~warren.InvalidRequestError` for an invalid name (letters,
+        digits, ``-``, ``_``, ``.``)."""
+        return SnapshotInfo.from_json(
+            self._api.post_json(
+                f"/v1/sandboxes/{self.sandbox_id}/snapshots",
+                {"name": name},
+                timeout=_slow_timeout(self._api),
+            )
+        )
 
     def logs(self, tail_bytes: int | None = None) -> str:
         """The guest's serial console (kernel and init messages), the last

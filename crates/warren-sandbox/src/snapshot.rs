@@ -1,0 +1,1137 @@
+//! Pause, resume, snapshot templates and clones.
+//!
+//! A sandbox directory holds, besides its metadata:
+//!
+//! | file | what |
+//! |---|---|
+//! | `memory` | guest RAM of a cold-booted VM (QEMU maps it shared) |
+//! | `memfs/memory` | guest RAM of a resumed VM, served by `warren-memfs` |
+//! | `mem.<g>.work` | what the resumed guest wrote, becomes `mem.<g>` |
+//! | `disk.qcow2` | the writable disk layer of the running VM |
+//! | `SNAPSHOT` | the committed snapshot (see warren-snapshot's FORMAT.md) |
+//! | `mem.<g>` | memory generation `g` (sparse) |
+//! | `state.<g>` | QEMU device state saved at generation `g` |
+//! | `disk.g<g>.qcow2` | the disk layer frozen at generation `g` |
+//!
+//! Only `SNAPSHOT` decides what a paused sandbox is; it is replaced
+//! atomically as the last step of a pause, so a pause (or merge) that dies at
+//! any point leaves the previous snapshot as it was. Files it does not
+//! reference are garbage from an interrupted operation and are removed by the
+//! next one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant, SystemTime};
+
+use warren_snapshot::{Generation, HEADER_FILE, SnapshotHeader};
+
+use crate::agent::SandboxShared;
+use crate::error::{CreateError, Unavailable};
+use crate::manager::{
+    DISK_OVERLAY, DirGuard, Manager, SANDBOX_META, SandboxMeta, connect_agent, create_overlay,
+};
+use crate::memfs::{MemFs, MemFsError, find_memfs_binary};
+use crate::sandbox::Sandbox;
+use crate::spec::SandboxSpec;
+
+/// Default number of memory generations after which they are merged.
+pub const DEFAULT_MERGE_CAP: usize = 10;
+/// Where snapshot templates live under the data directory.
+pub const TEMPLATES_DIR: &str = "templates";
+/// Name of a template's metadata file.
+pub const TEMPLATE_META: &str = "template.json";
+
+/// How a pause runs.
+#[derive(Debug, Clone)]
+pub struct PauseOptions {
+    /// Merge the memory generations into one when there are more than this.
+    pub merge_cap: usize,
+    /// Bound on each step that waits for the guest or QEMU.
+    pub timeout: Duration,
+}
+
+impl Default for PauseOptions {
+    fn default() -> Self {
+        Self {
+            merge_cap: DEFAULT_MERGE_CAP,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a pause did, for callers and benchmarks.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PauseReport {
+    /// The generation written.
+    pub generation: u32,
+    /// A full snapshot (first pause) rather than a diff.
+    pub full: bool,
+    /// Bytes of memory written to disk by this pause (allocated bytes of
+    /// the new generation file).
+    pub memory_bytes: u64,
+    /// Size of the device state.
+    pub state_bytes: u64,
+    /// Generations in the chain after the pause.
+    pub chain_length: usize,
+    /// Whether the chain was merged.
+    pub merged: bool,
+    /// How long the vCPUs were running-but-unreachable (the whole pause).
+    pub duration_ms: u64,
+}
+
+/// What a resume did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ResumeReport {
+    /// Time from the call to the agent answering.
+    pub duration_ms: u64,
+    /// Generations the memory is read from.
+    pub chain_length: usize,
+}
+
+/// Why a pause failed, and what state the sandbox is left in.
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    /// The sandbox cannot be paused (already paused, destroyed, VM gone).
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// The pause failed while the VM still existed: it runs on, unchanged.
+    #[error("pausing sandbox {id} failed, it keeps running: {detail}{}", space_hint(*no_space))]
+    StillRunning {
+        /// Sandbox id.
+        id: String,
+        /// What failed.
+        detail: String,
+        /// The disk holding the data directory is full.
+        no_space: bool,
+    },
+    /// The VM was released but the new snapshot could not be committed: the
+    /// sandbox is paused at its previous snapshot (what ran since the last
+    /// resume is lost), or lost if it had none.
+    #[error("pausing sandbox {id} failed after its VM stopped: {detail}; {}{}", if *previous_kept { "the previous snapshot is kept and can be resumed" } else { "the sandbox had no earlier snapshot and is lost" }, space_hint(*no_space))]
+    Committed {
+        /// Sandbox id.
+        id: String,
+        /// What failed.
+        detail: String,
+        /// Whether an earlier snapshot remains resumable.
+        previous_kept: bool,
+        /// The disk holding the data directory is full.
+        no_space: bool,
+    },
+}
+
+impl PauseError {
+    /// The sandbox still runs after this error.
+    pub fn still_running(&self) -> bool {
+        matches!(self, PauseError::StillRunning { .. })
+    }
+
+    /// The failure was a full disk.
+    pub fn no_space(&self) -> bool {
+        match self {
+            PauseError::StillRunning { no_space, .. } | PauseError::Committed { no_space, .. } => {
+                *no_space
+            }
+            PauseError::Unavailable(_) => false,
+        }
+    }
+}
+
+fn space_hint(no_space: bool) -> &'static str {
+    if no_space {
+        " (the disk holding warren's data directory is full: free space and try again)"
+    } else {
+        ""
+    }
+}
+
+/// Why a resume, clone or template operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotOpError {
+    /// No paused sandbox with this id.
+    #[error("no paused sandbox {0} on this host")]
+    NotPaused(String),
+    /// No template with this name.
+    #[error("no snapshot template named {0:?}")]
+    NoTemplate(String),
+    /// A template with this name exists.
+    #[error("a snapshot template named {0:?} already exists; pick another name or delete it first")]
+    TemplateExists(String),
+    /// The template still has clones.
+    #[error("snapshot template {name:?} is used by {} sandbox(es) ({}); delete them first", users.len(), users.join(", "))]
+    TemplateInUse {
+        /// Template name.
+        name: String,
+        /// Sandboxes created from it.
+        users: Vec<String>,
+    },
+    /// A bad template name.
+    #[error(
+        "invalid template name {0:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'"
+    )]
+    InvalidName(String),
+    /// The on-disk snapshot is unreadable.
+    #[error("the snapshot of {id} is unreadable: {detail}")]
+    Corrupt {
+        /// Sandbox id or template name.
+        id: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The memory daemon failed.
+    #[error(transparent)]
+    MemFs(#[from] MemFsError),
+    /// Booting the restored VM failed (the snapshot is left as it was).
+    #[error(transparent)]
+    Create(#[from] CreateError),
+    /// A file operation failed.
+    #[error("{what}: {detail}{}", space_hint(*no_space))]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        detail: String,
+        /// The disk is full.
+        no_space: bool,
+    },
+}
+
+impl SnapshotOpError {
+    fn io(what: impl Into<String>, error: impl std::fmt::Display, no_space: bool) -> Self {
+        SnapshotOpError::Io {
+            what: what.into(),
+            detail: error.to_string(),
+            no_space,
+        }
+    }
+}
+
+fn is_no_space(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EDQUOT)
+    )
+}
+
+fn text_says_no_space(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("no space left") || lower.contains("enospc") || lower.contains("quota exceeded")
+}
+
+/// Whether the filesystem of `dir` has (almost) no space left: QEMU's
+/// migration errors do not always carry the errno.
+fn nearly_full(dir: &Path) -> bool {
+    nix::sys::statvfs::statvfs(dir)
+        .map(|s| s.blocks_available() * s.fragment_size() < 4 << 20)
+        .unwrap_or(false)
+}
+
+/// Snapshot bookkeeping kept in the header's `meta`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct ChainMeta {
+    /// Disk layers of this sandbox's own, oldest first (relative names).
+    #[serde(default)]
+    disk_layers: Vec<String>,
+    /// vCPUs the state was saved with.
+    vcpus: u32,
+    /// Guest RAM.
+    memory_mib: u32,
+}
+
+/// A snapshot template on disk.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TemplateMeta {
+    /// Template name.
+    pub name: String,
+    /// The sandbox it was taken from.
+    pub source_sandbox: String,
+    /// The spec clones get (vCPUs and memory are locked to these).
+    pub spec: SandboxSpec,
+    /// Image key of the base image.
+    pub image_key: String,
+    /// The base disk below the template's frozen disk.
+    pub base_disk: PathBuf,
+    /// Kernel the snapshot runs (clones must boot the same one).
+    pub kernel: PathBuf,
+    /// Initramfs the snapshot booted with.
+    pub initramfs: PathBuf,
+    /// When it was taken (ms since the epoch).
+    pub created_unix_ms: u64,
+    /// Allocated bytes of its memory file.
+    pub memory_bytes: u64,
+    /// Allocated bytes of its disk layer.
+    pub disk_bytes: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// Checks a template name (it becomes a directory name).
+pub fn validate_template_name(name: &str) -> Result<(), SnapshotOpError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SnapshotOpError::InvalidName(name.to_string()))
+    }
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Runs blocking file work off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking snapshot task panicked")
+}
+
+async fn run_qemu_img(args: &[&std::ffi::OsStr]) -> Result<(), String> {
+    let output = tokio::process::Command::new("qemu-img")
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("running qemu-img failed: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "qemu-img {} failed ({}): {}",
+            args.first()
+                .map(|a| a.to_string_lossy())
+                .unwrap_or_default(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+impl Sandbox {
+    /// Pauses the sandbox to disk: the guest flushes its filesystems, the
+    /// vCPUs stop, the device state is saved, guest RAM already lives in
+    /// files (the first pause keeps the RAM file, sparse; later ones keep
+    /// only the blocks written since the resume), and the VM process ends
+    /// so its memory returns to the host. On success the handle is
+    /// unusable (operations fail with "paused"); resume with
+    /// [`Manager::resume`].
+    pub async fn pause(&self, options: &PauseOptions) -> Result<PauseReport, PauseError> {
+        if let Some(unavailable) = self.shared().unavailable() {
+            return Err(unavailable.into());
+        }
+        let started = Instant::now();
+        let id = self.id().to_string();
+        let dir = self.dir().to_path_buf();
+        let still_running = |detail: String, no_space: bool| PauseError::StillRunning {
+            id: id.clone(),
+            detail,
+            no_space,
+        };
+
+        // 1. The guest writes its dirty filesystem data to the disk layer.
+        match tokio::time::timeout(options.timeout, self.sync_filesystems(false)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                return Err(still_running(
+                    format!("the guest could not flush its filesystems: {error}"),
+                    false,
+                ));
+            }
+            Err(_) => {
+                return Err(still_running(
+                    format!(
+                        "the guest did not flush its filesystems within {:?}",
+                        options.timeout
+                    ),
+                    false,
+                ));
+            }
+        }
+        let previous = {
+            let dir = dir.clone();
+            blocking(move || read_existing_header(&dir)).await
+        }
+        .map_err(|detail| {
+            still_running(
+                format!("its previous snapshot is unreadable: {detail}"),
+                false,
+            )
+        })?;
+        let generation = previous
+            .as_ref()
+            .map_or(0, SnapshotHeader::next_generation_id);
+
+        // 2. Stop the vCPUs and save the device state.
+        let state_name = format!("state.{generation}");
+        let state_path = dir.join(&state_name);
+        let vm = self.vm();
+        let saved = match vm.save_device_state(&state_path, options.timeout).await {
+            Ok(saved) => saved,
+            Err(error) => {
+                let _ = std::fs::remove_file(&state_path);
+                let text = error.to_string();
+                let resumed = vm.cont().await;
+                let mut detail = format!("saving the device state failed: {text}");
+                if let Err(cont) = resumed {
+                    detail.push_str(&format!(" (and restarting its vCPUs failed: {cont})"));
+                }
+                let no_space = text_says_no_space(&text) || nearly_full(&dir);
+                return Err(still_running(detail, no_space));
+            }
+        };
+
+        // 3. Make guest RAM durable while the VM can still be continued.
+        let flushed = match self.memfs_handle().lock().expect("memfs lock").as_ref() {
+            Some(memfs) => memfs.flush(),
+            None => std::fs::File::open(dir.join(warren_vmm::config::files::MEMORY))
+                .and_then(|f| f.sync_all()),
+        };
+        if let Err(error) = flushed {
+            let _ = std::fs::remove_file(&state_path);
+            let _ = vm.cont().await;
+            return Err(still_running(
+                format!("writing guest memory to disk failed: {error}"),
+                is_no_space(&error) || nearly_full(&dir),
+            ));
+        }
+
+        // 4. Release the VM. From here the old snapshot (if any) is the
+        //    fallback until the new one is committed.
+        self.mark_paused();
+        vm.keep_memory_file();
+        if let Err(error) = vm.kill().await {
+            tracing::warn!(%id, %error, "ending the paused VM failed");
+        }
+        let memfs = self.memfs_handle().lock().expect("memfs lock").take();
+        let previous_kept = previous.is_some();
+        let committed = |detail: String, no_space: bool| PauseError::Committed {
+            id: id.clone(),
+            detail,
+            previous_kept,
+            no_space,
+        };
+        let memory_bytes = u64::from(self.spec().memory_mib) << 20;
+        let vcpus = self.spec().vcpus;
+        let memory_mib = self.spec().memory_mib;
+        let merge_cap = options.merge_cap.max(1);
+        let dir2 = dir.clone();
+        let outcome = blocking(move || {
+            commit_pause(CommitPause {
+                dir: dir2,
+                previous,
+                generation,
+                memfs,
+                memory_bytes,
+                state_name,
+                vcpus,
+                memory_mib,
+                merge_cap,
+            })
+        })
+        .await;
+        let (header, full, merged, written) = match outcome {
+            Ok(done) => done,
+            Err((detail, no_space)) => {
+                let _ = std::fs::remove_file(&state_path);
+                return Err(committed(detail, no_space));
+            }
+        };
+        Ok(PauseReport {
+            generation,
+            full,
+            memory_bytes: written,
+            state_bytes: saved.bytes,
+            chain_length: header.generations.len(),
+            merged,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+}
+
+/// Reads `dir/SNAPSHOT` if there is one.
+fn read_existing_header(dir: &Path) -> Result<Option<SnapshotHeader>, String> {
+    if !dir.join(HEADER_FILE).exists() {
+        return Ok(None);
+    }
+    warren_snapshot::read_header(dir)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+struct CommitPause {
+    dir: PathBuf,
+    previous: Option<SnapshotHeader>,
+    generation: u32,
+    memfs: Option<MemFs>,
+    memory_bytes: u64,
+    state_name: String,
+    vcpus: u32,
+    memory_mib: u32,
+    merge_cap: usize,
+}
+
+/// Steps 5-8 of a pause (the VM is gone): turn the RAM into a generation,
+/// freeze the disk layer, merge if the chain is too long, commit.
+/// Returns (header, full, merged, bytes written) or (detail, no_space).
+fn commit_pause(job: CommitPause) -> Result<(SnapshotHeader, bool, bool, u64), (String, bool)> {
+    let CommitPause {
+        dir,
+        previous,
+        generation,
+        memfs,
+        memory_bytes,
+        state_name,
+        vcpus,
+        memory_mib,
+        merge_cap,
+    } = job;
+    let mem_name = format!("mem.{generation}");
+    let mem_path = dir.join(&mem_name);
+    let op = |e: warren_snapshot::OpError| {
+        let no_space = matches!(e, warren_snapshot::OpError::NoSpace { .. });
+        (e.to_string(), no_space)
+    };
+    let io = |what: &str, e: std::io::Error| (format!("{what}: {e}"), is_no_space(&e));
+
+    // 5. Memory.
+    let (map, full) = match (memfs, &previous) {
+        (Some(memfs), Some(previous)) => {
+            let work = dir.join(format!("mem.{generation}.work"));
+            let report = memfs.finish().map_err(|e| (e.to_string(), false))?;
+            if report.write_errors > 0 {
+                let _ = std::fs::remove_file(&work);
+                return Err((
+                    format!(
+                        "{} block(s) of guest memory could not be written: {}",
+                        report.write_errors,
+                        report.first_error.unwrap_or_default()
+                    ),
+                    true,
+                ));
+            }
+            let map =
+                warren_snapshot::apply_dirty(&previous.map, &report, generation).map_err(op)?;
+            std::fs::rename(&work, &mem_path).map_err(|e| io("keeping the memory diff", e))?;
+            (map, false)
+        }
+        (None, _) => {
+            let ram = dir.join(warren_vmm::config::files::MEMORY);
+            let map =
+                warren_snapshot::full_generation(&ram, memory_bytes, generation).map_err(op)?;
+            std::fs::rename(&ram, &mem_path).map_err(|e| io("keeping the memory file", e))?;
+            (map, true)
+        }
+        (Some(_), None) => {
+            return Err(("a resumed sandbox has no previous snapshot".into(), false));
+        }
+    };
+
+    // 6. Disk: the running layer becomes a frozen one (a second name now;
+    //    the old name goes once the header is committed).
+    let layer = format!("disk.g{generation}.qcow2");
+    let _ = std::fs::remove_file(dir.join(&layer));
+    std::fs::hard_link(dir.join(DISK_OVERLAY), dir.join(&layer))
+        .map_err(|e| io("freezing the disk layer", e))?;
+    let mut chain_meta: ChainMeta = previous
+        .as_ref()
+        .and_then(|h| serde_json::from_value(h.meta.clone()).ok())
+        .unwrap_or_default();
+    chain_meta.disk_layers.push(layer.clone());
+    chain_meta.vcpus = vcpus;
+    chain_meta.memory_mib = memory_mib;
+
+    // 7. The header: generations still referenced, plus the new one.
+    let used: std::collections::BTreeSet<u32> = map
+        .blocks_per_generation()
+        .into_iter()
+        .map(|(g, _)| g)
+        .collect();
+    let mut generations: Vec<Generation> = previous
+        .as_ref()
+        .map(|h| h.generations.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|g| used.contains(&g.id))
+        .collect();
+    if used.contains(&generation) {
+        generations.push(Generation {
+            id: generation,
+            file: mem_name.clone(),
+        });
+    }
+    let mut header = SnapshotHeader {
+        memory_bytes,
+        generations,
+        map,
+        device_state: state_name,
+        disk: layer,
+        created_unix_ms: now_ms(),
+        meta: serde_json::Value::Null,
+    };
+    let mut merged = false;
+    if header.generations.len() > merge_cap {
+        // Merge into generation + 1 (ids only grow, so no file is reused).
+        let merged_id = generation + 1;
+        let merged_name = format!("mem.{merged_id}");
+        let (map, _) = warren_snapshot::flatten(&dir, &header, &dir.join(&merged_name), merged_id)
+            .map_err(op)?;
+        header.map = map;
+        header.generations = vec![Generation {
+            id: merged_id,
+            file: merged_name,
+        }];
+        merged = true;
+    }
+    header.meta = serde_json::to_value(&chain_meta).expect("chain meta serializes");
+    warren_snapshot::write_header_atomic(&dir, &header).map_err(|e| {
+        let text = e.to_string();
+        let no_space = text_says_no_space(&text);
+        (format!("recording the snapshot failed: {text}"), no_space)
+    })?;
+
+    // 8. Garbage: files the committed header does not reference.
+    let _ = std::fs::remove_file(dir.join(DISK_OVERLAY));
+    remove_unreferenced(&dir, &header);
+    let written = header
+        .generations
+        .iter()
+        .find(|g| g.id == generation || merged)
+        .map(|g| warren_snapshot::allocated_bytes(&header.resolve(&dir, &g.file)))
+        .unwrap_or(0);
+    let written = if header.generations.iter().any(|g| g.id == generation) || merged {
+        written
+    } else {
+        0
+    };
+    let _ = fsync_dir(&dir);
+    Ok((header, full, merged, written))
+}
+
+/// Removes memory generations, device states and work files that `header`
+/// does not reference (leftovers of earlier generations or of interrupted
+/// operations). Disk layers stay: newer layers are backed by older ones.
+fn remove_unreferenced(dir: &Path, header: &SnapshotHeader) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let snapshot_file = name.starts_with("mem.") || name.starts_with("state.");
+        if !snapshot_file {
+            continue;
+        }
+        let referenced =
+            header.device_state == name || header.generations.iter().any(|g| g.file == name);
+        if !referenced {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+impl Manager {
+    /// Resumes a paused sandbox: its memory is served lazily from the
+    /// snapshot chain, a new disk layer goes on top of the frozen one, QEMU
+    /// loads the device state, the guest runs on from where it stopped, and
+    /// its clock is set. On error the snapshot is left as it was.
+    pub async fn resume(&self, id: &str) -> Result<(Sandbox, ResumeReport), SnapshotOpError> {
+        let started = Instant::now();
+        let dir = self.sandboxes_dir().join(id);
+        if !crate::id::is_valid_sandbox_id(id) || !dir.join(HEADER_FILE).exists() {
+            return Err(SnapshotOpError::NotPaused(id.to_string()));
+        }
+        let meta = read_meta(&dir).map_err(|detail| SnapshotOpError::Corrupt {
+            id: id.to_string(),
+            detail,
+        })?;
+        let sandbox = self.restore(id, &dir, meta, false).await?;
+        let chain_length = sandbox.chain_length;
+        Ok((
+            sandbox.sandbox,
+            ResumeReport {
+                duration_ms: started.elapsed().as_millis() as u64,
+                chain_length,
+            },
+        ))
+    }
+
+    /// Sandboxes paused on this host (ids), from their directories.
+    pub fn paused_ids(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.sandboxes_dir()) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.path().join(HEADER_FILE).exists())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|id| crate::id::is_valid_sandbox_id(id))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Whether a sandbox is paused on this host.
+    pub fn is_paused(&self, id: &str) -> bool {
+        crate::id::is_valid_sandbox_id(id)
+            && self.sandboxes_dir().join(id).join(HEADER_FILE).exists()
+    }
+
+    /// Disk used by a paused sandbox (allocated bytes of every file in its
+    /// directory, never apparent sizes).
+    pub fn paused_disk_usage(&self, id: &str) -> u64 {
+        dir_allocated_bytes(&self.sandboxes_dir().join(id))
+    }
+
+    /// Deletes a paused sandbox (its snapshot and disk layers).
+    pub fn remove_paused(&self, id: &str) -> Result<(), SnapshotOpError> {
+        if !self.is_paused(id) {
+            return Err(SnapshotOpError::NotPaused(id.to_string()));
+        }
+        let dir = self.sandboxes_dir().join(id);
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| SnapshotOpError::io(format!("removing {}", dir.display()), &e, false))
+    }
+
+    async fn restore(
+        &self,
+        id: &str,
+        dir: &Path,
+        meta: SandboxMeta,
+        new_identity: bool,
+    ) -> Result<Restored, SnapshotOpError> {
+        let header = {
+            let dir = dir.to_path_buf();
+            blocking(move || warren_snapshot::read_header(&dir)).await
+        }
+        .map_err(|e| SnapshotOpError::Corrupt {
+            id: id.to_string(),
+            detail: e.to_string(),
+        })?;
+        let chain_length = header.generations.len();
+        let image = warren_image::Image {
+            name: meta.spec.image.clone(),
+            kernel: meta.kernel.clone(),
+            initramfs: meta.initramfs.clone(),
+            rootfs: meta.base_disk.clone(),
+            kernel_version: String::new(),
+            key: meta.image_key.clone(),
+        };
+        let binary = find_memfs_binary()?;
+        let generation = header.next_generation_id();
+        let work = dir.join(format!("mem.{generation}.work"));
+        let mount = dir.join("memfs");
+        let memory_bytes = header.memory_bytes;
+        let die_with_parent = self.ephemeral();
+        // The memory daemon and a fresh writable disk layer over the frozen
+        // one, side by side. Unlink first: a leftover `disk.qcow2` may be a
+        // second name of a frozen layer.
+        let disk = dir.join(DISK_OVERLAY);
+        let _ = std::fs::remove_file(&disk);
+        let frozen = header.resolve(dir, &header.disk);
+        let start_memfs = {
+            let (binary, mount, work, dir) = (
+                binary.clone(),
+                mount.clone(),
+                work.clone(),
+                dir.to_path_buf(),
+            );
+            blocking(move || {
+                MemFs::start(
+                    &binary,
+                    &mount,
+                    &work,
+                    memory_bytes,
+                    Some(&dir),
+                    die_with_parent,
+                )
+            })
+        };
+        let (memfs, overlay) = tokio::join!(start_memfs, create_overlay(&frozen, "qcow2", &disk));
+        let memfs = memfs?;
+        if let Err(error) = overlay {
+            return Err(error.into());
+        }
+        let mut config = self.vm_config(id, dir, &meta.spec, &image, &disk);
+        config.memory_file = Some(memfs.memory_file());
+        config.incoming = true;
+        let vm = match self.vmm().launch(config).await {
+            Ok(vm) => vm,
+            Err(error) => {
+                let _ = std::fs::remove_file(&disk);
+                return Err(CreateError::from(error).into());
+            }
+        };
+        let state = header.resolve(dir, &header.device_state);
+        let restored = async {
+            vm.restore_device_state(&state, self.boot_timeout())
+                .await
+                .map_err(|e| CreateError::Agent {
+                    id: id.to_string(),
+                    detail: format!("restoring the device state failed: {e}"),
+                })?;
+            connect_agent(id, vm.as_ref(), self.boot_timeout()).await
+        }
+        .await;
+        let agent = match restored {
+            Ok(agent) => agent,
+            Err(error) => {
+                let _ = vm.kill().await;
+                drop(vm);
+                let _ = std::fs::remove_file(&disk);
+                return Err(error.into());
+            }
+        };
+        let shared = Arc::new(SandboxShared {
+            id: id.to_string(),
+            console_log: vm.console_log().to_path_buf(),
+            exit: vm.exit_watch(),
+            destroyed: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+        });
+        let sandbox = Sandbox::new(
+            shared,
+            dir.to_path_buf(),
+            vm,
+            agent,
+            meta.spec.clone(),
+            meta.image_key.clone(),
+        );
+        sandbox.set_memfs(memfs);
+        // The guest must not see the snapshot's time, nor (for a clone) the
+        // template's identity.
+        // The agent in guest memory is the one that answered before the
+        // pause: only the clock needs setting.
+        let clock = sandbox.sync_clock().await.map_err(|e| CreateError::Agent {
+            id: id.to_string(),
+            detail: format!("setting the guest clock failed: {e}"),
+        });
+        if let Err(error) = clock {
+            // Keep the snapshot: only this attempt's files go.
+            sandbox.abandon_resume().await;
+            return Err(error.into());
+        }
+        if new_identity {
+            let set = crate::exec::Command::shell(format!(
+                "hostname {id} 2>/dev/null || echo {id} > /proc/sys/kernel/hostname; head -c 64 /dev/urandom > /dev/null"
+            ));
+            if let Err(error) = sandbox.run(set).await {
+                tracing::warn!(%id, %error, "setting the clone's hostname failed");
+            }
+        }
+        // The snapshot stays the fallback until the next pause commits a
+        // newer one; the running sandbox is not "paused" any more.
+        Ok(Restored {
+            sandbox,
+            chain_length,
+        })
+    }
+
+    /// Turns a paused sandbox into the snapshot template `name`: its memory
+    /// chain is flattened into one file and its disk layers into one qcow2
+    /// layer over the base image, so the template is independent of the
+    /// sandbox (which may be deleted or resumed afterwards).
+    pub async fn create_template(
+        &self,
+        sandbox_id: &str,
+        name: &str,
+    ) -> Result<TemplateMeta, SnapshotOpError> {
+        validate_template_name(name)?;
+        if !self.is_paused(sandbox_id) {
+            return Err(SnapshotOpError::NotPaused(sandbox_id.to_string()));
+        }
+        let templates = self.data_dir().join(TEMPLATES_DIR);
+        let target = templates.join(name);
+        if target.exists() {
+            return Err(SnapshotOpError::TemplateExists(name.to_string()));
+        }
+        std::fs::create_dir_all(&templates).map_err(|e| {
+            SnapshotOpError::io("creating the templates directory", &e, is_no_space(&e))
+        })?;
+        let dir = self.sandboxes_dir().join(sandbox_id);
+        let meta = read_meta(&dir).map_err(|detail| SnapshotOpError::Corrupt {
+            id: sandbox_id.to_string(),
+            detail,
+        })?;
+        let header = warren_snapshot::read_header(&dir).map_err(|e| SnapshotOpError::Corrupt {
+            id: sandbox_id.to_string(),
+            detail: e.to_string(),
+        })?;
+        let staging = templates.join(format!(".{name}.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir(&staging).map_err(|e| {
+            SnapshotOpError::io("creating the template directory", &e, is_no_space(&e))
+        })?;
+        let guard = DirGuard::new(staging.clone());
+
+        // Memory: one flat generation.
+        let memory = staging.join("memory");
+        let (map, memory_bytes) = {
+            let (dir, header, memory) = (dir.clone(), header.clone(), memory.clone());
+            blocking(move || warren_snapshot::flatten(&dir, &header, &memory, 0)).await
+        }
+        .map_err(|e| {
+            let no_space = matches!(e, warren_snapshot::OpError::NoSpace { .. });
+            SnapshotOpError::io("flattening the memory", e, no_space)
+        })?;
+        std::fs::copy(
+            header.resolve(&dir, &header.device_state),
+            staging.join("state"),
+        )
+        .map_err(|e| SnapshotOpError::io("copying the device state", &e, is_no_space(&e)))?;
+        // Disk: one layer over the image's base disk.
+        let disk = staging.join("disk.qcow2");
+        let frozen = header.resolve(&dir, &header.disk);
+        run_qemu_img(&[
+            "convert".as_ref(),
+            "-q".as_ref(),
+            "-O".as_ref(),
+            "qcow2".as_ref(),
+            "-B".as_ref(),
+            meta.base_disk.as_os_str(),
+            "-F".as_ref(),
+            meta.base_disk_format.as_str().as_ref(),
+            frozen.as_os_str(),
+            disk.as_os_str(),
+        ])
+        .await
+        .map_err(|e| {
+            let no_space = text_says_no_space(&e);
+            SnapshotOpError::io("flattening the disk", e, no_space)
+        })?;
+        let disk_bytes = warren_snapshot::allocated_bytes(&disk);
+        let template_header = SnapshotHeader {
+            memory_bytes: header.memory_bytes,
+            generations: vec![Generation {
+                id: 0,
+                file: "memory".into(),
+            }],
+            map,
+            device_state: "state".into(),
+            disk: "disk.qcow2".into(),
+            created_unix_ms: now_ms(),
+            meta: header.meta.clone(),
+        };
+        let template = TemplateMeta {
+            name: name.to_string(),
+            source_sandbox: sandbox_id.to_string(),
+            spec: meta.spec.clone(),
+            image_key: meta.image_key.clone(),
+            base_disk: meta.base_disk.clone(),
+            kernel: meta.kernel.clone(),
+            initramfs: meta.initramfs.clone(),
+            created_unix_ms: now_ms(),
+            memory_bytes,
+            disk_bytes,
+        };
+        let json = serde_json::to_vec_pretty(&template).expect("template meta serializes");
+        {
+            let (staging, target, templates) = (staging.clone(), target.clone(), templates.clone());
+            blocking(move || -> std::io::Result<()> {
+                warren_vmm::qemu::write_atomic(&staging.join(TEMPLATE_META), &json)?;
+                warren_snapshot::write_header_atomic(&staging, &template_header)
+                    .map_err(std::io::Error::other)?;
+                for file in ["memory", "state", "disk.qcow2"] {
+                    std::fs::File::open(staging.join(file))?.sync_all()?;
+                }
+                fsync_dir(&staging)?;
+                std::fs::rename(&staging, &target)?;
+                fsync_dir(&templates)
+            })
+            .await
+        }
+        .map_err(|e| SnapshotOpError::io("committing the template", &e, is_no_space(&e)))?;
+        guard.disarm();
+        Ok(template)
+    }
+
+    /// Snapshot templates on this host.
+    pub fn templates(&self) -> Vec<TemplateMeta> {
+        let Ok(entries) = std::fs::read_dir(self.data_dir().join(TEMPLATES_DIR)) else {
+            return Vec::new();
+        };
+        let mut all: Vec<TemplateMeta> = entries
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| std::fs::read(e.path().join(TEMPLATE_META)).ok())
+            .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+            .collect();
+        all.sort_by(|a: &TemplateMeta, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// One snapshot template.
+    pub fn template(&self, name: &str) -> Result<TemplateMeta, SnapshotOpError> {
+        validate_template_name(name)?;
+        let path = self
+            .data_dir()
+            .join(TEMPLATES_DIR)
+            .join(name)
+            .join(TEMPLATE_META);
+        let bytes =
+            std::fs::read(&path).map_err(|_| SnapshotOpError::NoTemplate(name.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| SnapshotOpError::Corrupt {
+            id: name.to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Sandboxes (running or paused) created from template `name`.
+    pub fn template_users(&self, name: &str) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.sandboxes_dir()) else {
+            return Vec::new();
+        };
+        let mut users: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| read_meta(&e.path()).ok())
+            .filter(|meta| meta.template.as_deref() == Some(name))
+            .map(|meta| meta.id)
+            .collect();
+        users.sort();
+        users
+    }
+
+    /// Deletes a snapshot template; refused while sandboxes use it.
+    pub fn delete_template(&self, name: &str) -> Result<(), SnapshotOpError> {
+        self.template(name)?;
+        let users = self.template_users(name);
+        if !users.is_empty() {
+            return Err(SnapshotOpError::TemplateInUse {
+                name: name.to_string(),
+                users,
+            });
+        }
+        let templates = self.data_dir().join(TEMPLATES_DIR);
+        // Rename first so a half-deleted template is never listed.
+        let trash = templates.join(format!(".{name}.deleting"));
+        std::fs::rename(templates.join(name), &trash)
+            .map_err(|e| SnapshotOpError::io("deleting the template", &e, false))?;
+        let _ = fsync_dir(&templates);
+        std::fs::remove_dir_all(&trash)
+            .map_err(|e| SnapshotOpError::io("deleting the template", &e, false))
+    }
+
+    /// Creates a sandbox from a snapshot template: a clone. It starts from
+    /// the template's memory (served lazily, shared on disk with every
+    /// other clone) and disk (its own layer on top), with a new id and
+    /// hostname; only `env` and `metadata` of `overrides` apply (vCPUs and
+    /// memory are the template's).
+    pub async fn clone_template(
+        &self,
+        name: &str,
+        env: std::collections::BTreeMap<String, String>,
+        metadata: std::collections::BTreeMap<String, String>,
+    ) -> Result<(Sandbox, ResumeReport), SnapshotOpError> {
+        let started = Instant::now();
+        let template = self.template(name)?;
+        let template_dir = self.data_dir().join(TEMPLATES_DIR).join(name);
+        let template_header =
+            warren_snapshot::read_header(&template_dir).map_err(|e| SnapshotOpError::Corrupt {
+                id: name.to_string(),
+                detail: e.to_string(),
+            })?;
+        let mut spec = template.spec.clone();
+        spec.env = env;
+        spec.metadata = metadata;
+        spec.validate(&self.host())
+            .map_err(|e| SnapshotOpError::Create(CreateError::InvalidSpec(e)))?;
+        let id = crate::id::new_sandbox_id();
+        let dir = self.sandboxes_dir().join(&id);
+        std::fs::create_dir(&dir).map_err(|e| {
+            SnapshotOpError::io("creating the sandbox directory", &e, is_no_space(&e))
+        })?;
+        let guard = DirGuard::new(dir.clone());
+        let meta = SandboxMeta {
+            id: id.clone(),
+            spec,
+            image_key: template.image_key.clone(),
+            created_unix_ms: now_ms(),
+            owner_pid: std::process::id(),
+            ephemeral: self.ephemeral(),
+            kernel: template.kernel.clone(),
+            initramfs: template.initramfs.clone(),
+            base_disk: template_dir.join("disk.qcow2"),
+            base_disk_format: "qcow2".into(),
+            template: Some(name.to_string()),
+        };
+        let meta_json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
+        warren_vmm::qemu::write_atomic(&dir.join(SANDBOX_META), &meta_json).map_err(|e| {
+            SnapshotOpError::io("writing the sandbox metadata", &e, is_no_space(&e))
+        })?;
+        // The clone's snapshot is the template's, by absolute path.
+        let absolute = |file: &str| {
+            template_header
+                .resolve(&template_dir, file)
+                .to_string_lossy()
+                .into_owned()
+        };
+        let header = SnapshotHeader {
+            memory_bytes: template_header.memory_bytes,
+            generations: template_header
+                .generations
+                .iter()
+                .map(|g| Generation {
+                    id: g.id,
+                    file: absolute(&g.file),
+                })
+                .collect(),
+            map: template_header.map.clone(),
+            device_state: absolute(&template_header.device_state),
+            disk: absolute(&template_header.disk),
+            created_unix_ms: now_ms(),
+            meta: serde_json::to_value(ChainMeta {
+                disk_layers: Vec::new(),
+                vcpus: template.spec.vcpus,
+                memory_mib: template.spec.memory_mib,
+            })
+            .expect("chain meta serializes"),
+        };
+        warren_snapshot::write_header_atomic(&dir, &header)
+            .map_err(|e| SnapshotOpError::io("writing the clone's snapshot header", e, false))?;
+        let restored = self.restore(&id, &dir, meta, true).await?;
+        guard.disarm();
+        Ok((
+            restored.sandbox,
+            ResumeReport {
+                duration_ms: started.elapsed().as_millis() as u64,
+                chain_length: restored.chain_length,
+            },
+        ))
+    }
+}
+
+struct Restored {
+    sandbox: Sandbox,
+    chain_length: usize,
+}
+
+fn read_meta(dir: &Path) -> Result<SandboxMeta, String> {
+    let bytes = std::fs::read(dir.join(SANDBOX_META)).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+/// Allocated bytes of the files in a directory tree (st_blocks * 512).
+pub fn dir_allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_allocated_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}

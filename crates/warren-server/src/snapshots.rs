@@ -1,0 +1,390 @@
+//! Pause, resume, snapshot templates and clones in the control plane:
+//! records, locks, events and errors around the host agent's operations.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use serde_json::json;
+use warren_host::{HostResumeError, HostTemplateError};
+use warren_sandbox::{PauseError, PauseOptions, Sandbox as LiveSandbox, SnapshotOpError};
+
+use crate::auth::Caller;
+use crate::db::{SandboxRow, TemplateRow, now_ms};
+use crate::error::{ApiError, ApiResult};
+use crate::model::{PauseResult, Sandbox, Snapshot};
+use crate::state::AppState;
+
+fn disk_full(message: String) -> ApiError {
+    ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", message)
+        .hint("free space on the disk that holds warren's data directory, then retry")
+}
+
+impl From<SnapshotOpError> for ApiError {
+    fn from(error: SnapshotOpError) -> Self {
+        match &error {
+            SnapshotOpError::NotPaused(_) => ApiError::conflict(error.to_string()),
+            SnapshotOpError::NoTemplate(_) => ApiError::not_found(error.to_string()),
+            SnapshotOpError::TemplateExists(_) | SnapshotOpError::TemplateInUse { .. } => {
+                ApiError::conflict(error.to_string())
+            }
+            SnapshotOpError::InvalidName(_) => ApiError::invalid(error.to_string()),
+            SnapshotOpError::Io { no_space: true, .. } => disk_full(error.to_string()),
+            SnapshotOpError::Create(_) => match error {
+                SnapshotOpError::Create(create) => create.into(),
+                _ => unreachable!("matched above"),
+            },
+            _ => ApiError::internal(error.to_string()),
+        }
+    }
+}
+
+impl From<PauseError> for ApiError {
+    fn from(error: PauseError) -> Self {
+        if error.no_space() {
+            return disk_full(error.to_string());
+        }
+        match error {
+            PauseError::Unavailable(unavailable) => unavailable.into(),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<HostResumeError> for ApiError {
+    fn from(error: HostResumeError) -> Self {
+        match error {
+            HostResumeError::OutOfMemory { .. } => ApiError::capacity(error.to_string())
+                .hint("delete or pause other sandboxes, then retry"),
+            HostResumeError::Snapshot(error) => error.into(),
+        }
+    }
+}
+
+impl From<HostTemplateError> for ApiError {
+    fn from(error: HostTemplateError) -> Self {
+        match error {
+            HostTemplateError::Pause(error) => error.into(),
+            HostTemplateError::Snapshot(error) => error.into(),
+            HostTemplateError::NotFound(id) => ApiError::sandbox_not_found(&id),
+        }
+    }
+}
+
+impl AppState {
+    /// Pause options from the configuration.
+    pub fn pause_options(&self) -> PauseOptions {
+        PauseOptions {
+            merge_cap: self.config.snapshot_merge_cap,
+            ..PauseOptions::default()
+        }
+    }
+
+    /// Pauses a running sandbox (the caller holds its lock).
+    async fn pause_locked(&self, row: &SandboxRow, actor: &str) -> ApiResult<PauseResult> {
+        let id = row.id.as_str();
+        let started = Instant::now();
+        let outcome = self.host.pause(id, &self.pause_options()).await;
+        match outcome {
+            Ok(Some(report)) => {
+                self.db.set_state(id, "paused", None).await?;
+                self.metrics
+                    .events
+                    .with_label_values(&["sandbox.paused"])
+                    .inc();
+                self.event(
+                    &row.team_id,
+                    Some(id),
+                    "sandbox.paused",
+                    actor,
+                    json!({
+                        "generation": report.generation,
+                        "full": report.full,
+                        "memory_bytes": report.memory_bytes,
+                        "chain_length": report.chain_length,
+                        "merged": report.merged,
+                        "duration_ms": report.duration_ms,
+                    }),
+                )
+                .await;
+                let row = self
+                    .db
+                    .sandbox(&row.team_id, id)
+                    .await?
+                    .unwrap_or_else(|| row.clone());
+                Ok(PauseResult {
+                    sandbox: Sandbox::from(&row),
+                    memory_bytes: report.memory_bytes,
+                    full: report.full,
+                    chain_length: report.chain_length as u32,
+                    merged: report.merged,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                })
+            }
+            Ok(None) => {
+                self.stop_record(row, "vm_exited", "system").await;
+                Err(
+                    ApiError::conflict(format!("sandbox {id} stopped: its VM exited"))
+                        .hint("create a new sandbox"),
+                )
+            }
+            Err(error) => {
+                match &error {
+                    PauseError::StillRunning { .. } => {}
+                    PauseError::Committed { previous_kept, .. } => {
+                        if *previous_kept {
+                            self.db.set_state(id, "paused", None).await?;
+                        } else {
+                            self.stop_record(row, "pause_failed", "system").await;
+                        }
+                    }
+                    PauseError::Unavailable(_) => {}
+                }
+                self.event(
+                    &row.team_id,
+                    Some(id),
+                    "sandbox.pause_failed",
+                    actor,
+                    json!({"error": error.to_string()}),
+                )
+                .await;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// `POST /v1/sandboxes/{id}/pause`.
+    pub async fn pause_sandbox(&self, caller: &Caller, id: &str) -> ApiResult<PauseResult> {
+        let row = self.sandbox_row(caller, id).await?;
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let row = self.db.sandbox(&caller.team_id, id).await?.unwrap_or(row);
+        if row.state != "running" {
+            return Err(ApiError::conflict(format!(
+                "sandbox {id} is {}; only running sandboxes can be paused",
+                row.state
+            )));
+        }
+        self.pause_locked(&row, &caller.key_id).await
+    }
+
+    /// Resumes a paused sandbox (the caller holds its lock).
+    pub(crate) async fn resume_locked(
+        &self,
+        row: &SandboxRow,
+        actor: &str,
+    ) -> ApiResult<Arc<LiveSandbox>> {
+        let id = row.id.as_str();
+        let memory = u32::try_from(row.memory_mib).unwrap_or(u32::MAX);
+        let (live, report) = match self.host.resume(id, memory).await {
+            Ok(done) => done,
+            Err(HostResumeError::Snapshot(SnapshotOpError::NotPaused(_))) => {
+                // The record says paused but the host has no snapshot.
+                self.stop_record(row, "snapshot_lost", "system").await;
+                return Err(ApiError::conflict(format!(
+                    "sandbox {id} was paused but its snapshot is gone from this host"
+                ))
+                .hint("create a new sandbox"));
+            }
+            Err(error) => {
+                self.event(
+                    &row.team_id,
+                    Some(id),
+                    "sandbox.resume_failed",
+                    actor,
+                    json!({"error": error.to_string()}),
+                )
+                .await;
+                return Err(error.into());
+            }
+        };
+        let expires_at = (row.timeout_secs > 0).then(|| now_ms() + row.timeout_secs * 1000);
+        self.db.set_state(id, "running", expires_at).await?;
+        self.event(
+            &row.team_id,
+            Some(id),
+            "sandbox.resumed",
+            actor,
+            json!({"duration_ms": report.duration_ms, "chain_length": report.chain_length}),
+        )
+        .await;
+        Ok(live)
+    }
+
+    /// `POST /v1/sandboxes/{id}/resume`.
+    pub async fn resume_sandbox(&self, caller: &Caller, id: &str) -> ApiResult<Sandbox> {
+        let row = self.sandbox_row(caller, id).await?;
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let row = self.db.sandbox(&caller.team_id, id).await?.unwrap_or(row);
+        if row.state != "paused" {
+            return Err(ApiError::conflict(format!(
+                "sandbox {id} is {}; only paused sandboxes can be resumed",
+                row.state
+            )));
+        }
+        self.resume_locked(&row, &caller.key_id).await?;
+        let row = self.sandbox_row(caller, id).await?;
+        Ok(Sandbox::from(&row))
+    }
+
+    /// `POST /v1/sandboxes/{id}/snapshots`: a running sandbox is paused for
+    /// the copy and resumed; a paused one stays paused.
+    pub async fn snapshot_sandbox(
+        &self,
+        caller: &Caller,
+        id: &str,
+        name: &str,
+    ) -> ApiResult<Snapshot> {
+        warren_sandbox::snapshot::validate_template_name(name)?;
+        let row = self.sandbox_row(caller, id).await?;
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let row = self.db.sandbox(&caller.team_id, id).await?.unwrap_or(row);
+        if row.state == "stopped" {
+            return Err(ApiError::conflict(format!(
+                "sandbox {id} is stopped; only running or paused sandboxes can be snapshotted"
+            )));
+        }
+        if self.db.template_id_taken(name).await? {
+            return Err(
+                ApiError::conflict(format!("a template named {name:?} already exists"))
+                    .hint("pick another name, or delete the snapshot first"),
+            );
+        }
+        let was_running = row.state == "running";
+        if was_running {
+            self.pause_locked(&row, &caller.key_id).await?;
+        }
+        let taken = self.host.manager().create_template(id, name).await;
+        if was_running {
+            let row = self
+                .db
+                .sandbox(&caller.team_id, id)
+                .await?
+                .unwrap_or(row.clone());
+            if let Err(error) = self.resume_locked(&row, &caller.key_id).await {
+                tracing::warn!(%id, ?error, "resuming after a snapshot failed; it stays paused");
+            }
+        }
+        let template = taken?;
+        let record = TemplateRow {
+            id: name.to_string(),
+            team_id: Some(caller.team_id.clone()),
+            name: name.to_string(),
+            kind: "snapshot".into(),
+            description: format!("snapshot of {id}"),
+            image: template.spec.image.clone(),
+            cpus: Some(i64::from(template.spec.vcpus)),
+            memory_mib: Some(i64::from(template.spec.memory_mib)),
+            created_at: now_ms(),
+        };
+        if let Err(error) = self.db.insert_snapshot_template(&record, id).await {
+            let _ = self.host.manager().delete_template(name);
+            return Err(error.into());
+        }
+        self.event(
+            &caller.team_id,
+            Some(id),
+            "snapshot.created",
+            &caller.key_id,
+            json!({"name": name, "memory_bytes": template.memory_bytes, "disk_bytes": template.disk_bytes}),
+        )
+        .await;
+        self.snapshot_view(&record).await
+    }
+
+    async fn snapshot_view(&self, row: &TemplateRow) -> ApiResult<Snapshot> {
+        let meta = self.host.manager().template(&row.id).ok();
+        Ok(Snapshot {
+            name: row.id.clone(),
+            source_sandbox: meta.as_ref().map(|m| m.source_sandbox.clone()),
+            cpus: row.cpus.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+            memory_mib: row.memory_mib.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
+            memory_bytes: meta.as_ref().map_or(0, |m| m.memory_bytes),
+            disk_bytes: meta.as_ref().map_or(0, |m| m.disk_bytes),
+            used_by: self.db.template_users(&row.id).await?,
+            created_at: crate::model::time(row.created_at),
+        })
+    }
+
+    /// The caller's snapshot templates.
+    pub async fn list_snapshots(&self, caller: &Caller) -> ApiResult<Vec<Snapshot>> {
+        let mut out = Vec::new();
+        for row in self.db.templates(&caller.team_id).await? {
+            if row.kind == "snapshot" && row.team_id.as_deref() == Some(caller.team_id.as_str()) {
+                out.push(self.snapshot_view(&row).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn snapshot_row(&self, caller: &Caller, name: &str) -> ApiResult<TemplateRow> {
+        match self.db.template(&caller.team_id, name).await? {
+            Some(row)
+                if row.kind == "snapshot"
+                    && row.team_id.as_deref() == Some(caller.team_id.as_str()) =>
+            {
+                Ok(row)
+            }
+            _ => Err(ApiError::not_found(format!("no snapshot named {name:?}"))
+                .hint("list snapshots with GET /v1/snapshots")),
+        }
+    }
+
+    /// One snapshot template.
+    pub async fn get_snapshot(&self, caller: &Caller, name: &str) -> ApiResult<Snapshot> {
+        let row = self.snapshot_row(caller, name).await?;
+        self.snapshot_view(&row).await
+    }
+
+    /// Deletes a snapshot template; 409 while sandboxes use it.
+    pub async fn delete_snapshot(&self, caller: &Caller, name: &str) -> ApiResult<()> {
+        let row = self.snapshot_row(caller, name).await?;
+        let lock = self.lock_for(&format!("template:{name}"));
+        let _guard = lock.lock().await;
+        let users = self.db.template_users(&row.id).await?;
+        if !users.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "snapshot {name:?} is used by {} sandbox(es): {}",
+                users.len(),
+                users.join(", ")
+            ))
+            .hint("delete the sandboxes created from it first"));
+        }
+        match self.host.manager().delete_template(name) {
+            Ok(()) | Err(SnapshotOpError::NoTemplate(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+        self.db
+            .delete_snapshot_template(&caller.team_id, name)
+            .await?;
+        self.event(
+            &caller.team_id,
+            None,
+            "snapshot.deleted",
+            &caller.key_id,
+            json!({"name": name}),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// The reaper's action for a sandbox created with auto-pause.
+    pub(crate) async fn auto_pause(&self, row: &SandboxRow) {
+        match self.pause_locked(row, "system").await {
+            Ok(_) => tracing::info!(id = %row.id, "sandbox timed out and was paused"),
+            Err(error) => {
+                tracing::warn!(id = %row.id, ?error, "pausing a timed-out sandbox failed; retrying in a minute");
+                let retry = now_ms() + 60_000;
+                if let Err(error) = self
+                    .db
+                    .set_timeout(&row.id, row.timeout_secs, Some(retry))
+                    .await
+                {
+                    tracing::warn!(id = %row.id, %error, "postponing the timeout failed");
+                }
+            }
+        }
+    }
+}
