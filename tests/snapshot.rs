@@ -239,6 +239,14 @@ async fn twelve_pause_resume_cycles_keep_every_file_and_memory_checksum() {
         assert_eq!(sums.len(), expected.len(), "cycle {cycle}: files missing");
     }
     assert!(merged_once, "12 cycles must cross the merge cap of 10");
+    // The disk chain was flattened with the memory chain: fewer layers
+    // than cycles.
+    let layers = std::fs::read_dir(sandbox.dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("disk.g"))
+        .count();
+    assert!(layers < 12, "{layers} disk layers after 12 cycles");
     within(60, "destroy", sandbox.destroy()).await.unwrap();
     env.assert_clean();
 }

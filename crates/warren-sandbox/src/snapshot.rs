@@ -592,6 +592,21 @@ fn commit_pause(job: CommitPause) -> Result<(SnapshotHeader, bool, bool, u64), (
             file: merged_name,
         }];
         merged = true;
+        // The disk chain (one layer per resume) is flattened with it, so
+        // neither chain grows without bound. A failure keeps the chain.
+        if chain_meta.disk_layers.len() > 1 {
+            match read_meta(&dir)
+                .and_then(|meta| flatten_disk(&dir, &header.disk, &meta, generation))
+            {
+                Ok(flat) => {
+                    header.disk = flat.clone();
+                    chain_meta.disk_layers = vec![flat];
+                }
+                Err(error) => {
+                    tracing::warn!(dir = %dir.display(), %error, "flattening the disk layers failed; keeping the chain");
+                }
+            }
+        }
     }
     header.meta = serde_json::to_value(&chain_meta).expect("chain meta serializes");
     warren_snapshot::write_header_atomic(&dir, &header).map_err(|e| {
@@ -602,7 +617,7 @@ fn commit_pause(job: CommitPause) -> Result<(SnapshotHeader, bool, bool, u64), (
 
     // 8. Garbage: files the committed header does not reference.
     let _ = std::fs::remove_file(dir.join(DISK_OVERLAY));
-    remove_unreferenced(&dir, &header);
+    remove_unreferenced(&dir, &header, &chain_meta.disk_layers);
     let written = header
         .generations
         .iter()
@@ -618,16 +633,62 @@ fn commit_pause(job: CommitPause) -> Result<(SnapshotHeader, bool, bool, u64), (
     Ok((header, full, merged, written))
 }
 
-/// Removes memory generations, device states and work files that `header`
-/// does not reference (leftovers of earlier generations or of interrupted
-/// operations). Disk layers stay: newer layers are backed by older ones.
-fn remove_unreferenced(dir: &Path, header: &SnapshotHeader) {
+/// Writes the disk chain ending in `top` as one qcow2 layer over the
+/// sandbox's base disk (`qemu-img convert -B` copies only what differs from
+/// the base); returns its file name.
+fn flatten_disk(
+    dir: &Path,
+    top: &str,
+    meta: &SandboxMeta,
+    generation: u32,
+) -> Result<String, String> {
+    let name = format!("disk.g{generation}f.qcow2");
+    let tmp = dir.join(format!("{name}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let output = std::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-O", "qcow2", "-B"])
+        .arg(&meta.base_disk)
+        .args(["-F", meta.base_disk_format.as_str()])
+        .arg(dir.join(top))
+        .arg(&tmp)
+        .output()
+        .map_err(|e| format!("running qemu-img failed: {e}"))?;
+    if !output.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!(
+            "qemu-img convert failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, dir.join(&name)))
+        .and_then(|()| fsync_dir(dir))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("keeping the flattened disk failed: {e}")
+        })?;
+    Ok(name)
+}
+
+/// Removes memory generations, device states, work files and disk layers
+/// that the committed snapshot does not reference (leftovers of earlier
+/// generations or of interrupted operations). `disk_layers` is the
+/// sandbox's own disk chain, every layer of which stays.
+fn remove_unreferenced(dir: &Path, header: &SnapshotHeader, disk_layers: &[String]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
+        if name.starts_with("disk.g") {
+            if !disk_layers.iter().any(|layer| layer == name) && header.disk != name {
+                let _ = std::fs::remove_file(entry.path());
+            }
+            continue;
+        }
         let snapshot_file = name.starts_with("mem.") || name.starts_with("state.");
         if !snapshot_file {
             continue;
