@@ -52,11 +52,11 @@ pub fn percentile(samples: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn ms(duration: Duration) -> f64 {
+pub(crate) fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-fn round2(value: f64) -> f64 {
+pub(crate) fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
 
@@ -285,13 +285,8 @@ async fn raw_qemu_boot_in(
         .kill_on_drop(true)
         .spawn()?;
     let ready = async {
-        loop {
-            if let Ok(stream) = tokio::net::UnixStream::connect(&socket).await {
-                let _link = HostLink::establish(stream, Duration::from_secs(300)).await?;
-                return anyhow::Ok(start.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        agent_handshake(&socket, Duration::from_secs(300)).await?;
+        anyhow::Ok(start.elapsed())
     };
     let elapsed = tokio::select! {
         elapsed = ready => elapsed?,
@@ -299,6 +294,18 @@ async fn raw_qemu_boot_in(
     };
     child.kill().await?;
     Ok(elapsed)
+}
+
+/// Waits for a plain QEMU's agent socket and its handshake: the point both
+/// raw baselines (boot and restore) are timed to.
+pub(crate) async fn agent_handshake(socket: &Path, timeout: Duration) -> Result<()> {
+    loop {
+        if let Ok(stream) = tokio::net::UnixStream::connect(socket).await {
+            let _link = HostLink::establish(stream, timeout).await?;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Options of `warren bench api`.

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use warren_proto::link::HostLink;
 use warren_sandbox::{Command, Manager, NoProgress, PauseOptions, Sandbox, SandboxSpec};
 
-use crate::bench::percentile;
+use crate::bench::{agent_handshake, ms, percentile, round2};
 
 /// Options of `warren bench snapshot`.
 #[derive(Debug, clap::Args)]
@@ -28,14 +27,6 @@ pub struct SnapshotBenchArgs {
     /// Guest memory sizes (MiB) at which resume is timed.
     #[arg(long, value_delimiter = ',', default_value = "256,1024,2048")]
     pub resume_sizes: Vec<u32>,
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
-
-fn round2(value: f64) -> f64 {
-    (value * 100.0).round() / 100.0
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -300,14 +291,7 @@ async fn raw_qemu_restore_in(
     if !status.success() {
         bail!("qemu-img create failed: {status}");
     }
-    let image = warren_image::Image {
-        name: meta.spec.image.clone(),
-        kernel: meta.kernel.clone(),
-        initramfs: meta.initramfs.clone(),
-        rootfs: meta.base_disk.clone(),
-        kernel_version: String::new(),
-        key: meta.image_key.clone(),
-    };
+    let image = meta.image();
     let mut config = manager.vm_config("bench-restore", dir, &meta.spec, &image, &disk);
     config.memory_file = Some(memory.to_path_buf());
     config.incoming = true;
@@ -352,13 +336,8 @@ async fn raw_qemu_restore_in(
         .await?;
         qmp.wait_for_migration(Duration::from_secs(120)).await?;
         qmp.execute("cont", None).await?;
-        loop {
-            if let Ok(stream) = tokio::net::UnixStream::connect(&socket).await {
-                let _link = HostLink::establish(stream, Duration::from_secs(120)).await?;
-                return anyhow::Ok(ms(start.elapsed()));
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        agent_handshake(&socket, Duration::from_secs(120)).await?;
+        anyhow::Ok(ms(start.elapsed()))
     };
     let outcome = tokio::select! {
         elapsed = ready => elapsed,

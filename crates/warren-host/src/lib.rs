@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use warren_sandbox::{
     CreateError, DestroyError, Manager, PauseError, PauseOptions, PauseReport, Progress,
-    ResumeReport, Sandbox, SandboxSpec, SnapshotOpError, TemplateMeta,
+    ResumeReport, Sandbox, SandboxSpec, SnapshotOpError,
 };
 use warren_vmm::VmExit;
 
@@ -65,20 +65,6 @@ pub enum HostResumeError {
     /// The snapshot operation failed.
     #[error(transparent)]
     Snapshot(#[from] SnapshotOpError),
-}
-
-/// Why a snapshot template could not be taken.
-#[derive(Debug, thiserror::Error)]
-pub enum HostTemplateError {
-    /// Pausing the running sandbox first failed.
-    #[error(transparent)]
-    Pause(#[from] PauseError),
-    /// Taking or restoring failed.
-    #[error(transparent)]
-    Snapshot(#[from] SnapshotOpError),
-    /// The sandbox is neither running nor paused here.
-    #[error("no sandbox {0} on this host")]
-    NotFound(String),
 }
 
 /// The sandboxes live on this host.
@@ -362,40 +348,6 @@ impl HostAgent {
         self.check_memory(template.spec.memory_mib)?;
         let (sandbox, report) = self.manager.clone_template(name, env, metadata).await?;
         Ok((self.register(sandbox), report))
-    }
-
-    /// Takes snapshot template `name` of a sandbox. A running sandbox is
-    /// paused for the copy and resumed afterwards (`Ok((template, true))`).
-    pub async fn create_template(
-        self: &Arc<Self>,
-        id: &str,
-        name: &str,
-        options: &PauseOptions,
-    ) -> Result<(TemplateMeta, bool), HostTemplateError> {
-        warren_sandbox::snapshot::validate_template_name(name)?;
-        if self.manager.template(name).is_ok() {
-            return Err(SnapshotOpError::TemplateExists(name.to_string()).into());
-        }
-        let was_running = match self.get(id) {
-            Some(_) => {
-                self.pause(id, options).await?;
-                true
-            }
-            None if self.manager.is_paused(id) => false,
-            None => return Err(HostTemplateError::NotFound(id.to_string())),
-        };
-        let taken = self.manager.create_template(id, name).await;
-        if was_running {
-            let memory = self
-                .manager
-                .template(name)
-                .map(|t| t.spec.memory_mib)
-                .unwrap_or(0);
-            if let Err(error) = self.resume(id, memory).await {
-                tracing::warn!(%id, %error, "resuming after taking a template failed; the sandbox stays paused");
-            }
-        }
-        Ok((taken?, was_running))
     }
 
     /// Kills every live sandbox (service shutdown).

@@ -123,6 +123,22 @@ pub struct SandboxMeta {
     pub template: Option<String>,
 }
 
+impl SandboxMeta {
+    /// The boot parts it runs on, as an [`Image`] (what [`Manager::vm_config`]
+    /// takes), without asking the image store: a paused sandbox must come
+    /// back on exactly the kernel and initramfs it booted.
+    pub fn image(&self) -> Image {
+        Image {
+            name: self.spec.image.clone(),
+            kernel: self.kernel.clone(),
+            initramfs: self.initramfs.clone(),
+            rootfs: self.base_disk.clone(),
+            kernel_version: String::new(),
+            key: self.image_key.clone(),
+        }
+    }
+}
+
 fn default_base_format() -> String {
     "raw".into()
 }

@@ -618,17 +618,15 @@ fn commit_pause(job: CommitPause) -> Result<(SnapshotHeader, bool, bool, u64), (
     // 8. Garbage: files the committed header does not reference.
     let _ = std::fs::remove_file(dir.join(DISK_OVERLAY));
     remove_unreferenced(&dir, &header, &chain_meta.disk_layers);
+    // The file this pause wrote: the new generation, or the merged one. A
+    // pause that dirtied nothing has no generation of its own.
     let written = header
         .generations
         .iter()
         .find(|g| g.id == generation || merged)
-        .map(|g| warren_snapshot::allocated_bytes(&header.resolve(&dir, &g.file)))
-        .unwrap_or(0);
-    let written = if header.generations.iter().any(|g| g.id == generation) || merged {
-        written
-    } else {
-        0
-    };
+        .map_or(0, |g| {
+            warren_snapshot::allocated_bytes(&header.resolve(&dir, &g.file))
+        });
     let _ = fsync_dir(&dir);
     Ok((header, full, merged, written))
 }
@@ -780,14 +778,7 @@ impl Manager {
             detail: e.to_string(),
         })?;
         let chain_length = header.generations.len();
-        let image = warren_image::Image {
-            name: meta.spec.image.clone(),
-            kernel: meta.kernel.clone(),
-            initramfs: meta.initramfs.clone(),
-            rootfs: meta.base_disk.clone(),
-            kernel_version: String::new(),
-            key: meta.image_key.clone(),
-        };
+        let image = meta.image();
         let binary = find_memfs_binary()?;
         let generation = header.next_generation_id();
         let work = dir.join(format!("mem.{generation}.work"));

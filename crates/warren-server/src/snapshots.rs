@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use axum::http::StatusCode;
 use serde_json::json;
-use warren_host::{HostResumeError, HostTemplateError};
+use warren_host::HostResumeError;
 use warren_sandbox::{PauseError, PauseOptions, Sandbox as LiveSandbox, SnapshotOpError};
 
 use crate::auth::Caller;
@@ -57,16 +57,6 @@ impl From<HostResumeError> for ApiError {
             HostResumeError::OutOfMemory { .. } => ApiError::capacity(error.to_string())
                 .hint("delete or pause other sandboxes, then retry"),
             HostResumeError::Snapshot(error) => error.into(),
-        }
-    }
-}
-
-impl From<HostTemplateError> for ApiError {
-    fn from(error: HostTemplateError) -> Self {
-        match error {
-            HostTemplateError::Pause(error) => error.into(),
-            HostTemplateError::Snapshot(error) => error.into(),
-            HostTemplateError::NotFound(id) => ApiError::sandbox_not_found(&id),
         }
     }
 }

@@ -272,22 +272,24 @@ impl AppState {
 
         let started = Instant::now();
         let created = if snapshot {
-            self.host
+            match self
+                .host
                 .clone_template(&template_id, spec.env.clone(), spec.metadata.clone())
                 .await
-                .map(|(live, _)| live)
-                .map_err(|error| match error {
-                    warren_host::HostResumeError::OutOfMemory {
-                        requested_mib,
-                        available_mib,
-                    } => HostCreateError::OutOfMemory {
-                        requested_mib,
-                        available_mib,
-                    },
-                    warren_host::HostResumeError::Snapshot(error) => HostCreateError::Create(
-                        warren_sandbox::CreateError::Disk(error.to_string()),
-                    ),
-                })
+            {
+                Ok((live, _)) => Ok(live),
+                Err(warren_host::HostResumeError::OutOfMemory {
+                    requested_mib,
+                    available_mib,
+                }) => Err(HostCreateError::OutOfMemory {
+                    requested_mib,
+                    available_mib,
+                }),
+                Err(warren_host::HostResumeError::Snapshot(error)) => {
+                    self.metrics.creates.with_label_values(&["error"]).inc();
+                    return Err(error.into());
+                }
+            }
         } else {
             self.host.create(spec.clone(), Arc::new(NoProgress)).await
         };
