@@ -606,6 +606,7 @@ async fn writes_and_reads_a_large_file() {
             ))),
         });
     }
+    messages.push(end_of_upload(data.len() as u64));
     let began = Instant::now();
     let response = client
         .write_file(tokio_stream::iter(messages))
@@ -983,6 +984,58 @@ async fn sync_and_shutdown() {
     }
 }
 
+/// The message that commits an upload of `total_bytes`.
+fn end_of_upload(total_bytes: u64) -> pb::WriteFileChunk {
+    pb::WriteFileChunk {
+        chunk: Some(pb::write_file_chunk::Chunk::End(pb::WriteFileEnd {
+            total_bytes,
+        })),
+    }
+}
+
+/// An upload whose stream ends cleanly but without the end marker (the
+/// sender's source failed), or whose end marker disagrees with the data,
+/// must leave the target as it was.
+#[tokio::test]
+async fn an_upload_without_a_matching_end_changes_nothing() {
+    let agent = Agent::start().await;
+    let mut client = agent.client();
+    let path = agent.path("kept.txt");
+    let header = pb::WriteFileHeader {
+        path: path.clone(),
+        ..Default::default()
+    };
+    write(&mut client, header.clone(), b"original").await.unwrap();
+    let data = pb::WriteFileChunk {
+        chunk: Some(pb::write_file_chunk::Chunk::Data(Bytes::from_static(
+            b"truncated upload",
+        ))),
+    };
+    let head = pb::WriteFileChunk {
+        chunk: Some(pb::write_file_chunk::Chunk::Header(header)),
+    };
+
+    let err = client
+        .write_file(tokio_stream::iter(vec![head.clone(), data.clone()]))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("cancelled"), "{}", err.message());
+    assert_eq!(std::fs::read(&path).unwrap(), b"original");
+
+    let err = client
+        .write_file(tokio_stream::iter(vec![head, data, end_of_upload(1 << 20)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss);
+    assert_eq!(std::fs::read(&path).unwrap(), b"original");
+    let leftovers: Vec<_> = std::fs::read_dir(agent.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains("warren-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 async fn write(
     client: &mut AgentClient<Channel>,
     header: pb::WriteFileHeader,
@@ -997,6 +1050,7 @@ async fn write(
                 data,
             ))),
         },
+        end_of_upload(data.len() as u64),
     ];
     Ok(client
         .write_file(tokio_stream::iter(messages))

@@ -23,7 +23,8 @@ pub mod pb {
 pub const AGENT_PORT_NAME: &str = "warren.agent";
 
 /// Version of the gRPC protocol semantics, reported by `Info`.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: WriteFile commits only on an explicit `end` message.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest gRPC message either side accepts. Bulk data moves in chunks far
 /// below this, so anything larger is a bug or an attack.

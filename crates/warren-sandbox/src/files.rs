@@ -440,13 +440,26 @@ impl Sandbox {
                 }
             };
         let pumped = pump.await;
-        if let Err(error) = pumped {
-            // The host source failed midway. Cancel the call *before* the
-            // stream can end cleanly: the agent then discards its temp file
-            // and the sandbox file stays as it was.
-            call.abort();
-            drop(tx);
-            return Err(error);
+        match pumped {
+            Ok(total) => {
+                // Only an explicit end commits the upload (see the proto).
+                let _ = tx
+                    .send(pb::WriteFileChunk {
+                        chunk: Some(pb::write_file_chunk::Chunk::End(pb::WriteFileEnd {
+                            total_bytes: total,
+                        })),
+                    })
+                    .await;
+            }
+            Err(error) => {
+                // The host source failed midway. The stream ends without its
+                // end marker, so the agent discards its temp file and the
+                // sandbox file stays as it was; cancelling the call as well
+                // frees the channel sooner.
+                drop(tx);
+                call.abort();
+                return Err(error);
+            }
         }
         drop(tx);
         let response = call

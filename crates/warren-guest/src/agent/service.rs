@@ -299,15 +299,30 @@ impl Agent for AgentService {
         // was cancelled), the channel closes without `Finish` and the
         // writer removes its temp file.
         let mut writer = tokio::spawn(files::write_file(header, self.users.snapshot(), rx));
+        let mut received = 0u64;
         let outcome = loop {
             tokio::select! {
                 result = &mut writer => break result,
                 message = chunks.message() => match message {
                     Ok(Some(pb::WriteFileChunk { chunk: Some(Chunk::Data(data)) })) => {
+                        received += data.len() as u64;
                         if tx.send(WriteMsg::Data(data)).await.is_err() {
                             // The writer failed; its error is the answer.
                             break (&mut writer).await;
                         }
+                    }
+                    Ok(Some(pb::WriteFileChunk { chunk: Some(Chunk::End(end)) })) => {
+                        if end.total_bytes != received {
+                            drop(tx);
+                            let _ = writer.await;
+                            return Err(Status::data_loss(format!(
+                                "the upload ended after {received} bytes but the sender \
+                                 sent {}; the file was not changed",
+                                end.total_bytes
+                            )));
+                        }
+                        let _ = tx.send(WriteMsg::Finish).await;
+                        break (&mut writer).await;
                     }
                     Ok(Some(pb::WriteFileChunk { chunk: Some(Chunk::Header(_)) })) => {
                         drop(tx);
@@ -318,7 +333,10 @@ impl Agent for AgentService {
                     }
                     Ok(Some(_)) => {}
                     Ok(None) => {
-                        let _ = tx.send(WriteMsg::Finish).await;
+                        // The stream ended without `end`: the sender gave up
+                        // (or failed) midway. The writer discards its temp
+                        // file and reports the cancellation.
+                        drop(tx);
                         break (&mut writer).await;
                     }
                     Err(status) => {
