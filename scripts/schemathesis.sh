@@ -35,7 +35,7 @@ trap cleanup EXIT
 
 # Two running sandboxes fill the team's limit of two: generated creates are
 # answered 429 instead of booting hundreds of VMs.
-WARREN_HOME="$WORK/home" "$WARREN_BIN" up --listen "127.0.0.1:$PORT" --max-sandboxes 2 >"$WORK/server.log" 2>&1 &
+WARREN_HOME="$WORK/home" "$WARREN_BIN" up --listen "127.0.0.1:$PORT" --max-sandboxes 2 --on-shutdown kill >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 1 600); do
   curl -sf "$URL/health" >/dev/null 2>&1 && break

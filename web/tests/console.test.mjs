@@ -111,7 +111,7 @@ class Server {
     delete env.WARREN_URL;
     delete env.WARREN_API_KEY;
     const log = createWriteStream(join(RESULTS, 'server.log'));
-    this.proc = spawn(WARREN_BIN, ['up', '--listen', `127.0.0.1:${port}`], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.proc = spawn(WARREN_BIN, ['up', '--listen', `127.0.0.1:${port}`, '--on-shutdown', 'kill'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     const onData = (chunk) => {
       log.write(chunk);
       for (const line of chunk.toString().split('\n')) if (line.trim()) this.logTail.push(line);

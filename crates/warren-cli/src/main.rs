@@ -121,6 +121,18 @@ struct UpArgs {
     /// Running sandboxes a team may have at once.
     #[arg(long, env = "WARREN_MAX_SANDBOXES", default_value_t = warren_server::config::DEFAULT_MAX_SANDBOXES_PER_TEAM)]
     max_sandboxes: u32,
+    /// What stopping warren (Ctrl-C, SIGTERM) does to running sandboxes:
+    /// `pause` them to disk (they resume on demand after the restart),
+    /// `keep` them running (the next start re-attaches them), or `kill`
+    /// them.
+    #[arg(long, env = "WARREN_ON_SHUTDOWN", default_value = "pause")]
+    on_shutdown: warren_server::config::ShutdownAction,
+    /// Seconds between reconciler passes (database vs VMs vs disk).
+    #[arg(long, env = "WARREN_RECONCILE_INTERVAL", default_value_t = 30.0)]
+    reconcile_interval: f64,
+    /// Memory generations a paused sandbox keeps before they are merged.
+    #[arg(long, env = "WARREN_SNAPSHOT_MERGE_CAP", default_value_t = warren_sandbox::snapshot::DEFAULT_MERGE_CAP)]
+    snapshot_merge_cap: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -339,24 +351,46 @@ async fn images(config: ManagerConfig, command: ImagesCommand) -> Result<i32> {
     }
 }
 
-async fn up(config: ManagerConfig, args: UpArgs) -> Result<i32> {
+async fn up(mut config: ManagerConfig, args: UpArgs) -> Result<i32> {
+    if !(args.reconcile_interval.is_finite() && args.reconcile_interval >= 0.1) {
+        anyhow::bail!(
+            "--reconcile-interval {} is not a number of seconds of at least 0.1",
+            args.reconcile_interval
+        );
+    }
+    if args.snapshot_merge_cap == 0 {
+        anyhow::bail!("--snapshot-merge-cap must be at least 1");
+    }
+    // The service's VMs outlive it (a crash or `--on-shutdown keep`): the
+    // next start re-attaches them.
+    config.ephemeral = false;
+    let on_shutdown = args.on_shutdown;
     let server = warren_server::ServerConfig {
         listen: args.listen,
         data_dir: config.data_dir.clone(),
         database_url: args.database_url,
         max_sandboxes_per_team: args.max_sandboxes,
-        snapshot_merge_cap: warren_sandbox::snapshot::DEFAULT_MERGE_CAP,
+        snapshot_merge_cap: args.snapshot_merge_cap,
         host_name: warren_server::config::host_name(),
+        on_shutdown,
+        reconcile_interval: std::time::Duration::from_secs_f64(args.reconcile_interval),
         manager: config,
     };
-    let shutdown = async {
+    let shutdown = async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        eprintln!("warren: shutting down (stopping sandboxes)...");
+        eprintln!(
+            "warren: shutting down ({})...",
+            match on_shutdown {
+                warren_server::config::ShutdownAction::Pause => "pausing sandboxes",
+                warren_server::config::ShutdownAction::Keep => "leaving sandboxes running",
+                warren_server::config::ShutdownAction::Kill => "stopping sandboxes",
+            }
+        );
     };
     warren_server::run(server, shutdown, |started| {
         println!("warren is up at {}", started.url);
@@ -372,10 +406,29 @@ async fn up(config: ManagerConfig, args: UpArgs) -> Result<i32> {
             }
             None => println!("  admin key    in {}", started.admin_key_path.display()),
         }
-        if started.reconciled > 0 {
+        let recovered = &started.recovered;
+        let summary = &recovered.summary;
+        if !summary.attached.is_empty() || !summary.paused.is_empty() {
             println!(
-                "  {} sandbox(es) from before the restart were marked stopped",
-                started.reconciled
+                "  recovered    {} running sandbox(es) re-attached, {} paused",
+                summary.attached.len(),
+                summary.paused.len()
+            );
+        }
+        if !summary.lost.is_empty() {
+            println!(
+                "  lost         {} sandbox(es) whose VM died while warren was down (no snapshot): {}",
+                summary.lost.len(),
+                summary.lost.join(", ")
+            );
+        }
+        for moved in &summary.quarantined {
+            println!("  quarantined  {}: {}", moved.id, moved.detail);
+        }
+        if !recovered.fixes.is_empty() {
+            println!(
+                "  reconciled   {} record(s) or leftover(s) fixed (see the log)",
+                recovered.fixes.len()
             );
         }
         println!("Press Ctrl-C to stop.");

@@ -55,7 +55,13 @@ impl Service {
         let log = std::fs::File::create(home.path().join("service.log")).unwrap();
         let url = format!("http://127.0.0.1:{}", free_port());
         let child = Command::new(WARREN)
-            .args(["up", "--listen", url.trim_start_matches("http://")])
+            .args([
+                "up",
+                "--listen",
+                url.trim_start_matches("http://"),
+                "--on-shutdown",
+                "kill",
+            ])
             .env("WARREN_HOME", home.path())
             .env("WARREN_IMAGE_CACHE", cache)
             .env_remove("WARREN_URL")

@@ -385,6 +385,14 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/admin/reconcile` (admin keys): runs the reconciler now
+    /// and says what it fixed, so tools can check a host is consistent
+    /// without waiting for the periodic pass.
+    pub async fn reconcile(&self) -> Result<ReconcileReport, Error> {
+        self.send_json(Method::POST, &["v1", "admin", "reconcile"], None::<&()>)
+            .await
+    }
+
     /// `POST /v1/sandboxes/{id}/pause`: saves the sandbox to disk (memory
     /// and disk; its VM ends, using no RAM or CPU while paused) and says
     /// what was written. `409` unless it is running; `507 disk_full` when

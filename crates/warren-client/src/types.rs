@@ -651,6 +651,24 @@ pub struct Health {
     pub sandboxes_running: u64,
 }
 
+/// One correction made by the service's reconciler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileFix {
+    /// What kind of problem (`orphan_vm`, `orphan_dir`, `record_stopped`, ...).
+    pub kind: String,
+    /// The sandbox (or template) concerned.
+    pub id: String,
+    /// What was found and done.
+    pub detail: String,
+}
+
+/// What a reconciler pass fixed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileReport {
+    /// Every fix; empty when database, disk and processes agree.
+    pub fixes: Vec<ReconcileFix>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1005,7 +1005,9 @@ async fn an_upload_without_a_matching_end_changes_nothing() {
         path: path.clone(),
         ..Default::default()
     };
-    write(&mut client, header.clone(), b"original").await.unwrap();
+    write(&mut client, header.clone(), b"original")
+        .await
+        .unwrap();
     let data = pb::WriteFileChunk {
         chunk: Some(pb::write_file_chunk::Chunk::Data(Bytes::from_static(
             b"truncated upload",

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
+pub use warren_sandbox::recovery::Fix;
 use warren_sandbox::{
     CreateError, DestroyError, Manager, PauseError, PauseOptions, PauseReport, Progress,
     ResumeReport, Sandbox, SandboxSpec, SnapshotOpError,
@@ -28,7 +29,25 @@ pub enum HostEvent {
         id: String,
         /// How it ended.
         exit: VmExit,
+        /// It had a snapshot and is now paused at it (what ran since its
+        /// last resume is lost) rather than gone.
+        reverted: bool,
     },
+}
+
+/// What start-up recovery did on this host.
+#[derive(Debug, Clone, Default)]
+pub struct RecoverySummary {
+    /// Sandboxes whose running VM was taken over.
+    pub attached: Vec<String>,
+    /// Sandboxes paused on disk.
+    pub paused: Vec<String>,
+    /// Sandboxes whose VM died while warren was down, with no snapshot.
+    pub lost: Vec<String>,
+    /// Directories moved to quarantine, and why.
+    pub quarantined: Vec<Fix>,
+    /// Leftovers of interrupted operations removed.
+    pub swept: usize,
 }
 
 /// Why the host refused to create a sandbox.
@@ -171,14 +190,12 @@ impl HostAgent {
                 available_mib: available,
             });
         }
-        let sandbox = Arc::new(self.manager.create(spec, progress).await?);
-        let id = sandbox.id().to_string();
-        self.live
-            .write()
-            .expect("registry lock")
-            .insert(id.clone(), sandbox.clone());
-        self.watch_exit(id, Arc::downgrade(&sandbox));
-        Ok(sandbox)
+        // The id stays busy until the sandbox is registered, so the
+        // reconciler never mistakes it for an orphan in between.
+        let id = warren_sandbox::id::new_sandbox_id();
+        let _busy = self.manager.mark_busy(&id);
+        let sandbox = self.manager.create_with_id(id, spec, progress).await?;
+        Ok(self.register(sandbox))
     }
 
     fn watch_exit(self: &Arc<Self>, id: String, sandbox: Weak<Sandbox>) {
@@ -194,14 +211,20 @@ impl HostAgent {
             };
             let Some(exit) = exit else { return };
             let Some(host) = host.upgrade() else { return };
+            // Busy until the records are told, so the reconciler does not
+            // judge the sandbox halfway.
+            let _busy = host.manager.mark_busy(&id);
             // Still registered means nobody asked for this exit.
             let removed = host.live.write().expect("registry lock").remove(&id);
             if let Some(sandbox) = &removed {
                 host.keep_log(sandbox);
             }
-            if removed.is_some() && !exit.requested {
+            if let Some(sandbox) = removed
+                && !exit.requested
+            {
                 tracing::warn!(%id, %exit, "sandbox VM exited unexpectedly");
-                let _ = host.events.send(HostEvent::VmExited { id, exit });
+                let reverted = sandbox.fall_back_to_snapshot().await;
+                let _ = host.events.send(HostEvent::VmExited { id, exit, reverted });
             }
         });
     }
@@ -333,6 +356,7 @@ impl HostAgent {
             ));
         }
         self.check_memory(memory_mib)?;
+        let _busy = self.manager.mark_busy(id);
         let (sandbox, report) = self.manager.resume(id).await?;
         Ok((self.register(sandbox), report))
     }
@@ -346,20 +370,60 @@ impl HostAgent {
     ) -> Result<(Arc<Sandbox>, ResumeReport), HostResumeError> {
         let template = self.manager.template(name)?;
         self.check_memory(template.spec.memory_mib)?;
-        let (sandbox, report) = self.manager.clone_template(name, env, metadata).await?;
+        let id = warren_sandbox::id::new_sandbox_id();
+        let _busy = self.manager.mark_busy(&id);
+        let (sandbox, report) = self
+            .manager
+            .clone_template_with_id(id.clone(), name, env, metadata)
+            .await?;
         Ok((self.register(sandbox), report))
     }
 
-    /// Kills every live sandbox (service shutdown).
-    pub async fn kill_all(&self) {
-        let all: Vec<Arc<Sandbox>> = self
-            .live
+    /// Start-up recovery (see [`Manager::recover`]): registers the VMs that
+    /// outlived the previous warren and reports the rest. Runs before the
+    /// API serves anything.
+    pub async fn recover(self: &Arc<Self>) -> RecoverySummary {
+        let recovery = self.manager.recover().await;
+        let mut attached = Vec::new();
+        for sandbox in recovery.attached {
+            attached.push(sandbox.id().to_string());
+            self.register(sandbox);
+        }
+        RecoverySummary {
+            attached,
+            paused: recovery.paused,
+            lost: recovery.lost,
+            quarantined: recovery.quarantined,
+            swept: recovery.swept,
+        }
+    }
+
+    /// One reconciler pass over this host (see [`Manager::reconcile`]).
+    pub fn reconcile(&self) -> Vec<Fix> {
+        self.manager
+            .reconcile(&|id| self.live.read().expect("registry lock").contains_key(id))
+    }
+
+    /// Lets every live sandbox run on after this process ends (service
+    /// shutdown with `keep`); the next start re-attaches them.
+    pub fn detach_all(&self) {
+        for sandbox in self.unregister_all() {
+            sandbox.detach();
+        }
+    }
+
+    fn unregister_all(&self) -> Vec<Arc<Sandbox>> {
+        self.live
             .write()
             .expect("registry lock")
             .drain()
             .map(|(_, s)| s)
-            .collect();
-        for sandbox in all {
+            .collect()
+    }
+
+    /// Kills every live sandbox (service shutdown).
+    pub async fn kill_all(&self) {
+        for sandbox in self.unregister_all() {
             let killed = sandbox.kill().await;
             self.keep_log(&sandbox);
             if let Err(error) = killed {

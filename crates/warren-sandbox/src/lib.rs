@@ -19,6 +19,7 @@ pub mod files;
 pub mod id;
 pub mod manager;
 pub mod memfs;
+pub mod recovery;
 pub mod sandbox;
 pub mod snapshot;
 pub mod spec;

@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime};
 
 use warren_image::{Image, ImageStore, Progress};
@@ -10,7 +9,7 @@ use warren_vmm::host::HostCapacity;
 use warren_vmm::qemu::QemuVmm;
 use warren_vmm::{Accel, AccelChoice, DiskConfig, DiskFormat, Vm, VmConfig, Vmm};
 
-use crate::agent::{AgentConnection, SandboxShared};
+use crate::agent::AgentConnection;
 use crate::error::{CreateError, ManagerError};
 use crate::id::{is_valid_sandbox_id, new_sandbox_id};
 use crate::sandbox::Sandbox;
@@ -78,6 +77,7 @@ pub struct Manager {
     vmm: Arc<dyn Vmm>,
     host: HostCapacity,
     sandboxes_dir: PathBuf,
+    busy: crate::recovery::Busy,
 }
 
 impl std::fmt::Debug for Manager {
@@ -164,6 +164,7 @@ impl Manager {
             vmm,
             host: HostCapacity::probe(),
             sandboxes_dir,
+            busy: Default::default(),
         };
         let swept = manager.sweep_orphans();
         if swept > 0 {
@@ -173,6 +174,10 @@ impl Manager {
             );
         }
         Ok(manager)
+    }
+
+    pub(crate) fn busy(&self) -> &crate::recovery::Busy {
+        &self.busy
     }
 
     /// The accelerator sandboxes run with.
@@ -267,10 +272,27 @@ impl Manager {
         spec: SandboxSpec,
         progress: Arc<dyn Progress>,
     ) -> Result<Sandbox, CreateError> {
+        self.create_with_id(new_sandbox_id(), spec, progress).await
+    }
+
+    /// [`Manager::create`] with an id the caller chose (from
+    /// [`crate::id::new_sandbox_id`]), so that it can mark the id busy
+    /// until it has registered the sandbox.
+    pub async fn create_with_id(
+        &self,
+        id: String,
+        spec: SandboxSpec,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Sandbox, CreateError> {
+        if !is_valid_sandbox_id(&id) {
+            return Err(CreateError::InvalidSpec(format!(
+                "{id:?} is not a sandbox id"
+            )));
+        }
+        let _busy = self.mark_busy(&id);
         spec.validate(&self.host)
             .map_err(CreateError::InvalidSpec)?;
         let image = self.prepare_image(&spec.image, progress).await?;
-        let id = new_sandbox_id();
         let dir = self.sandboxes_dir.join(&id);
         std::fs::create_dir(&dir).map_err(|source| CreateError::Io {
             path: dir.clone(),
@@ -330,21 +352,7 @@ impl Manager {
                 return Err(error);
             }
         };
-        let shared = Arc::new(SandboxShared {
-            id: id.to_string(),
-            console_log: vm.console_log().to_path_buf(),
-            exit: vm.exit_watch(),
-            destroyed: AtomicBool::new(false),
-            paused: AtomicBool::new(false),
-        });
-        let sandbox = Sandbox::new(
-            shared,
-            dir.to_path_buf(),
-            vm,
-            agent,
-            spec,
-            image.key.clone(),
-        );
+        let sandbox = Sandbox::new(id, dir.to_path_buf(), vm, agent, spec, image.key.clone());
         finish_boot(&sandbox, id).await?;
         Ok(sandbox)
     }

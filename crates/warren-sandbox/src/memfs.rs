@@ -91,10 +91,86 @@ pub fn find_memfs_binary() -> Result<PathBuf, MemFsError> {
 /// A running memory daemon and its mount.
 #[derive(Debug)]
 pub struct MemFs {
-    child: Option<Child>,
+    child: Option<Daemon>,
     mount: PathBuf,
     work: PathBuf,
     log: PathBuf,
+}
+
+/// The daemon process: started by this warren, or adopted after a restart
+/// (then it is not our child and its exit status cannot be collected).
+#[derive(Debug)]
+enum Daemon {
+    Child(Child),
+    Adopted(u32),
+}
+
+impl Daemon {
+    fn id(&self) -> u32 {
+        match self {
+            Self::Child(child) => child.id(),
+            Self::Adopted(pid) => *pid,
+        }
+    }
+
+    /// `Some(success)` once it has ended.
+    fn try_wait(&mut self) -> Option<bool> {
+        match self {
+            Self::Child(child) => child.try_wait().ok().flatten().map(|s| s.success()),
+            // Its report file decides whether it ended well.
+            Self::Adopted(pid) => (!warren_vmm::qemu::process_alive(*pid)).then_some(true),
+        }
+    }
+
+    fn kill(&mut self) {
+        match self {
+            Self::Child(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Self::Adopted(pid) => {
+                warren_vmm::qemu::kill_vm_process(*pid);
+            }
+        }
+    }
+}
+
+/// Every live `warren-memfs` whose mount is `<sandboxes>/<id>/memfs`, as
+/// (pid, sandbox id): the reconciler's view of which daemons run.
+pub fn daemons_under(sandboxes: &Path) -> Vec<(u32, String)> {
+    let prefix = format!("{}/", sandboxes.to_string_lossy());
+    warren_vmm::qemu::processes_running(|program| program.ends_with(MEMFS_NAME))
+        .into_iter()
+        .filter_map(|(pid, args)| {
+            let id = args
+                .windows(2)
+                .find(|w| w[0] == "--mount")?
+                .get(1)?
+                .strip_prefix(&prefix)?
+                .strip_suffix("/memfs")?
+                .to_string();
+            Some((pid, id))
+        })
+        .collect()
+}
+
+/// The pid file of the daemon serving `mount`.
+fn pid_file(mount: &Path) -> PathBuf {
+    mount.with_extension("pid")
+}
+
+/// The pid of a live `warren-memfs` serving `mount`, from its pid file and
+/// checked against its command line.
+pub fn running_daemon(mount: &Path) -> Option<u32> {
+    let pid = std::fs::read_to_string(pid_file(mount))
+        .ok()?
+        .trim()
+        .parse::<u32>()
+        .ok()?;
+    let args = warren_vmm::qemu::process_cmdline(pid)?;
+    let mount = mount.to_string_lossy();
+    let ours = args.windows(2).any(|w| w[0] == "--mount" && w[1] == *mount);
+    (ours && warren_vmm::qemu::process_alive(pid)).then_some(pid)
 }
 
 impl MemFs {
@@ -133,8 +209,13 @@ impl MemFs {
             die_with_parent,
         })
         .map_err(MemFsError::Spawn)?;
+        // Recorded so that a restarted warren can adopt (or end) it.
+        let _ = warren_vmm::qemu::write_atomic(
+            &pid_file(mount),
+            format!("{}\n", child.id()).as_bytes(),
+        );
         let mut memfs = Self {
-            child: Some(child),
+            child: Some(Daemon::Child(child)),
             mount: mount.to_path_buf(),
             work: work.to_path_buf(),
             log,
@@ -145,8 +226,8 @@ impl MemFs {
             if std::fs::metadata(&file).is_ok_and(|m| m.len() == size) {
                 return Ok(memfs);
             }
-            if let Some(Ok(Some(status))) = memfs.child.as_mut().map(Child::try_wait) {
-                let detail = format!("it exited ({status}) before serving");
+            if let Some(Some(_)) = memfs.child.as_mut().map(Daemon::try_wait) {
+                let detail = "it exited before serving".to_string();
                 let log = memfs.log_tail();
                 memfs.abort();
                 return Err(MemFsError::NotReady { detail, log });
@@ -163,6 +244,24 @@ impl MemFs {
         }
     }
 
+    /// Takes charge of the daemon an earlier warren process started for
+    /// `mount` (writing to `work`) and that outlived it, if it still runs.
+    pub fn adopt(mount: &Path, work: &Path) -> Option<Self> {
+        let pid = running_daemon(mount)?;
+        Some(Self {
+            child: Some(Daemon::Adopted(pid)),
+            mount: mount.to_path_buf(),
+            work: work.to_path_buf(),
+            log: mount.with_extension("log"),
+        })
+    }
+
+    /// Lets the daemon outlive this handle (and this process), as the VM
+    /// it serves does when warren stops without stopping sandboxes.
+    pub fn detach(&mut self) {
+        self.child = None;
+    }
+
     /// The file QEMU maps as guest RAM.
     pub fn memory_file(&self) -> PathBuf {
         self.mount.join("memory")
@@ -170,7 +269,7 @@ impl MemFs {
 
     /// The daemon's pid (host memory accounting).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.as_ref().map(Daemon::id)
     }
 
     fn log_tail(&self) -> String {
@@ -203,26 +302,27 @@ impl MemFs {
         let started = Instant::now();
         let status = loop {
             match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if started.elapsed() < FINISH_TIMEOUT => {
+                Some(success) => break Some(success),
+                None if started.elapsed() < FINISH_TIMEOUT => {
                     std::thread::sleep(Duration::from_millis(2))
                 }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                None => {
+                    child.kill();
                     break None;
                 }
             }
         };
+        let _ = std::fs::remove_file(pid_file(&self.mount));
         let report_path = warren_snapshot::dirty_report_path(&self.work);
         let result = match status {
-            Some(status) if status.success() => warren_snapshot::read_dirty_report(&report_path)
-                .map_err(|e| MemFsError::NoReport {
+            Some(true) => {
+                warren_snapshot::read_dirty_report(&report_path).map_err(|e| MemFsError::NoReport {
                     detail: e.to_string(),
                     log: self.log_tail(),
-                }),
-            Some(status) => Err(MemFsError::NoReport {
-                detail: format!("it exited with {status}"),
+                })
+            }
+            Some(false) => Err(MemFsError::NoReport {
+                detail: "it exited with a failure".into(),
                 log: self.log_tail(),
             }),
             None => Err(MemFsError::NoReport {
@@ -241,9 +341,9 @@ impl MemFs {
     pub fn abort(&mut self) {
         let _ = nix::mount::umount2(&self.mount, nix::mount::MntFlags::MNT_DETACH);
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
         }
+        let _ = std::fs::remove_file(pid_file(&self.mount));
         let _ = std::fs::remove_file(&self.work);
         let _ = std::fs::remove_file(warren_snapshot::dirty_report_path(&self.work));
         let _ = std::fs::remove_dir(&self.mount);

@@ -70,6 +70,8 @@ pub struct Sandbox {
     created_at: SystemTime,
     /// The memory daemon of a resumed sandbox.
     memfs: std::sync::Mutex<Option<crate::memfs::MemFs>>,
+    /// Left running for a later warren: dropping keeps VM and directory.
+    detached: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -82,14 +84,23 @@ impl std::fmt::Debug for Sandbox {
 }
 
 impl Sandbox {
+    /// Wraps a VM whose agent answered: the one way boot, resume, clone
+    /// and re-attach make a sandbox.
     pub(crate) fn new(
-        shared: Arc<SandboxShared>,
+        id: &str,
         dir: PathBuf,
         vm: Box<dyn Vm>,
         agent: AgentConnection,
         spec: SandboxSpec,
         image_key: String,
     ) -> Self {
+        let shared = Arc::new(SandboxShared {
+            id: id.to_string(),
+            console_log: vm.console_log().to_path_buf(),
+            exit: vm.exit_watch(),
+            destroyed: std::sync::atomic::AtomicBool::new(false),
+            paused: std::sync::atomic::AtomicBool::new(false),
+        });
         Self {
             shared,
             dir,
@@ -99,6 +110,7 @@ impl Sandbox {
             image_key,
             created_at: SystemTime::now(),
             memfs: std::sync::Mutex::new(None),
+            detached: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -398,6 +410,17 @@ impl Sandbox {
         self.vm().exit_watch()
     }
 
+    /// Lets the VM (and its memory daemon) run on without this process:
+    /// `warren up` stopping with `--on-shutdown keep`. The next warren
+    /// re-attaches it from its directory.
+    pub fn detach(&self) {
+        self.detached.store(true, Ordering::SeqCst);
+        self.vm().detach();
+        if let Some(memfs) = self.memfs.lock().expect("memfs lock").as_mut() {
+            memfs.detach();
+        }
+    }
+
     /// Kills the VM and removes the sandbox directory.
     pub async fn destroy(mut self) -> Result<(), DestroyError> {
         self.shared.destroyed.store(true, Ordering::SeqCst);
@@ -419,6 +442,9 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        if self.detached.load(Ordering::SeqCst) {
+            return;
+        }
         if let Some(vm) = self.vm.take() {
             self.shared.destroyed.store(true, Ordering::SeqCst);
             // QemuVm's Drop kills and reaps the process synchronously.
@@ -433,7 +459,23 @@ impl Drop for Sandbox {
     }
 }
 
+/// Removes a sandbox directory by moving it into the data directory's trash
+/// first (atomic), so a crash midway never leaves a half-deleted sandbox.
 fn remove_dir(dir: &Path) -> Result<(), DestroyError> {
+    let trash = dir
+        .parent()
+        .and_then(Path::parent)
+        .map(|data| data.join(crate::recovery::TRASH_DIR));
+    if let (Some(trash), Some(name)) = (trash, dir.file_name()) {
+        let _ = std::fs::create_dir_all(&trash);
+        let target = trash.join(format!("{}.{}", name.to_string_lossy(), rand_suffix()));
+        if std::fs::rename(dir, &target).is_ok() {
+            return std::fs::remove_dir_all(&target).map_err(|source| DestroyError::Cleanup {
+                path: target,
+                source,
+            });
+        }
+    }
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -442,4 +484,12 @@ fn remove_dir(dir: &Path) -> Result<(), DestroyError> {
             source,
         }),
     }
+}
+
+fn rand_suffix() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{}.{nanos}", std::process::id())
 }

@@ -20,13 +20,10 @@
 //! next one.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
 use warren_snapshot::{Generation, HEADER_FILE, SnapshotHeader};
 
-use crate::agent::SandboxShared;
 use crate::error::{CreateError, Unavailable};
 use crate::manager::{
     DISK_OVERLAY, DirGuard, Manager, SANDBOX_META, SandboxMeta, connect_agent, create_overlay,
@@ -459,6 +456,30 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// After its VM died on its own: if the sandbox has a snapshot (it was
+    /// paused and resumed before), it falls back to it, paused, instead of
+    /// being lost; what ran since the resume is gone. Returns whether it
+    /// did. The memory daemon is ended and the dead run's files removed.
+    pub async fn fall_back_to_snapshot(&self) -> bool {
+        let dir = self.dir().to_path_buf();
+        let header = {
+            let dir = dir.clone();
+            blocking(move || read_existing_header(&dir)).await
+        };
+        let Ok(Some(header)) = header else {
+            return false;
+        };
+        self.mark_paused();
+        let _ = self.vm().kill().await;
+        if let Some(mut memfs) = self.memfs_handle().lock().expect("memfs lock").take() {
+            memfs.abort();
+        }
+        blocking(move || tidy_paused_dir(&dir, &header)).await;
+        true
+    }
+}
+
 /// Reads `dir/SNAPSHOT` if there is one.
 fn read_existing_header(dir: &Path) -> Result<Option<SnapshotHeader>, String> {
     if !dir.join(HEADER_FILE).exists() {
@@ -670,6 +691,20 @@ fn flatten_disk(
     Ok(name)
 }
 
+/// Makes a paused sandbox's directory hold its committed snapshot and
+/// nothing else of note: the writable disk layer of a run that ended without
+/// a pause (resume makes a fresh one), a cold-boot RAM file, generations and
+/// states no header references.
+pub(crate) fn tidy_paused_dir(dir: &Path, header: &SnapshotHeader) {
+    let _ = std::fs::remove_file(dir.join(DISK_OVERLAY));
+    let memory = warren_vmm::config::files::MEMORY;
+    if !header.generations.iter().any(|g| g.file == memory) {
+        let _ = std::fs::remove_file(dir.join(memory));
+    }
+    let chain: ChainMeta = serde_json::from_value(header.meta.clone()).unwrap_or_default();
+    remove_unreferenced(dir, header, &chain.disk_layers);
+}
+
 /// Removes memory generations, device states, work files and disk layers
 /// that the committed snapshot does not reference (leftovers of earlier
 /// generations or of interrupted operations). `disk_layers` is the
@@ -710,6 +745,7 @@ impl Manager {
         if !crate::id::is_valid_sandbox_id(id) || !dir.join(HEADER_FILE).exists() {
             return Err(SnapshotOpError::NotPaused(id.to_string()));
         }
+        let _busy = self.mark_busy(id);
         let meta = read_meta(&dir).map_err(|detail| SnapshotOpError::Corrupt {
             id: id.to_string(),
             detail,
@@ -758,7 +794,7 @@ impl Manager {
             return Err(SnapshotOpError::NotPaused(id.to_string()));
         }
         let dir = self.sandboxes_dir().join(id);
-        std::fs::remove_dir_all(&dir)
+        self.trash(&dir)
             .map_err(|e| SnapshotOpError::io(format!("removing {}", dir.display()), &e, false))
     }
 
@@ -844,15 +880,8 @@ impl Manager {
                 return Err(error.into());
             }
         };
-        let shared = Arc::new(SandboxShared {
-            id: id.to_string(),
-            console_log: vm.console_log().to_path_buf(),
-            exit: vm.exit_watch(),
-            destroyed: AtomicBool::new(false),
-            paused: AtomicBool::new(false),
-        });
         let sandbox = Sandbox::new(
-            shared,
+            id,
             dir.to_path_buf(),
             vm,
             agent,
@@ -902,6 +931,7 @@ impl Manager {
         if !self.is_paused(sandbox_id) {
             return Err(SnapshotOpError::NotPaused(sandbox_id.to_string()));
         }
+        let _busy = self.mark_busy(sandbox_id);
         let templates = self.data_dir().join(TEMPLATES_DIR);
         let target = templates.join(name);
         if target.exists() {
@@ -1084,6 +1114,20 @@ impl Manager {
         env: std::collections::BTreeMap<String, String>,
         metadata: std::collections::BTreeMap<String, String>,
     ) -> Result<(Sandbox, ResumeReport), SnapshotOpError> {
+        self.clone_template_with_id(crate::id::new_sandbox_id(), name, env, metadata)
+            .await
+    }
+
+    /// [`Manager::clone_template`] with an id the caller chose, so that it
+    /// can keep the id busy until it has registered the clone.
+    pub async fn clone_template_with_id(
+        &self,
+        id: String,
+        name: &str,
+        env: std::collections::BTreeMap<String, String>,
+        metadata: std::collections::BTreeMap<String, String>,
+    ) -> Result<(Sandbox, ResumeReport), SnapshotOpError> {
+        let _busy = self.mark_busy(&id);
         let started = Instant::now();
         let template = self.template(name)?;
         let template_dir = self.data_dir().join(TEMPLATES_DIR).join(name);
@@ -1097,7 +1141,6 @@ impl Manager {
         spec.metadata = metadata;
         spec.validate(&self.host())
             .map_err(|e| SnapshotOpError::Create(CreateError::InvalidSpec(e)))?;
-        let id = crate::id::new_sandbox_id();
         let dir = self.sandboxes_dir().join(&id);
         std::fs::create_dir(&dir).map_err(|e| {
             SnapshotOpError::io("creating the sandbox directory", &e, is_no_space(&e))

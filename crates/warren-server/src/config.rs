@@ -10,6 +10,36 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
 /// Default limit of running sandboxes per team.
 pub const DEFAULT_MAX_SANDBOXES_PER_TEAM: u32 = 20;
 
+/// Default period of the reconciler.
+pub const DEFAULT_RECONCILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What a stopping `warren up` does with running sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShutdownAction {
+    /// Pause each one to disk; they resume on demand after the restart.
+    #[default]
+    Pause,
+    /// Leave the VMs running; the next start re-attaches them.
+    Keep,
+    /// Kill them (they are marked stopped).
+    Kill,
+}
+
+impl std::str::FromStr for ShutdownAction {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "pause" => Ok(Self::Pause),
+            "keep" => Ok(Self::Keep),
+            "kill" => Ok(Self::Kill),
+            other => Err(format!(
+                "{other:?} is not a shutdown action; use pause, keep or kill"
+            )),
+        }
+    }
+}
+
 /// How the service runs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -27,6 +57,10 @@ pub struct ServerConfig {
     pub snapshot_merge_cap: usize,
     /// Name of this host in records.
     pub host_name: String,
+    /// What stopping the service does to running sandboxes.
+    pub on_shutdown: ShutdownAction,
+    /// How often the reconciler compares database, disk and processes.
+    pub reconcile_interval: std::time::Duration,
     /// The sandbox manager's settings.
     pub manager: ManagerConfig,
 }

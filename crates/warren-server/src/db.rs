@@ -92,6 +92,9 @@ pub struct SandboxRow {
     pub host: String,
     /// 1 if operations on the paused sandbox resume it first.
     pub auto_resume: i64,
+    /// Why it is paused when warren paused it on its own
+    /// (`host_shutdown`); such sandboxes resume on demand.
+    pub pause_reason: Option<String>,
 }
 
 impl SandboxRow {
@@ -149,7 +152,7 @@ pub struct EventRow {
 }
 
 const KEY_COLUMNS: &str = "k.id, k.team_id, t.name AS team_name, t.is_admin, k.name, k.prefix, k.created_at, k.last_used_at, k.revoked_at";
-const SANDBOX_COLUMNS: &str = "id, team_id, template_id, state, cpus, memory_mib, metadata, env, auto_pause, timeout_secs, created_at, expires_at, stopped_at, stop_reason, host, auto_resume";
+const SANDBOX_COLUMNS: &str = "id, team_id, template_id, state, cpus, memory_mib, metadata, env, auto_pause, timeout_secs, created_at, expires_at, stopped_at, stop_reason, host, auto_resume, pause_reason";
 const TEMPLATE_COLUMNS: &str =
     "id, team_id, name, kind, description, image, cpus, memory_mib, created_at";
 
@@ -394,7 +397,7 @@ impl Db {
     /// Records a new running sandbox.
     pub async fn insert_sandbox(&self, row: &SandboxRow) -> Result<(), sqlx::Error> {
         sqlx::query(&format!(
-            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
         ))
         .bind(&row.id)
         .bind(&row.team_id)
@@ -412,6 +415,7 @@ impl Db {
         .bind(&row.stop_reason)
         .bind(&row.host)
         .bind(row.auto_resume)
+        .bind(&row.pause_reason)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -518,7 +522,7 @@ impl Db {
         expires_at: Option<i64>,
     ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "UPDATE sandboxes SET state = $1, expires_at = $2 WHERE id = $3 AND state <> 'stopped'",
+            "UPDATE sandboxes SET state = $1, expires_at = $2, pause_reason = NULL WHERE id = $3 AND state <> 'stopped'",
         )
         .bind(state)
         .bind(expires_at)
@@ -526,6 +530,16 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Records why warren paused a sandbox on its own.
+    pub async fn set_pause_reason(&self, id: &str, reason: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE sandboxes SET pause_reason = $1 WHERE id = $2 AND state = 'paused'")
+            .bind(reason)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Sandboxes (not stopped) created from a template.

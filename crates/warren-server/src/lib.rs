@@ -16,7 +16,7 @@ mod metrics;
 pub mod model;
 mod routes;
 mod snapshots;
-mod state;
+pub mod state;
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -76,8 +76,8 @@ pub struct Started {
     pub new_admin_key: Option<String>,
     /// Path of the admin key file.
     pub admin_key_path: std::path::PathBuf,
-    /// Sandboxes whose records were corrected at start.
-    pub reconciled: usize,
+    /// What start-up recovery found and fixed.
+    pub recovered: state::Recovered,
 }
 
 /// Runs the service until `shutdown` resolves; then stops every sandbox and
@@ -110,8 +110,10 @@ pub async fn run(
             source,
         })?;
     let new_admin_key = bootstrap_admin(&state).await?;
-    let reconciled = state
-        .reconcile_at_start()
+    // Recovery comes before serving: nothing may act on a sandbox whose
+    // VM is still being taken over.
+    let recovered = state
+        .recover_at_start()
         .await
         .map_err(|source| ServeError::Database {
             url: redact(&url),
@@ -147,7 +149,7 @@ pub async fn run(
         url: base_url,
         new_admin_key,
         admin_key_path: config.admin_key_path(),
-        reconciled,
+        recovered,
     });
 
     let app = routes::router(state.clone());
@@ -163,6 +165,22 @@ pub async fn run(
 }
 
 fn spawn_background(state: &state::AppState) {
+    let reconciler = state.clone();
+    tokio::spawn(async move {
+        let period = reconciler
+            .config
+            .reconcile_interval
+            .max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(error) = reconciler.reconcile().await {
+                tracing::warn!(%error, "the reconciler could not read the database");
+            }
+        }
+    });
     let reaper = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));

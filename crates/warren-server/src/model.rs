@@ -701,3 +701,23 @@ pub struct Health {
     /// Sandboxes running on this host.
     pub sandboxes_running: u64,
 }
+
+/// One correction made by the reconciler.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReconcileFix {
+    /// What kind of problem: `orphan_vm`, `orphan_memfs`, `orphan_dir`,
+    /// `stray_file`, `quarantined`, `staging`, `record_reverted`,
+    /// `record_stopped`, `record_running`, `unrecorded_sandbox`.
+    pub kind: String,
+    /// The sandbox (or template) concerned.
+    pub id: String,
+    /// What was found and done.
+    pub detail: String,
+}
+
+/// What a reconciler pass fixed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReconcileReport {
+    /// Every fix, in order; empty when database, disk and processes agree.
+    pub fixes: Vec<ReconcileFix>,
+}

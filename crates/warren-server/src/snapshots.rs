@@ -71,7 +71,11 @@ impl AppState {
     }
 
     /// Pauses a running sandbox (the caller holds its lock).
-    async fn pause_locked(&self, row: &SandboxRow, actor: &str) -> ApiResult<PauseResult> {
+    pub(crate) async fn pause_locked(
+        &self,
+        row: &SandboxRow,
+        actor: &str,
+    ) -> ApiResult<PauseResult> {
         let id = row.id.as_str();
         let started = Instant::now();
         let outcome = self.host.pause(id, &self.pause_options()).await;
@@ -111,13 +115,8 @@ impl AppState {
                     duration_ms: started.elapsed().as_millis() as u64,
                 })
             }
-            Ok(None) => {
-                self.stop_record(row, "vm_exited", "system").await;
-                Err(
-                    ApiError::conflict(format!("sandbox {id} stopped: its VM exited"))
-                        .hint("create a new sandbox"),
-                )
-            }
+            Ok(None) => Err(ApiError::conflict(format!("sandbox {id}'s VM exited"))
+                .hint("get the sandbox again in a moment: it is paused at its last snapshot if it had one, else stopped")),
             Err(error) => {
                 match &error {
                     PauseError::StillRunning { .. } => {}

@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use warren_host::{HostAgent, HostCreateError, HostEvent};
+use warren_host::{Fix, HostAgent, HostCreateError, HostEvent, RecoverySummary};
 use warren_sandbox::{NoProgress, Sandbox as LiveSandbox, SandboxSpec};
 
 use crate::auth::Caller;
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, ShutdownAction};
 use crate::db::{Db, SandboxRow, now_ms};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
@@ -18,6 +18,9 @@ use crate::model::{CreateSandbox, Sandbox};
 
 /// Longest timeout a sandbox may have (a day).
 pub const MAX_TIMEOUT_SECS: u64 = 86_400;
+/// `pause_reason` of sandboxes paused by a stopping warren: they resume on
+/// demand (any operation) after the restart.
+pub const PAUSED_BY_SHUTDOWN: &str = "host_shutdown";
 /// Timeout when the request gives none.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
 
@@ -152,7 +155,9 @@ impl AppState {
         id: &str,
     ) -> ApiResult<(SandboxRow, Arc<LiveSandbox>)> {
         let mut row = self.sandbox_row(caller, id).await?;
-        if row.state == "paused" && row.auto_resume != 0 {
+        let resumes_on_demand =
+            row.auto_resume != 0 || row.pause_reason.as_deref() == Some(PAUSED_BY_SHUTDOWN);
+        if row.state == "paused" && resumes_on_demand {
             let lock = self.lock_for(id);
             let _guard = lock.lock().await;
             row = self.db.sandbox(&caller.team_id, id).await?.unwrap_or(row);
@@ -179,11 +184,11 @@ impl AppState {
         match self.host.get(id) {
             Some(live) if live.vm_exit().is_none() => Ok((row, live)),
             _ => {
-                // The VM is gone but the exit was not processed yet.
-                self.stop_record(&row, "vm_exited", "system").await;
+                // The VM is gone and its exit is being processed (the
+                // sandbox falls back to its snapshot, or is stopped).
                 Err(
-                    ApiError::conflict(format!("sandbox {id} stopped: its VM exited"))
-                        .hint("create a new sandbox"),
+                    ApiError::conflict(format!("sandbox {id}'s VM exited"))
+                        .hint("get the sandbox again in a moment: it is paused at its last snapshot if it had one, else stopped"),
                 )
             }
         }
@@ -325,6 +330,7 @@ impl AppState {
             env: serde_json::to_string(&spec.env).expect("map serializes"),
             auto_pause: i64::from(request.auto_pause == Some(true)),
             auto_resume: i64::from(request.auto_resume == Some(true)),
+            pause_reason: None,
             timeout_secs: timeout_secs as i64,
             created_at: now,
             expires_at: (timeout_secs > 0).then(|| now + timeout_secs as i64 * 1000),
@@ -464,15 +470,26 @@ impl AppState {
     /// Applies host events (VMs that exited on their own).
     pub async fn on_host_event(&self, event: HostEvent) {
         match event {
-            HostEvent::VmExited { id, exit } => {
+            HostEvent::VmExited { id, exit, reverted } => {
                 let rows = self
                     .db
                     .sandboxes_in_state("running")
                     .await
                     .unwrap_or_default();
                 if let Some(row) = rows.into_iter().find(|r| r.id == id) {
-                    tracing::warn!(%id, %exit, "sandbox VM exited");
-                    if let Ok(true) = self.db.mark_stopped(&id, "vm_exited").await {
+                    tracing::warn!(%id, %exit, reverted, "sandbox VM exited");
+                    if reverted {
+                        if let Ok(true) = self.db.set_state(&id, "paused", None).await {
+                            self.event(
+                                &row.team_id,
+                                Some(&id),
+                                "sandbox.reverted_to_snapshot",
+                                "system",
+                                json!({"exit": exit.to_string(), "reason": "its VM exited; it is paused at its last snapshot"}),
+                            )
+                            .await;
+                        }
+                    } else if let Ok(true) = self.db.mark_stopped(&id, "vm_exited").await {
                         self.event(
                             &row.team_id,
                             Some(&id),
@@ -487,28 +504,175 @@ impl AppState {
         }
     }
 
-    /// Makes the database agree with this host at startup: records of
-    /// sandboxes whose VM is not running here, or whose snapshot is not
-    /// here, are marked stopped.
-    pub async fn reconcile_at_start(&self) -> Result<usize, sqlx::Error> {
-        let mut fixed = 0;
-        for state in ["running", "paused"] {
-            for row in self.db.sandboxes_in_state(state).await? {
-                let here = match state {
-                    "running" => self.host.get(&row.id).is_some(),
-                    _ => self.host.is_paused(&row.id),
+    /// One reconciler pass: the host's own (orphaned processes,
+    /// directories, stray files; see `Manager::reconcile`), then the
+    /// database against the host: records of sandboxes whose VM is gone
+    /// fall back to their snapshot (paused) or are marked stopped, paused
+    /// records whose snapshot is gone are marked stopped, and live VMs or
+    /// snapshots that no record claims are removed. Sandboxes with an
+    /// operation under way are skipped. Every fix is logged and returned.
+    pub async fn reconcile(&self) -> Result<Vec<Fix>, sqlx::Error> {
+        let host = self.host.clone();
+        let mut fixes = tokio::task::spawn_blocking(move || host.reconcile())
+            .await
+            .unwrap_or_default();
+        let busy = |id: &str| self.host.manager().is_busy(id);
+
+        for row in self.db.sandboxes_in_state("running").await? {
+            let lock = self.lock_for(&row.id);
+            let Ok(_guard) = lock.try_lock() else {
+                continue;
+            };
+            if self.host.get(&row.id).is_some() || busy(&row.id) {
+                continue;
+            }
+            let Some(row) = self.db.sandbox(&row.team_id, &row.id).await? else {
+                continue;
+            };
+            if row.state != "running" {
+                continue;
+            }
+            if self.host.is_paused(&row.id) {
+                self.db.set_state(&row.id, "paused", None).await?;
+                self.event(
+                    &row.team_id,
+                    Some(&row.id),
+                    "sandbox.reverted_to_snapshot",
+                    "system",
+                    json!({"reason": "its VM was lost; it is paused at its last snapshot"}),
+                )
+                .await;
+                fixes.push(fix(
+                    "record_reverted",
+                    &row.id,
+                    "running record without a VM: paused at its last snapshot",
+                ));
+            } else {
+                self.stop_record(&row, "vm_lost", "system").await;
+                fixes.push(fix(
+                    "record_stopped",
+                    &row.id,
+                    "running record without a VM or snapshot: marked stopped",
+                ));
+            }
+        }
+        for row in self.db.sandboxes_in_state("paused").await? {
+            let lock = self.lock_for(&row.id);
+            let Ok(_guard) = lock.try_lock() else {
+                continue;
+            };
+            if busy(&row.id) {
+                continue;
+            }
+            if self.host.get(&row.id).is_some() {
+                let expires_at = (row.timeout_secs > 0).then(|| now_ms() + row.timeout_secs * 1000);
+                self.db.set_state(&row.id, "running", expires_at).await?;
+                fixes.push(fix(
+                    "record_running",
+                    &row.id,
+                    "paused record of a running VM: marked running",
+                ));
+            } else if !self.host.is_paused(&row.id) {
+                self.stop_record(&row, "snapshot_lost", "system").await;
+                fixes.push(fix(
+                    "record_stopped",
+                    &row.id,
+                    "paused record without a snapshot on this host: marked stopped",
+                ));
+            }
+        }
+
+        // What runs or is paused here but no record claims: a creation or
+        // resume that died before it was recorded. Not while creations are
+        // under way (their record is written after the VM starts).
+        let creating = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .values()
+            .any(|n| *n > 0);
+        if !creating {
+            let mut claimed = std::collections::HashSet::new();
+            for state in ["running", "paused"] {
+                for row in self.db.sandboxes_in_state(state).await? {
+                    claimed.insert(row.id);
+                }
+            }
+            let mut unclaimed: Vec<String> = self.host.ids();
+            unclaimed.extend(self.host.manager().paused_ids());
+            for id in unclaimed {
+                if claimed.contains(&id) || busy(&id) {
+                    continue;
+                }
+                let lock = self.lock_for(&id);
+                let Ok(_guard) = lock.try_lock() else {
+                    continue;
                 };
-                if !here {
-                    self.stop_record(&row, "host_restart", "system").await;
-                    fixed += 1;
+                match self.host.kill(&id).await {
+                    Ok(true) => fixes.push(fix(
+                        "unrecorded_sandbox",
+                        &id,
+                        "a sandbox no record claims (an interrupted creation): removed",
+                    )),
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(%id, %error, "removing an unrecorded sandbox failed")
+                    }
                 }
             }
         }
-        Ok(fixed)
+        Ok(fixes)
     }
 
-    /// Stops every sandbox at service shutdown.
+    /// Start-up: recovers the host (re-attaches VMs, re-registers paused
+    /// sandboxes, quarantines what cannot be read), then reconciles.
+    pub async fn recover_at_start(&self) -> Result<Recovered, sqlx::Error> {
+        let summary = self.host.recover().await;
+        let fixes = self.reconcile().await?;
+        Ok(Recovered { summary, fixes })
+    }
+
+    /// Stops the service's sandboxes as configured: pause each (they resume
+    /// on demand after the restart), leave them running for the next start
+    /// to re-attach, or kill them.
     pub async fn shutdown_sandboxes(&self) {
+        match self.config.on_shutdown {
+            ShutdownAction::Keep => {
+                tracing::info!(
+                    count = self.host.len(),
+                    "leaving sandboxes running for the next start"
+                );
+                self.host.detach_all();
+                return;
+            }
+            ShutdownAction::Pause => {
+                for id in self.host.ids() {
+                    let lock = self.lock_for(&id);
+                    let _guard = lock.lock().await;
+                    let Ok(rows) = self.db.sandboxes_in_state("running").await else {
+                        break;
+                    };
+                    let Some(row) = rows.into_iter().find(|r| r.id == id) else {
+                        continue;
+                    };
+                    match self.pause_locked(&row, "system").await {
+                        Ok(_) => {
+                            if let Err(error) =
+                                self.db.set_pause_reason(&id, PAUSED_BY_SHUTDOWN).await
+                            {
+                                tracing::warn!(%id, %error, "recording the shutdown pause failed");
+                            }
+                            tracing::info!(%id, "paused for shutdown");
+                        }
+                        Err(error) => {
+                            tracing::warn!(%id, ?error, "pausing at shutdown failed; the sandbox is stopped");
+                        }
+                    }
+                }
+            }
+            ShutdownAction::Kill => {}
+        }
+        // Whatever still runs is killed.
         for id in self.host.ids() {
             if let Ok(rows) = self.db.sandboxes_in_state("running").await
                 && let Some(row) = rows.iter().find(|r| r.id == id)
@@ -534,5 +698,23 @@ impl AppState {
                     .set(count);
             }
         }
+    }
+}
+
+/// What start-up recovery did (printed by `warren up`).
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    /// The host's recovery.
+    pub summary: RecoverySummary,
+    /// Fixes of the first reconciler pass.
+    pub fixes: Vec<Fix>,
+}
+
+fn fix(kind: &str, id: &str, detail: &str) -> Fix {
+    tracing::warn!(kind, id, "{detail}");
+    Fix {
+        kind: kind.into(),
+        id: id.into(),
+        detail: detail.into(),
     }
 }

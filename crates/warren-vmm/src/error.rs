@@ -58,6 +58,15 @@ pub enum LaunchError {
     #[error("the VMM's control socket failed: {0}")]
     Qmp(#[from] crate::qmp::QmpError),
     /// Local file system error while preparing the VM.
+    /// A VM to re-attach to is not running (or its pid now belongs to
+    /// another process).
+    #[error("the VM of {id} is not running: {detail}")]
+    NotRunning {
+        /// VM id.
+        id: String,
+        /// What was found instead.
+        detail: String,
+    },
     #[error("preparing the VM directory failed at {path}: {source}")]
     Io {
         /// Path involved.

@@ -42,6 +42,12 @@ pub trait Vmm: Send + Sync {
     /// answers; the guest may still be booting. On error nothing is left
     /// running and the runtime files are removed.
     async fn launch(&self, config: VmConfig) -> Result<Box<dyn Vm>, LaunchError>;
+
+    /// Takes charge of a VM that an earlier warren process launched with
+    /// `config` and that outlived it (its pid file, sockets and console log
+    /// are in `config.dir`). The VM keeps running untouched; the returned
+    /// handle supervises and controls it like a launched one.
+    async fn attach(&self, config: VmConfig) -> Result<Box<dyn Vm>, LaunchError>;
 }
 
 /// A running (or exited) VM.
@@ -64,6 +70,11 @@ pub trait Vm: Send + Sync {
 
     /// Watch that turns `Some` when the VM process ends, for whatever reason.
     fn exit_watch(&self) -> watch::Receiver<Option<VmExit>>;
+
+    /// QEMU's run state (`running`, `paused`, `postmigrate`, `inmigrate`,
+    /// ...): after a restart of warren it tells a VM that runs apart from
+    /// one caught in the middle of a pause or resume.
+    async fn run_state(&self) -> Result<String, SnapshotError>;
 
     /// Ends the VM now (SIGKILL to its process group), waits for the process
     /// to be gone, and removes its runtime files (sockets, RAM file, pid

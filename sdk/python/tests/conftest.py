@@ -118,7 +118,8 @@ def server() -> Iterator[Server]:
     log_path = home / "server.log"
     log = open(log_path, "wb")
     process = subprocess.Popen(
-        [str(binary), "up", "--listen", f"127.0.0.1:{port}"],
+        # Tests end with nothing left: sandboxes die with the service.
+        [str(binary), "up", "--listen", f"127.0.0.1:{port}", "--on-shutdown", "kill"],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=log,

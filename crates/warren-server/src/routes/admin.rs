@@ -11,8 +11,8 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::ids::{hash_api_key, key_prefix, new_api_key, new_id};
 use crate::model::{
-    ApiKey, CreateKey, CreatedKey, Event, EventList, EventsQuery, Health, KeyList, Template,
-    TemplateList,
+    ApiKey, CreateKey, CreatedKey, Event, EventList, EventsQuery, Health, KeyList, ReconcileFix,
+    ReconcileReport, Template, TemplateList,
 };
 use crate::state::AppState;
 
@@ -230,6 +230,39 @@ pub async fn list_events(
         .await?;
     Ok(Json(EventList {
         events: rows.iter().map(Event::from).collect(),
+    }))
+}
+
+/// Runs the reconciler now (it also runs periodically): ends orphaned VM
+/// processes, removes orphaned directories and fixes records that disagree
+/// with the host. Admin keys only.
+#[utoipa::path(
+    post, path = "/v1/admin/reconcile", tag = "service",
+    responses(
+        (status = 200, description = "What was fixed", body = ReconcileReport),
+        (status = 401, description = "No or bad API key", body = ErrorBody),
+        (status = 404, description = "Not an admin key", body = ErrorBody),
+        (status = 500, description = "Server failure", body = ErrorBody),
+    )
+)]
+pub async fn reconcile(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<ReconcileReport>> {
+    if !caller.is_admin {
+        return Err(ApiError::not_found("no such endpoint for this key")
+            .hint("use the admin key (in $WARREN_HOME/admin.key)"));
+    }
+    let fixes = state.reconcile().await?;
+    Ok(Json(ReconcileReport {
+        fixes: fixes
+            .into_iter()
+            .map(|f| ReconcileFix {
+                kind: f.kind,
+                id: f.id,
+                detail: f.detail,
+            })
+            .collect(),
     }))
 }
 

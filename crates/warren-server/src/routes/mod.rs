@@ -131,6 +131,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::revoke_key))
         .routes(routes!(admin::list_events))
         .routes(routes!(admin::health))
+        .routes(routes!(admin::reconcile))
         .routes(routes!(admin::metrics))
 }
 

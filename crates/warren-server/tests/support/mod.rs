@@ -43,6 +43,8 @@ impl TestServer {
             max_sandboxes_per_team: max_sandboxes,
             snapshot_merge_cap: warren_sandbox::snapshot::DEFAULT_MERGE_CAP,
             host_name: "test-host".into(),
+            on_shutdown: warren_server::config::ShutdownAction::Kill,
+            reconcile_interval: warren_server::config::DEFAULT_RECONCILE_INTERVAL,
             manager,
         };
         let (url_tx, url_rx) = oneshot::channel();

@@ -134,7 +134,7 @@ impl Vmm for QemuVmm {
             source,
         })?;
         let pid = child.id();
-        let vm = QemuVm::supervise(config, child)?;
+        let vm = QemuVm::supervise(config, pid, Some(child))?;
         let pid_path = vm.config.dir.join(files::PID);
         if let Err(source) = write_atomic(&pid_path, format!("{pid}\n").as_bytes()) {
             let _ = vm.kill().await;
@@ -151,6 +151,127 @@ impl Vmm for QemuVmm {
             }
         }
     }
+
+    async fn attach(&self, mut config: VmConfig) -> Result<Box<dyn Vm>, LaunchError> {
+        config.accel = self.accel;
+        let pid = running_pid(&config.dir, &config.id).ok_or_else(|| LaunchError::NotRunning {
+            id: config.id.clone(),
+            detail: "no live QEMU process with its name was found from its pid file".into(),
+        })?;
+        let vm = QemuVm::supervise(config, pid, None)?;
+        // A QEMU that does not answer its control socket is of no use (it
+        // may hang): the caller decides whether to end it.
+        match vm.connect_qmp().await {
+            Ok(()) => Ok(Box::new(vm)),
+            Err(error) => {
+                vm.detach();
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The pid of the QEMU process of VM `id` whose pid file is in `dir`, if it
+/// still runs. The pid is checked against the process's command line (pids
+/// are reused) and zombies count as gone.
+pub fn running_pid(dir: &Path, id: &str) -> Option<u32> {
+    let pid = std::fs::read_to_string(dir.join(files::PID))
+        .ok()?
+        .trim()
+        .parse::<u32>()
+        .ok()?;
+    let marker = format!("warren-{id}");
+    let ours = process_cmdline(pid)?.contains(&marker);
+    (ours && process_alive(pid)).then_some(pid)
+}
+
+/// The arguments of process `pid` (None if it is gone or unreadable).
+pub fn process_cmdline(pid: u32) -> Option<Vec<String>> {
+    let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    if bytes.is_empty() {
+        return None;
+    }
+    Some(
+        bytes
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+/// Whether `pid` exists and is not a zombie (a process that outlived its
+/// parent is reaped by init, but not every container's init reaps).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name, which may itself
+    // contain parentheses.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// A warren VM process found on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmProcess {
+    /// Its pid.
+    pub pid: u32,
+    /// The VM id from its `-name warren-<id>`.
+    pub id: String,
+    /// Its full command line (joined by spaces), to tell which data
+    /// directory it belongs to.
+    pub cmdline: String,
+}
+
+/// Every live QEMU process on this host that runs a warren VM (any data
+/// directory): the reconciler's view of what really runs.
+pub fn vm_processes() -> Vec<VmProcess> {
+    processes_running(|program| program.contains("qemu-system"))
+        .into_iter()
+        .filter_map(|(pid, args)| {
+            let id = args
+                .windows(2)
+                .find(|w| w[0] == "-name")?
+                .get(1)?
+                .strip_prefix("warren-")?
+                .to_string();
+            Some(VmProcess {
+                pid,
+                id,
+                cmdline: args.join(" "),
+            })
+        })
+        .collect()
+}
+
+/// Live processes (pid, arguments) whose program (first argument) matches
+/// `program`: what really runs, for the reconciler.
+pub fn processes_running(program: impl Fn(&str) -> bool) -> Vec<(u32, Vec<String>)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, process_cmdline(pid)?)))
+        .filter(|(pid, args)| args.first().is_some_and(|a| program(a)) && process_alive(*pid))
+        .collect()
+}
+
+/// Ends a VM process found on the host (its whole process group) and waits
+/// up to a few seconds for it to vanish. Returns whether it is gone.
+pub fn kill_vm_process(pid: u32) -> bool {
+    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    for _ in 0..500 {
+        if !process_alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 /// One QEMU process.
@@ -180,11 +301,12 @@ impl std::fmt::Debug for QemuVm {
 }
 
 impl QemuVm {
-    fn supervise(config: VmConfig, child: Child) -> Result<Self, LaunchError> {
-        let pid = child.id();
+    /// Watches process `pid` (our `child`, or a VM adopted after a restart
+    /// of warren, whose exit status nobody here can collect).
+    fn supervise(config: VmConfig, pid: u32, child: Option<Child>) -> Result<Self, LaunchError> {
         let (exit_tx, exit_rx) = watch::channel(None);
         let exit_tx = Arc::new(exit_tx);
-        let child = Arc::new(Mutex::new(Some(child)));
+        let child = Arc::new(Mutex::new(child));
         let kill_requested = Arc::new(AtomicBool::new(false));
         let pidfd = pidfd_open(pid).map_err(|source| LaunchError::Io {
             path: PathBuf::from(format!("/proc/{pid}")),
@@ -361,6 +483,16 @@ impl Vm for QemuVm {
             stop_ms,
             save_ms: started.elapsed().as_millis() as u64 - stop_ms,
         })
+    }
+
+    async fn run_state(&self) -> Result<String, SnapshotError> {
+        let qmp = self.qmp.get().ok_or(SnapshotError::NoControl)?;
+        let status = qmp.execute("query-status", None).await?;
+        Ok(status
+            .get("status")
+            .and_then(|s| s.as_str())
+            .unwrap_or("unknown")
+            .to_string())
     }
 
     async fn cont(&self) -> Result<(), SnapshotError> {

@@ -1,0 +1,370 @@
+//! Restart recovery end to end: a real `warren up` killed with SIGKILL,
+//! VMs that outlive it and are re-attached, VMs that die while warren is
+//! down, a corrupt sandbox directory, SIGTERM pausing everything and the
+//! sandboxes resuming on demand afterwards.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use warren_client::{Client, CreateSandbox, ExecRequest, SandboxState};
+
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+
+/// One `warren up` process over a data directory that outlives it.
+struct Service {
+    child: Child,
+    home: PathBuf,
+    url: String,
+}
+
+impl Service {
+    fn start(home: &Path, port: u16, extra: &[&str]) -> Self {
+        let cache = std::env::var("WARREN_IMAGE_CACHE")
+            .unwrap_or_else(|_| "/var/lib/warren/test-images".into());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(home.join("service.log"))
+            .unwrap();
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(WARREN)
+            .args(["up", "--listen", &listen, "--reconcile-interval", "1"])
+            .args(extra)
+            .env("WARREN_HOME", home)
+            .env("WARREN_IMAGE_CACHE", cache)
+            .env_remove("WARREN_URL")
+            .env_remove("WARREN_API_KEY")
+            .env_remove("WARREN_DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start warren up");
+        let mut service = Self {
+            child,
+            home: home.to_path_buf(),
+            url: format!("http://{listen}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = service.child.try_wait().unwrap() {
+                panic!("warren up exited ({status}): {}", service.log());
+            }
+            if std::net::TcpStream::connect(&listen).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "warren up did not listen: {}",
+                service.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        service
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join("service.log")).unwrap_or_default()
+    }
+
+    fn client(&self) -> Client {
+        let key = std::fs::read_to_string(self.home.join("admin.key")).unwrap();
+        Client::new(&self.url, key.trim()).unwrap()
+    }
+
+    /// SIGKILL: no shutdown work at all, as in a crash.
+    fn crash(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and waits for the configured shutdown to finish.
+    fn stop(mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "warren up did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pids of QEMU processes whose command line mentions `home`.
+fn vms_of(home: &Path) -> Vec<(u32, String)> {
+    let home = home.to_string_lossy().into_owned();
+    warren_vmm::qemu::vm_processes()
+        .into_iter()
+        .filter(|p| p.cmdline.contains(&home))
+        .map(|p| (p.pid, p.id))
+        .collect()
+}
+
+/// Kills whatever VM of `home` is left (test cleanup, also on panic).
+struct KillVmsOf(PathBuf);
+
+impl Drop for KillVmsOf {
+    fn drop(&mut self) {
+        for (pid, _) in vms_of(&self.0) {
+            warren_vmm::qemu::kill_vm_process(pid);
+        }
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        for line in mounts.lines() {
+            if let Some(point) = line.split_whitespace().nth(1)
+                && point.starts_with(&*self.0.to_string_lossy())
+            {
+                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        for (pid, _) in memfs_of(&self.0) {
+            warren_vmm::qemu::kill_vm_process(pid);
+        }
+    }
+}
+
+fn memfs_of(home: &Path) -> Vec<(u32, String)> {
+    warren_sandbox::memfs::daemons_under(&home.join("sandboxes"))
+}
+
+async fn sh(client: &Client, id: &str, script: &str) -> String {
+    let result = client
+        .exec(
+            id,
+            &ExecRequest {
+                cmd: Some(script.into()),
+                timeout_secs: Some(60),
+                ..ExecRequest::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec {script:?} in {id}: {e}"));
+    assert_eq!(
+        result.exit_code,
+        Some(0),
+        "{script}: {}{}",
+        result.stdout,
+        result.stderr
+    );
+    result.stdout.trim().to_string()
+}
+
+async fn state_of(client: &Client, id: &str) -> SandboxState {
+    client.get_sandbox(id).await.unwrap().state
+}
+
+fn pid_of_vm(home: &Path, id: &str) -> u32 {
+    vms_of(home)
+        .into_iter()
+        .find(|(_, vm)| vm == id)
+        .map(|(pid, _)| pid)
+        .unwrap_or_else(|| panic!("no VM of {id} runs"))
+}
+
+#[test]
+fn sandboxes_survive_crashes_and_restarts_of_warren() {
+    // Short: unix socket paths inside must stay under 108 bytes.
+    let home = tempfile::Builder::new()
+        .prefix("wr-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let home_path = home.path().to_path_buf();
+    let _cleanup = KillVmsOf(home_path.clone());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let create = CreateSandbox {
+        template: Some("tiny".into()),
+        memory_mib: Some(256),
+        timeout_secs: Some(3600),
+        ..CreateSandbox::default()
+    };
+
+    // 1. A runs with a counter process; B is paused with data in RAM.
+    let service = Service::start(&home_path, port, &[]);
+    let client = service.client();
+    let (a, b, boot_id) = runtime.block_on(async {
+        let a = client.create_sandbox(&create).await.unwrap().id;
+        let b = client.create_sandbox(&create).await.unwrap().id;
+        sh(&client, &a, "echo alpha > /root/a.txt").await;
+        sh(
+            &client,
+            &a,
+            "setsid sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' >/dev/null 2>&1 < /dev/null &",
+        )
+        .await;
+        let boot_id = sh(&client, &a, "cat /proc/sys/kernel/random/boot_id").await;
+        sh(&client, &b, "echo beta > /dev/shm/b; echo disk > /root/b.txt").await;
+        client.pause_sandbox(&b).await.unwrap();
+        (a, b, boot_id)
+    });
+    let a_vm = pid_of_vm(&home_path, &a);
+
+    // 2. warren crashes: A's VM keeps running without it.
+    service.crash();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        warren_vmm::qemu::process_alive(a_vm),
+        "A's VM died with warren"
+    );
+
+    // A corrupt sandbox directory and a trash leftover appear meanwhile.
+    let corrupt = home_path.join("sandboxes/sb-corrupt00000");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    std::fs::write(corrupt.join("sandbox.json"), b"{ not json").unwrap();
+    std::fs::create_dir_all(home_path.join("trash/leftover.1")).unwrap();
+    std::fs::write(home_path.join("trash/leftover.1/junk"), b"x").unwrap();
+
+    // 3. The restarted warren re-attaches A (the same VM: same boot id,
+    //    the counter went on) and still has B paused.
+    let service = Service::start(&home_path, port, &[]);
+    let client = service.client();
+    runtime.block_on(async {
+        assert_eq!(state_of(&client, &a).await, SandboxState::Running);
+        assert_eq!(state_of(&client, &b).await, SandboxState::Paused);
+        assert_eq!(
+            sh(&client, &a, "cat /proc/sys/kernel/random/boot_id").await,
+            boot_id,
+            "A was rebooted instead of re-attached"
+        );
+        let first: u64 = sh(&client, &a, "cat /tmp/count").await.parse().unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let second: u64 = sh(&client, &a, "cat /tmp/count").await.parse().unwrap();
+        assert!(second > first, "A's counter stopped: {first} then {second}");
+        assert_eq!(sh(&client, &a, "cat /root/a.txt").await, "alpha");
+        client.resume_sandbox(&b).await.unwrap();
+        assert_eq!(
+            sh(&client, &b, "cat /dev/shm/b /root/b.txt").await,
+            "beta\ndisk"
+        );
+        sh(&client, &b, "echo lost-with-the-vm > /dev/shm/after").await;
+    });
+    assert_eq!(pid_of_vm(&home_path, &a), a_vm);
+    let quarantined: Vec<String> = std::fs::read_dir(home_path.join("quarantine"))
+        .expect("a quarantine directory")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        quarantined
+            .iter()
+            .any(|n| n.starts_with("sb-corrupt00000.")),
+        "{quarantined:?}"
+    );
+    assert!(!corrupt.exists());
+    assert_eq!(
+        std::fs::read_dir(home_path.join("trash")).unwrap().count(),
+        0,
+        "the trash was not swept"
+    );
+
+    // 4. warren crashes again and both VMs die while it is down: A (never
+    //    paused) is lost, B falls back to its snapshot.
+    service.crash();
+    let b_daemons = memfs_of(&home_path);
+    assert_eq!(
+        b_daemons
+            .iter()
+            .map(|(_, id)| id.as_str())
+            .collect::<Vec<_>>(),
+        vec![b.as_str()],
+        "B's memory daemon must outlive warren"
+    );
+    for id in [&a, &b] {
+        warren_vmm::qemu::kill_vm_process(pid_of_vm(&home_path, id));
+    }
+    let service = Service::start(&home_path, port, &[]);
+    let client = service.client();
+    runtime.block_on(async {
+        let a_now = client.get_sandbox(&a).await.unwrap();
+        assert_eq!(a_now.state, SandboxState::Stopped);
+        assert_eq!(state_of(&client, &b).await, SandboxState::Paused);
+        assert!(
+            memfs_of(&home_path).is_empty(),
+            "B's memory daemon was left"
+        );
+        client.resume_sandbox(&b).await.unwrap();
+        assert_eq!(
+            sh(&client, &b, "cat /dev/shm/b /root/b.txt").await,
+            "beta\ndisk"
+        );
+        assert_eq!(
+            sh(
+                &client,
+                &b,
+                "test -e /dev/shm/after && echo present || echo gone"
+            )
+            .await,
+            "gone"
+        );
+        let report = client.reconcile().await.unwrap();
+        assert!(report.fixes.is_empty(), "{:?}", report.fixes);
+    });
+
+    // B's VM dies while warren runs: B falls back to its snapshot too.
+    runtime.block_on(async {
+        sh(&client, &b, "echo lost-again > /dev/shm/after").await;
+        warren_vmm::qemu::kill_vm_process(pid_of_vm(&home_path, &b));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while state_of(&client, &b).await != SandboxState::Paused {
+            assert!(
+                Instant::now() < deadline,
+                "B was not reverted to its snapshot"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        client.resume_sandbox(&b).await.unwrap();
+        assert_eq!(
+            sh(
+                &client,
+                &b,
+                "cat /dev/shm/b; test -e /dev/shm/after || echo gone"
+            )
+            .await,
+            "beta\ngone"
+        );
+    });
+    let dirs: Vec<String> = std::fs::read_dir(home_path.join("sandboxes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs, vec![b.clone()], "only B's directory should remain");
+
+    // 5. SIGTERM pauses B (the default); after the restart any operation
+    //    resumes it.
+    service.stop();
+    assert!(
+        vms_of(&home_path).is_empty(),
+        "a VM outlived a SIGTERM pause"
+    );
+    assert!(memfs_of(&home_path).is_empty());
+    let service = Service::start(&home_path, port, &[]);
+    let client = service.client();
+    runtime.block_on(async {
+        assert_eq!(state_of(&client, &b).await, SandboxState::Paused);
+        assert_eq!(sh(&client, &b, "cat /dev/shm/b").await, "beta");
+        assert_eq!(state_of(&client, &b).await, SandboxState::Running);
+        client.delete_sandbox(&b).await.unwrap();
+    });
+    service.stop();
+    assert!(vms_of(&home_path).is_empty());
+    assert!(
+        std::fs::read_dir(home_path.join("sandboxes"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "a sandbox directory was left"
+    );
+}
