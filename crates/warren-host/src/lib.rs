@@ -287,6 +287,10 @@ impl HostAgent {
         let Some(sandbox) = self.get(id) else {
             return Ok(None);
         };
+        // The VM ends midway (the exit watcher then unregisters it) while
+        // the snapshot is still being committed: busy keeps the reconciler
+        // from taking the directory for an orphan.
+        let _busy = self.manager.mark_busy(id);
         let result = sandbox.pause(options).await;
         let unregister = match &result {
             Ok(_) => true,
