@@ -1,6 +1,7 @@
 //! `warren`: sandboxes for AI agents, as real Linux microVMs.
 
 mod bench;
+mod bench_faults;
 mod bench_snapshot;
 mod cp;
 mod exec;
@@ -161,6 +162,10 @@ enum BenchCommand {
     /// Pause (full and diff), resume at several memory sizes vs plain QEMU
     /// restoring the same snapshot, clones, idle memory of clones.
     Snapshot(bench_snapshot::SnapshotBenchArgs),
+    /// Fault injection: kills warren and VMs in the middle of operations
+    /// and checks that nothing acknowledged is lost or left behind; exits
+    /// non-zero on any violation.
+    Faults(bench_faults::FaultsBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -296,6 +301,9 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(0)
         }
+        Commands::Bench {
+            command: BenchCommand::Faults(args),
+        } => bench_faults::faults(config, &cli.accel, args).await,
         Commands::Bench {
             command: BenchCommand::Api(args),
         } => {

@@ -276,9 +276,10 @@ impl HostAgent {
         }
     }
 
-    /// Pauses a live sandbox to disk. A failure that leaves it running
-    /// keeps it registered; any other outcome unregisters it (it is paused,
-    /// at the new or the previous snapshot, or lost).
+    /// Pauses a live sandbox to disk. Success, or a failure after the VM
+    /// was released (paused at the previous snapshot, or lost), unregisters
+    /// it; a failure that leaves it running keeps it registered, and one
+    /// where the VM died on its own is left to the exit watcher.
     pub async fn pause(
         &self,
         id: &str,
@@ -292,9 +293,11 @@ impl HostAgent {
         // from taking the directory for an orphan.
         let _busy = self.manager.mark_busy(id);
         let result = sandbox.pause(options).await;
+        // A VM that ended by itself midway is left to the exit watcher,
+        // which falls back to the last snapshot and reports the exit.
         let unregister = match &result {
             Ok(_) => true,
-            Err(error) => !error.still_running(),
+            Err(error) => matches!(error, PauseError::Committed { .. }),
         };
         if unregister {
             self.live.write().expect("registry lock").remove(id);

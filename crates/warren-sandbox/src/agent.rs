@@ -37,6 +37,10 @@ pub(crate) struct SandboxShared {
     /// Set when the sandbox was paused: this handle's VM is gone, the
     /// sandbox lives on as a snapshot.
     pub paused: AtomicBool,
+    /// Transfers in flight hold it shared; a pause takes it exclusively
+    /// (waiting a bounded time), so a download is not cut midway and no
+    /// new one starts while the pause runs.
+    pub transfers: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl SandboxShared {

@@ -93,6 +93,12 @@ pub enum Unavailable {
         /// Sandbox id.
         id: String,
     },
+    /// A pause is under way: it will be paused in a moment.
+    #[error("sandbox {id} is being paused")]
+    Pausing {
+        /// Sandbox id.
+        id: String,
+    },
     /// It was destroyed through this handle.
     #[error("sandbox {id} was destroyed")]
     Destroyed {

@@ -33,7 +33,7 @@ pub use exec::{
 };
 pub use files::{FileInfo, FileType, TransferProgress, WriteOptions};
 pub use manager::{Manager, ManagerConfig, SandboxMeta};
-pub use sandbox::{GuestInfo, Sandbox};
+pub use sandbox::{GuestInfo, PauseHold, Sandbox};
 pub use snapshot::{
     PauseError, PauseOptions, PauseReport, ResumeReport, SnapshotOpError, TemplateMeta,
 };

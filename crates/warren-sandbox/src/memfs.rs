@@ -288,7 +288,9 @@ impl MemFs {
     }
 
     /// Unmounts (the VM must be gone) and waits for the daemon's report of
-    /// the blocks written since it started.
+    /// the blocks written since it started. The report file stays until the
+    /// caller has committed what it describes: a crash before that commit
+    /// can still finish it from the file.
     pub fn finish(mut self) -> Result<DirtyReport, MemFsError> {
         if let Err(source) = nix::mount::umount2(&self.mount, nix::mount::MntFlags::empty())
             && source != nix::errno::Errno::EINVAL
@@ -330,7 +332,9 @@ impl MemFs {
                 log: self.log_tail(),
             }),
         };
-        let _ = std::fs::remove_file(&report_path);
+        if result.is_err() {
+            let _ = std::fs::remove_file(&report_path);
+        }
         let _ = std::fs::remove_dir(&self.mount);
         let _ = std::fs::remove_file(&self.log);
         result

@@ -365,6 +365,30 @@ impl Manager {
                     continue;
                 }
             };
+            let mut header = header;
+            if dir.join(crate::snapshot::PENDING_PAUSE_FILE).exists() {
+                // A pause was cut off after its device state and RAM were
+                // durable: finish it (the VM, if it still runs, is stopped
+                // and its state already saved).
+                if let Some(pid) = warren_vmm::qemu::running_pid(&dir, &name) {
+                    warren_vmm::qemu::kill_vm_process(pid);
+                }
+                let (dir2, meta2, previous) = (dir.clone(), (*meta).clone(), header.clone());
+                let finished = tokio::task::spawn_blocking(move || {
+                    crate::snapshot::finish_interrupted_pause(&dir2, &meta2, previous)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("finishing the pause panicked: {e}")));
+                match finished {
+                    Ok(committed) => {
+                        tracing::info!(id = %name, "completed a pause that the restart cut off");
+                        header = Some(committed);
+                    }
+                    Err(error) => {
+                        tracing::warn!(id = %name, %error, "a pause cut off by the restart cannot be completed; the sandbox keeps its previous snapshot, if any");
+                    }
+                }
+            }
             if warren_vmm::qemu::running_pid(&dir, &name).is_some() {
                 match self.reattach(&name, &dir, &meta, header.as_ref()).await {
                     Ok(sandbox) => {

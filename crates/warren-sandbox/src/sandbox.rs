@@ -55,6 +55,11 @@ impl From<pb::InfoResponse> for GuestInfo {
     }
 }
 
+/// Held by a transfer in flight: a pause waits for it (up to
+/// [`PauseOptions::drain`](crate::PauseOptions::drain)) before stopping the VM.
+#[derive(Debug)]
+pub struct PauseHold(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>);
+
 /// A running sandbox.
 ///
 /// Dropping it without [`Sandbox::destroy`] still kills the VM and removes
@@ -100,6 +105,7 @@ impl Sandbox {
             exit: vm.exit_watch(),
             destroyed: std::sync::atomic::AtomicBool::new(false),
             paused: std::sync::atomic::AtomicBool::new(false),
+            transfers: Arc::default(),
         });
         Self {
             shared,
@@ -151,6 +157,24 @@ impl Sandbox {
             .expect("memfs lock")
             .as_ref()
             .and_then(|m| m.pid())
+    }
+
+    /// Keeps a pause from starting until the returned hold is dropped (a
+    /// pause waits a bounded time for holds, then goes ahead). For
+    /// transfers whose answer has already begun when they are streamed, so
+    /// a pause cannot cut them midway. Refused while a pause runs.
+    pub fn hold_off_pause(&self) -> Result<PauseHold, crate::error::Unavailable> {
+        if let Some(unavailable) = self.shared.unavailable() {
+            return Err(unavailable);
+        }
+        self.shared
+            .transfers
+            .clone()
+            .try_read_owned()
+            .map(PauseHold)
+            .map_err(|_| crate::error::Unavailable::Pausing {
+                id: self.shared.id.clone(),
+            })
     }
 
     pub(crate) fn shared(&self) -> &SandboxShared {

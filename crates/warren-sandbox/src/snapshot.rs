@@ -13,11 +13,16 @@
 //! | `state.<g>` | QEMU device state saved at generation `g` |
 //! | `disk.g<g>.qcow2` | the disk layer frozen at generation `g` |
 //!
+//! | `PAUSE-PENDING` | a pause whose material is complete but not yet committed |
+//!
 //! Only `SNAPSHOT` decides what a paused sandbox is; it is replaced
 //! atomically as the last step of a pause, so a pause (or merge) that dies at
 //! any point leaves the previous snapshot as it was. Files it does not
 //! reference are garbage from an interrupted operation and are removed by the
-//! next one.
+//! next one. One exception keeps acknowledged work: once the device state and
+//! the RAM are durable, `PAUSE-PENDING` is written before the VM is ended, and
+//! a restarted warren that finds it completes the commit
+//! ([`finish_interrupted_pause`]) instead of falling back.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -46,6 +51,9 @@ pub struct PauseOptions {
     pub merge_cap: usize,
     /// Bound on each step that waits for the guest or QEMU.
     pub timeout: Duration,
+    /// How long to wait for transfers in flight ([`Sandbox::hold_off_pause`])
+    /// to end before pausing anyway (and cutting them).
+    pub drain: Duration,
 }
 
 impl Default for PauseOptions {
@@ -53,6 +61,7 @@ impl Default for PauseOptions {
         Self {
             merge_cap: DEFAULT_MERGE_CAP,
             timeout: Duration::from_secs(60),
+            drain: Duration::from_secs(30),
         }
     }
 }
@@ -102,6 +111,18 @@ pub enum PauseError {
         /// The disk holding the data directory is full.
         no_space: bool,
     },
+    /// The VM ended on its own (killed, crashed) before the pause had
+    /// everything it needed: the sandbox falls back to its previous
+    /// snapshot if it has one, else it is lost.
+    #[error("pausing sandbox {id} failed because its VM ended during the pause ({detail}); {}", if *previous_kept { "it falls back to its previous snapshot" } else { "it had no earlier snapshot and is lost" })]
+    VmEnded {
+        /// Sandbox id.
+        id: String,
+        /// What failed when the VM went away.
+        detail: String,
+        /// Whether an earlier snapshot remains resumable.
+        previous_kept: bool,
+    },
     /// The VM was released but the new snapshot could not be committed: the
     /// sandbox is paused at its previous snapshot (what ran since the last
     /// resume is lost), or lost if it had none.
@@ -130,7 +151,7 @@ impl PauseError {
             PauseError::StillRunning { no_space, .. } | PauseError::Committed { no_space, .. } => {
                 *no_space
             }
-            PauseError::Unavailable(_) => false,
+            PauseError::Unavailable(_) | PauseError::VmEnded { .. } => false,
         }
     }
 }
@@ -330,23 +351,45 @@ impl Sandbox {
         let started = Instant::now();
         let id = self.id().to_string();
         let dir = self.dir().to_path_buf();
-        let still_running = |detail: String, no_space: bool| PauseError::StillRunning {
-            id: id.clone(),
-            detail,
-            no_space,
+        let vm = self.vm();
+        // No new transfer starts from here; the ones in flight may finish.
+        let transfers = self.shared().transfers.clone();
+        let _drained = match tokio::time::timeout(options.drain, transfers.write_owned()).await {
+            Ok(guard) => Some(guard),
+            Err(_) => {
+                tracing::warn!(%id, drain = ?options.drain, "transfers still running; pausing anyway");
+                None
+            }
+        };
+        // A step failed while the VM should still exist: it runs on, unless
+        // it is the VM that went away (then the exit watcher takes over).
+        let failed = |detail: String, no_space: bool| {
+            if vm.exit().is_some() || !warren_vmm::qemu::process_alive(vm.pid()) {
+                PauseError::VmEnded {
+                    id: id.clone(),
+                    detail,
+                    previous_kept: dir.join(HEADER_FILE).exists(),
+                }
+            } else {
+                PauseError::StillRunning {
+                    id: id.clone(),
+                    detail,
+                    no_space,
+                }
+            }
         };
 
         // 1. The guest writes its dirty filesystem data to the disk layer.
         match tokio::time::timeout(options.timeout, self.sync_filesystems(false)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                return Err(still_running(
+                return Err(failed(
                     format!("the guest could not flush its filesystems: {error}"),
                     false,
                 ));
             }
             Err(_) => {
-                return Err(still_running(
+                return Err(failed(
                     format!(
                         "the guest did not flush its filesystems within {:?}",
                         options.timeout
@@ -360,7 +403,7 @@ impl Sandbox {
             blocking(move || read_existing_header(&dir)).await
         }
         .map_err(|detail| {
-            still_running(
+            failed(
                 format!("its previous snapshot is unreadable: {detail}"),
                 false,
             )
@@ -372,7 +415,6 @@ impl Sandbox {
         // 2. Stop the vCPUs and save the device state.
         let state_name = format!("state.{generation}");
         let state_path = dir.join(&state_name);
-        let vm = self.vm();
         let saved = match vm.save_device_state(&state_path, options.timeout).await {
             Ok(saved) => saved,
             Err(error) => {
@@ -384,21 +426,36 @@ impl Sandbox {
                     detail.push_str(&format!(" (and restarting its vCPUs failed: {cont})"));
                 }
                 let no_space = text_says_no_space(&text) || nearly_full(&dir);
-                return Err(still_running(detail, no_space));
+                return Err(failed(detail, no_space));
             }
         };
 
-        // 3. Make guest RAM durable while the VM can still be continued.
+        // 3. Make guest RAM durable while the VM can still be continued,
+        //    then record that everything a commit needs is on disk: from
+        //    here a restart completes this pause instead of dropping it.
         let flushed = match self.memfs_handle().lock().expect("memfs lock").as_ref() {
             Some(memfs) => memfs.flush(),
             None => std::fs::File::open(dir.join(warren_vmm::config::files::MEMORY))
                 .and_then(|f| f.sync_all()),
-        };
-        if let Err(error) = flushed {
+        }
+        .map_err(|error| ("writing guest memory to disk failed", error))
+        .and_then(|()| {
+            let pending = PendingPause {
+                generation,
+                state: state_name.clone(),
+                merge_cap: options.merge_cap.max(1),
+            };
+            warren_vmm::qemu::write_atomic(
+                &dir.join(PENDING_PAUSE_FILE),
+                &serde_json::to_vec(&pending).expect("pending pause serializes"),
+            )
+            .map_err(|error| ("recording the pause failed", error))
+        });
+        if let Err((what, error)) = flushed {
             let _ = std::fs::remove_file(&state_path);
             let _ = vm.cont().await;
-            return Err(still_running(
-                format!("writing guest memory to disk failed: {error}"),
+            return Err(failed(
+                format!("{what}: {error}"),
                 is_no_space(&error) || nearly_full(&dir),
             ));
         }
@@ -410,38 +467,38 @@ impl Sandbox {
         if let Err(error) = vm.kill().await {
             tracing::warn!(%id, %error, "ending the paused VM failed");
         }
-        let memfs = self.memfs_handle().lock().expect("memfs lock").take();
-        let previous_kept = previous.is_some();
-        let committed = |detail: String, no_space: bool| PauseError::Committed {
-            id: id.clone(),
-            detail,
-            previous_kept,
-            no_space,
+        let ram = match self.memfs_handle().lock().expect("memfs lock").take() {
+            Some(memfs) => RamSource::Daemon(memfs),
+            None => RamSource::Full,
         };
-        let memory_bytes = u64::from(self.spec().memory_mib) << 20;
-        let vcpus = self.spec().vcpus;
-        let memory_mib = self.spec().memory_mib;
-        let merge_cap = options.merge_cap.max(1);
-        let dir2 = dir.clone();
-        let outcome = blocking(move || {
-            commit_pause(CommitPause {
-                dir: dir2,
-                previous,
-                generation,
-                memfs,
-                memory_bytes,
-                state_name,
-                vcpus,
-                memory_mib,
-                merge_cap,
-            })
-        })
-        .await;
+        let previous_kept = previous.is_some();
+        let job = CommitPause {
+            dir: dir.clone(),
+            previous,
+            generation,
+            ram,
+            memory_bytes: u64::from(self.spec().memory_mib) << 20,
+            state_name,
+            vcpus: self.spec().vcpus,
+            memory_mib: self.spec().memory_mib,
+            merge_cap: options.merge_cap.max(1),
+        };
+        let outcome = blocking(move || commit_pause(job)).await;
         let (header, full, merged, written) = match outcome {
             Ok(done) => done,
             Err((detail, no_space)) => {
+                // The previous snapshot stands; this pause's files go.
+                let work = dir.join(format!("mem.{generation}.work"));
+                let _ = std::fs::remove_file(warren_snapshot::dirty_report_path(&work));
+                let _ = std::fs::remove_file(&work);
                 let _ = std::fs::remove_file(&state_path);
-                return Err(committed(detail, no_space));
+                let _ = std::fs::remove_file(dir.join(PENDING_PAUSE_FILE));
+                return Err(PauseError::Committed {
+                    id,
+                    detail,
+                    previous_kept,
+                    no_space,
+                });
             }
         };
         Ok(PauseReport {
@@ -454,6 +511,88 @@ impl Sandbox {
             duration_ms: started.elapsed().as_millis() as u64,
         })
     }
+}
+
+/// Names a pause whose device state and RAM are durable but whose
+/// `SNAPSHOT` is not yet written (the VM is being, or has been, ended).
+pub(crate) const PENDING_PAUSE_FILE: &str = "PAUSE-PENDING";
+
+/// The content of [`PENDING_PAUSE_FILE`]: what a restarted warren needs to
+/// finish the commit.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct PendingPause {
+    /// The generation being written.
+    generation: u32,
+    /// Its device state file.
+    state: String,
+    /// The merge cap the pause ran with.
+    merge_cap: usize,
+}
+
+/// Reads `dir`'s pending-pause record, if there is a readable one.
+pub(crate) fn pending_pause(dir: &Path) -> Option<PendingPause> {
+    let bytes = std::fs::read(dir.join(PENDING_PAUSE_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Completes a pause that a crash of warren cut off after its material was
+/// durable ([`PENDING_PAUSE_FILE`] exists) but before `SNAPSHOT` named it.
+/// The VM must be gone. Returns the committed header; an error means the
+/// material is not all there and the previous snapshot (if any) stands.
+/// The pending record is removed either way.
+pub(crate) fn finish_interrupted_pause(
+    dir: &Path,
+    meta: &SandboxMeta,
+    previous: Option<SnapshotHeader>,
+) -> Result<SnapshotHeader, String> {
+    let result = (|| {
+        let pending = pending_pause(dir).ok_or("its pause record is unreadable")?;
+        if let Some(header) = &previous {
+            if header.device_state == pending.state {
+                // Committed already; only the record was left.
+                return Ok(header.clone());
+            }
+            if header.next_generation_id() != pending.generation {
+                return Err(format!(
+                    "the pause record names generation {} but the snapshot expects {}",
+                    pending.generation,
+                    header.next_generation_id()
+                ));
+            }
+        } else if pending.generation != 0 {
+            return Err("the pause record names a diff but there is no snapshot".into());
+        }
+        if !dir.join(&pending.state).is_file() {
+            return Err(format!("its device state {} is missing", pending.state));
+        }
+        let ram = match previous {
+            None => RamSource::Full,
+            Some(_) => {
+                let work = dir.join(format!("mem.{}.work", pending.generation));
+                match MemFs::adopt(&dir.join("memfs"), &work) {
+                    Some(memfs) => RamSource::Daemon(memfs),
+                    None => RamSource::Report,
+                }
+            }
+        };
+        let memory_bytes = u64::from(meta.spec.memory_mib) << 20;
+        commit_pause(CommitPause {
+            dir: dir.to_path_buf(),
+            previous,
+            generation: pending.generation,
+            ram,
+            memory_bytes,
+            state_name: pending.state,
+            vcpus: meta.spec.vcpus,
+            memory_mib: meta.spec.memory_mib,
+            merge_cap: pending.merge_cap,
+        })
+        .map(|(header, ..)| header)
+        .map_err(|(detail, _)| detail)
+    })();
+    let _ = std::fs::remove_file(dir.join(PENDING_PAUSE_FILE));
+    let _ = fsync_dir(dir);
+    result
 }
 
 impl Sandbox {
@@ -490,11 +629,23 @@ fn read_existing_header(dir: &Path) -> Result<Option<SnapshotHeader>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Where a pause's RAM comes from.
+enum RamSource {
+    /// A cold-booted VM's `memory` file (or, when an interrupted commit is
+    /// finished, the `mem.<g>` it was already renamed to): a full generation.
+    Full,
+    /// The memory daemon of a resumed VM: its report of dirtied blocks.
+    Daemon(MemFs),
+    /// The report the daemon left next to the work file when it ended
+    /// (it is gone; a crash came between its end and the commit).
+    Report,
+}
+
 struct CommitPause {
     dir: PathBuf,
     previous: Option<SnapshotHeader>,
     generation: u32,
-    memfs: Option<MemFs>,
+    ram: RamSource,
     memory_bytes: u64,
     state_name: String,
     vcpus: u32,
@@ -510,7 +661,7 @@ fn commit_pause(job: CommitPause) -> Result<(SnapshotHeader, bool, bool, u64), (
         dir,
         previous,
         generation,
-        memfs,
+        ram,
         memory_bytes,
         state_name,
         vcpus,
@@ -524,14 +675,37 @@ fn commit_pause(job: CommitPause) -> Result<(SnapshotHeader, bool, bool, u64), (
         (e.to_string(), no_space)
     };
     let io = |what: &str, e: std::io::Error| (format!("{what}: {e}"), is_no_space(&e));
+    // A step repeated after a crash finds its output where its input was:
+    // each rename below is skipped when only the target exists.
+    let keep = |from: &Path, what: &str| -> Result<(), (String, bool)> {
+        match std::fs::rename(from, &mem_path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && mem_path.is_file() => Ok(()),
+            Err(e) => Err(io(what, e)),
+        }
+    };
 
     // 5. Memory.
-    let (map, full) = match (memfs, &previous) {
-        (Some(memfs), Some(previous)) => {
-            let work = dir.join(format!("mem.{generation}.work"));
-            let report = memfs.finish().map_err(|e| (e.to_string(), false))?;
+    let work = dir.join(format!("mem.{generation}.work"));
+    let report_path = warren_snapshot::dirty_report_path(&work);
+    let (map, full) = match (ram, &previous) {
+        (RamSource::Full, None) => {
+            let ram = dir.join(warren_vmm::config::files::MEMORY);
+            let source = if ram.exists() { &ram } else { &mem_path };
+            let map =
+                warren_snapshot::full_generation(source, memory_bytes, generation).map_err(op)?;
+            keep(&ram, "keeping the memory file")?;
+            (map, true)
+        }
+        (ram @ (RamSource::Daemon(_) | RamSource::Report), Some(previous)) => {
+            let report = match ram {
+                RamSource::Daemon(memfs) => memfs.finish().map_err(|e| (e.to_string(), false))?,
+                _ => warren_snapshot::read_dirty_report(&report_path)
+                    .map_err(|e| (format!("its memory daemon is gone: {e}"), false))?,
+            };
             if report.write_errors > 0 {
                 let _ = std::fs::remove_file(&work);
+                let _ = std::fs::remove_file(&report_path);
                 return Err((
                     format!(
                         "{} block(s) of guest memory could not be written: {}",
@@ -543,17 +717,13 @@ fn commit_pause(job: CommitPause) -> Result<(SnapshotHeader, bool, bool, u64), (
             }
             let map =
                 warren_snapshot::apply_dirty(&previous.map, &report, generation).map_err(op)?;
-            std::fs::rename(&work, &mem_path).map_err(|e| io("keeping the memory diff", e))?;
+            keep(&work, "keeping the memory diff")?;
             (map, false)
         }
-        (None, _) => {
-            let ram = dir.join(warren_vmm::config::files::MEMORY);
-            let map =
-                warren_snapshot::full_generation(&ram, memory_bytes, generation).map_err(op)?;
-            std::fs::rename(&ram, &mem_path).map_err(|e| io("keeping the memory file", e))?;
-            (map, true)
+        (RamSource::Full, Some(_)) => {
+            return Err(("a resumed sandbox's RAM has no memory daemon".into(), false));
         }
-        (Some(_), None) => {
+        (_, None) => {
             return Err(("a resumed sandbox has no previous snapshot".into(), false));
         }
     };
@@ -637,6 +807,8 @@ fn commit_pause(job: CommitPause) -> Result<(SnapshotHeader, bool, bool, u64), (
     })?;
 
     // 8. Garbage: files the committed header does not reference.
+    let _ = std::fs::remove_file(dir.join(PENDING_PAUSE_FILE));
+    let _ = std::fs::remove_file(&report_path);
     let _ = std::fs::remove_file(dir.join(DISK_OVERLAY));
     remove_unreferenced(&dir, &header, &chain_meta.disk_layers);
     // The file this pause wrote: the new generation, or the merged one. A
@@ -1229,4 +1401,166 @@ pub fn dir_allocated_bytes(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use warren_snapshot::{BLOCK_SIZE, BlockSource, DirtyReport};
+
+    use super::*;
+
+    const MIB: u32 = 4;
+
+    fn meta() -> SandboxMeta {
+        SandboxMeta {
+            id: "sb-test".into(),
+            spec: SandboxSpec {
+                memory_mib: MIB,
+                ..SandboxSpec::default()
+            },
+            image_key: "key".into(),
+            created_unix_ms: 0,
+            owner_pid: 1,
+            ephemeral: false,
+            kernel: PathBuf::new(),
+            initramfs: PathBuf::new(),
+            base_disk: PathBuf::new(),
+            base_disk_format: "raw".into(),
+            template: None,
+        }
+    }
+
+    fn block_of(dir: &Path, header: &SnapshotHeader, block: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; BLOCK_SIZE as usize];
+        if let Some(BlockSource::Gen(g)) = header.map.lookup(block) {
+            let file = &header.generations.iter().find(|x| x.id == g).unwrap().file;
+            let f = std::fs::File::open(header.resolve(dir, file)).unwrap();
+            f.read_exact_at(&mut buf, block * BLOCK_SIZE).unwrap();
+        }
+        buf
+    }
+
+    /// The files a first pause leaves once its RAM and state are durable:
+    /// RAM with two marked blocks, a device state, a disk layer, the record.
+    fn interrupted_first_pause(dir: &Path) {
+        let ram = std::fs::File::create(dir.join(warren_vmm::config::files::MEMORY)).unwrap();
+        ram.set_len(u64::from(MIB) << 20).unwrap();
+        ram.write_all_at(&[7u8; 4096], 3 * BLOCK_SIZE).unwrap();
+        ram.write_all_at(&[9u8; 4096], 200 * BLOCK_SIZE).unwrap();
+        std::fs::write(dir.join("state.0"), b"device state").unwrap();
+        std::fs::write(dir.join(DISK_OVERLAY), b"disk layer").unwrap();
+        let pending = PendingPause {
+            generation: 0,
+            state: "state.0".into(),
+            merge_cap: 10,
+        };
+        std::fs::write(
+            dir.join(PENDING_PAUSE_FILE),
+            serde_json::to_vec(&pending).unwrap(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_first_pause_cut_off_after_its_ram_was_durable_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        interrupted_first_pause(dir.path());
+        let header = finish_interrupted_pause(dir.path(), &meta(), None).unwrap();
+        assert_eq!(header.device_state, "state.0");
+        assert_eq!(read_existing_header(dir.path()).unwrap().unwrap(), header);
+        assert_eq!(block_of(dir.path(), &header, 3), vec![7u8; 4096]);
+        assert_eq!(block_of(dir.path(), &header, 200), vec![9u8; 4096]);
+        assert_eq!(block_of(dir.path(), &header, 4), vec![0u8; 4096]);
+        assert!(!dir.path().join(PENDING_PAUSE_FILE).exists());
+        assert!(dir.path().join(&header.disk).exists());
+    }
+
+    #[test]
+    fn a_commit_cut_off_after_the_ram_rename_is_finished_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        interrupted_first_pause(dir.path());
+        // The crash came after `memory` became `mem.0`.
+        std::fs::rename(
+            dir.path().join(warren_vmm::config::files::MEMORY),
+            dir.path().join("mem.0"),
+        )
+        .unwrap();
+        let header = finish_interrupted_pause(dir.path(), &meta(), None).unwrap();
+        assert_eq!(block_of(dir.path(), &header, 200), vec![9u8; 4096]);
+    }
+
+    #[test]
+    fn a_diff_pause_whose_daemon_ended_is_committed_from_its_report() {
+        let dir = tempfile::tempdir().unwrap();
+        interrupted_first_pause(dir.path());
+        let first = finish_interrupted_pause(dir.path(), &meta(), None).unwrap();
+        // A resumed run rewrote block 3 and zeroed block 200, then the
+        // daemon wrote its report and warren died before the commit.
+        let work = dir.path().join("mem.1.work");
+        let file = std::fs::File::create(&work).unwrap();
+        file.set_len(u64::from(MIB) << 20).unwrap();
+        file.write_all_at(&[5u8; 4096], 3 * BLOCK_SIZE).unwrap();
+        let report = DirtyReport {
+            data_runs: vec![(3, 1)],
+            zero_runs: vec![(200, 1)],
+            ..DirtyReport::default()
+        };
+        warren_snapshot::write_dirty_report(&warren_snapshot::dirty_report_path(&work), &report)
+            .unwrap();
+        std::fs::write(dir.path().join("state.1"), b"device state 1").unwrap();
+        std::fs::write(dir.path().join(DISK_OVERLAY), b"disk layer 1").unwrap();
+        let pending = PendingPause {
+            generation: 1,
+            state: "state.1".into(),
+            merge_cap: 10,
+        };
+        std::fs::write(
+            dir.path().join(PENDING_PAUSE_FILE),
+            serde_json::to_vec(&pending).unwrap(),
+        )
+        .unwrap();
+
+        let header = finish_interrupted_pause(dir.path(), &meta(), Some(first)).unwrap();
+        assert_eq!(header.device_state, "state.1");
+        assert_eq!(block_of(dir.path(), &header, 3), vec![5u8; 4096]);
+        assert_eq!(block_of(dir.path(), &header, 200), vec![0u8; 4096]);
+        assert!(!warren_snapshot::dirty_report_path(&work).exists());
+        assert!(!dir.path().join(PENDING_PAUSE_FILE).exists());
+    }
+
+    #[test]
+    fn a_pause_without_its_memory_is_not_committed_and_the_old_snapshot_stands() {
+        let dir = tempfile::tempdir().unwrap();
+        interrupted_first_pause(dir.path());
+        let first = finish_interrupted_pause(dir.path(), &meta(), None).unwrap();
+        std::fs::write(dir.path().join("state.1"), b"device state 1").unwrap();
+        let pending = PendingPause {
+            generation: 1,
+            state: "state.1".into(),
+            merge_cap: 10,
+        };
+        std::fs::write(
+            dir.path().join(PENDING_PAUSE_FILE),
+            serde_json::to_vec(&pending).unwrap(),
+        )
+        .unwrap();
+        let error = finish_interrupted_pause(dir.path(), &meta(), Some(first.clone())).unwrap_err();
+        assert!(error.contains("memory daemon is gone"), "{error}");
+        assert_eq!(read_existing_header(dir.path()).unwrap().unwrap(), first);
+        assert!(!dir.path().join(PENDING_PAUSE_FILE).exists());
+    }
+
+    #[test]
+    fn a_record_left_after_the_commit_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        interrupted_first_pause(dir.path());
+        let pending = std::fs::read(dir.path().join(PENDING_PAUSE_FILE)).unwrap();
+        let header = finish_interrupted_pause(dir.path(), &meta(), None).unwrap();
+        std::fs::write(dir.path().join(PENDING_PAUSE_FILE), pending).unwrap();
+        let again = finish_interrupted_pause(dir.path(), &meta(), Some(header.clone())).unwrap();
+        assert_eq!(again, header);
+        assert!(!dir.path().join(PENDING_PAUSE_FILE).exists());
+    }
 }

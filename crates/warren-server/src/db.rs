@@ -358,6 +358,16 @@ impl Db {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Every team's snapshot templates (the reconciler compares them with
+    /// the template directories on the host).
+    pub async fn snapshot_templates(&self) -> Result<Vec<TemplateRow>, sqlx::Error> {
+        sqlx::query_as::<_, TemplateRow>(&format!(
+            "SELECT {TEMPLATE_COLUMNS} FROM templates WHERE kind = 'snapshot' ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// Whether any team has a template with this id.
     pub async fn template_id_taken(&self, id: &str) -> Result<bool, sqlx::Error> {
         let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM templates WHERE id = $1")

@@ -144,8 +144,18 @@ impl From<PathRejection> for ApiError {
 
 impl From<Unavailable> for ApiError {
     fn from(error: Unavailable) -> Self {
-        ApiError::conflict(error.to_string())
-            .hint("the sandbox is no longer running; create a new one")
+        let hint = match &error {
+            Unavailable::Paused { .. } | Unavailable::Pausing { .. } => {
+                "the sandbox is paused (or being paused): resume it, then retry"
+            }
+            Unavailable::VmExited { .. } => {
+                "get the sandbox again in a moment: it is paused at its last snapshot if it had one, else stopped"
+            }
+            Unavailable::Destroyed { .. } | Unavailable::Channel { .. } => {
+                "the sandbox is no longer running; create a new one"
+            }
+        };
+        ApiError::conflict(error.to_string()).hint(hint)
     }
 }
 

@@ -46,6 +46,9 @@ impl From<PauseError> for ApiError {
         }
         match error {
             PauseError::Unavailable(unavailable) => unavailable.into(),
+            PauseError::VmEnded { .. } => ApiError::conflict(error.to_string()).hint(
+                "get the sandbox again in a moment: it is paused at its last snapshot if it had one, else stopped",
+            ),
             other => ApiError::internal(other.to_string()),
         }
     }
@@ -59,6 +62,12 @@ impl From<HostResumeError> for ApiError {
             HostResumeError::Snapshot(error) => error.into(),
         }
     }
+}
+
+/// The lock serializing creation, deletion and reconciliation of one
+/// snapshot template.
+pub(crate) fn template_lock_key(name: &str) -> String {
+    format!("template:{name}")
 }
 
 impl AppState {
@@ -119,7 +128,7 @@ impl AppState {
                 .hint("get the sandbox again in a moment: it is paused at its last snapshot if it had one, else stopped")),
             Err(error) => {
                 match &error {
-                    PauseError::StillRunning { .. } => {}
+                    PauseError::StillRunning { .. } | PauseError::VmEnded { .. } => {}
                     PauseError::Committed { previous_kept, .. } => {
                         if *previous_kept {
                             self.db.set_state(id, "paused", None).await?;
@@ -241,6 +250,10 @@ impl AppState {
                     .hint("pick another name, or delete the snapshot first"),
             );
         }
+        // Held until the record is written: the reconciler takes template
+        // files no record claims for leftovers of an interrupted creation.
+        let template_lock = self.lock_for(&template_lock_key(name));
+        let _template_guard = template_lock.lock().await;
         let was_running = row.state == "running";
         if was_running {
             self.pause_locked(&row, &caller.key_id).await?;
@@ -330,7 +343,7 @@ impl AppState {
     /// Deletes a snapshot template; 409 while sandboxes use it.
     pub async fn delete_snapshot(&self, caller: &Caller, name: &str) -> ApiResult<()> {
         let row = self.snapshot_row(caller, name).await?;
-        let lock = self.lock_for(&format!("template:{name}"));
+        let lock = self.lock_for(&template_lock_key(name));
         let _guard = lock.lock().await;
         let users = self.db.template_users(&row.id).await?;
         if !users.is_empty() {
@@ -341,13 +354,18 @@ impl AppState {
             ))
             .hint("delete the sandboxes created from it first"));
         }
-        match self.host.manager().delete_template(name) {
-            Ok(()) | Err(SnapshotOpError::NoTemplate(_)) => {}
-            Err(error) => return Err(error.into()),
-        }
+        // The record goes first: a crash before the files are gone leaves
+        // files no record claims, which the reconciler removes; the other
+        // order would leave a listed snapshot without files.
         self.db
             .delete_snapshot_template(&caller.team_id, name)
             .await?;
+        match self.host.manager().delete_template(name) {
+            Ok(()) | Err(SnapshotOpError::NoTemplate(_)) => {}
+            Err(error) => {
+                tracing::warn!(name, %error, "removing a deleted snapshot's files failed; the reconciler retries");
+            }
+        }
         self.event(
             &caller.team_id,
             None,

@@ -582,6 +582,8 @@ impl AppState {
             }
         }
 
+        fixes.extend(self.reconcile_templates().await?);
+
         // What runs or is paused here but no record claims: a creation or
         // resume that died before it was recorded. Not while creations are
         // under way (their record is written after the VM starts).
@@ -618,6 +620,60 @@ impl AppState {
                     Err(error) => {
                         tracing::warn!(%id, %error, "removing an unrecorded sandbox failed")
                     }
+                }
+            }
+        }
+        Ok(fixes)
+    }
+
+    /// Snapshot templates: a record whose files are gone is removed (its
+    /// clones could not start), and template files no record claims (a
+    /// creation or deletion cut off between the files and the record) go.
+    async fn reconcile_templates(&self) -> Result<Vec<Fix>, sqlx::Error> {
+        let mut fixes = Vec::new();
+        let manager = self.host.manager();
+        let on_disk: std::collections::HashSet<String> =
+            manager.templates().into_iter().map(|t| t.name).collect();
+        let mut recorded = std::collections::HashSet::new();
+        for row in self.db.snapshot_templates().await? {
+            recorded.insert(row.id.clone());
+            if on_disk.contains(&row.id) {
+                continue;
+            }
+            let lock = self.lock_for(&crate::snapshots::template_lock_key(&row.id));
+            let Ok(_guard) = lock.try_lock() else {
+                continue;
+            };
+            let team = row.team_id.clone().unwrap_or_default();
+            if manager.template(&row.id).is_err()
+                && self.db.delete_snapshot_template(&team, &row.id).await?
+            {
+                fixes.push(fix(
+                    "template_record_removed",
+                    &row.id,
+                    "snapshot record without files on this host: removed",
+                ));
+            }
+        }
+        for name in on_disk {
+            if recorded.contains(&name) {
+                continue;
+            }
+            let lock = self.lock_for(&crate::snapshots::template_lock_key(&name));
+            let Ok(_guard) = lock.try_lock() else {
+                continue;
+            };
+            if self.db.template_id_taken(&name).await? {
+                continue;
+            }
+            match manager.delete_template(&name) {
+                Ok(()) => fixes.push(fix(
+                    "unrecorded_template",
+                    &name,
+                    "snapshot files no record claims (an interrupted creation or deletion): removed",
+                )),
+                Err(error) => {
+                    tracing::warn!(%name, %error, "removing unrecorded snapshot files failed")
                 }
             }
         }

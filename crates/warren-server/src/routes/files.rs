@@ -46,6 +46,8 @@ pub async fn download(
     ApiQuery(query): ApiQuery<PathQuery>,
 ) -> ApiResult<Response> {
     let (_, live) = state.live_sandbox(&caller, &id).await?;
+    // Once the 200 is sent, a pause must not cut the body short.
+    let hold = live.hold_off_pause()?;
     let info = live.stat(&query.path).await?;
     if info.file_type == warren_sandbox::FileType::Dir {
         return Err(ApiError::conflict(format!("{} is a directory", info.path))
@@ -54,6 +56,7 @@ pub async fn download(
     let (writer, reader) = tokio::io::duplex(256 * 1024);
     let path = query.path.clone();
     tokio::spawn(async move {
+        let _hold = hold;
         let mut writer = writer;
         if let Err(error) = live.read_file_to(&path, &mut writer, &()).await {
             // The client sees a body shorter than Content-Length.
@@ -126,6 +129,7 @@ pub async fn upload_multipart(
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> ApiResult<Json<FileInfo>> {
     let (_, live) = state.live_sandbox(&caller, &id).await?;
+    let _hold = live.hold_off_pause()?;
     let mut multipart = multipart.map_err(|e| {
         ApiError::bad_request(format!("expected multipart/form-data: {}", e.body_text()))
     })?;
@@ -187,6 +191,7 @@ pub async fn upload_raw(
     body: Body,
 ) -> ApiResult<Json<FileInfo>> {
     let (_, live) = state.live_sandbox(&caller, &id).await?;
+    let _hold = live.hold_off_pause()?;
     let options = WriteOptions {
         mode: parse_mode(query.mode.as_deref())?,
         user: query.user.filter(|u| !u.is_empty()),
