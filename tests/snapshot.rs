@@ -1,6 +1,5 @@
 //! Pause, resume, snapshot templates and clones, on real VMs.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use warren_sandbox::{Command, PauseOptions, Sandbox, SandboxSpec, SnapshotOpError};
@@ -347,15 +346,11 @@ async fn five_clones_of_a_template_run_independently_and_keep_it_alive() {
 
     let mut clones = Vec::new();
     for n in 0..5 {
-        let mut env_vars = BTreeMap::new();
-        env_vars.insert("CLONE".to_string(), n.to_string());
-        let (clone, _) = within(
-            300,
-            "clone",
-            env.manager.clone_template("tpl", env_vars, BTreeMap::new()),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("clone {n}: {e}"));
+        let mut request = SandboxSpec::default();
+        request.env.insert("CLONE".to_string(), n.to_string());
+        let (clone, _) = within(300, "clone", env.manager.clone_template("tpl", &request))
+            .await
+            .unwrap_or_else(|e| panic!("clone {n}: {e}"));
         clones.push(clone);
     }
     let ids: std::collections::BTreeSet<_> = clones.iter().map(|c| c.id().to_string()).collect();
@@ -502,7 +497,7 @@ async fn resuming_an_unknown_or_running_sandbox_is_a_clear_error() {
     }
     match env
         .manager
-        .clone_template("nope", BTreeMap::new(), BTreeMap::new())
+        .clone_template("nope", &SandboxSpec::default())
         .await
     {
         Err(SnapshotOpError::NoTemplate(name)) => assert_eq!(name, "nope"),

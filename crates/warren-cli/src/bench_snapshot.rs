@@ -199,7 +199,7 @@ pub async fn snapshot(manager: Manager, args: SnapshotBenchArgs) -> Result<Value
     for _ in 0..args.runs {
         let start = Instant::now();
         let (clone, _) = manager
-            .clone_template(&template_name, Default::default(), Default::default())
+            .clone_template(&template_name, &SandboxSpec::default())
             .await?;
         clone_ms.push(ms(start.elapsed()));
         clones.push(clone);

@@ -74,6 +74,10 @@ pub struct CreateArgs {
     /// resumes it first.
     #[arg(long)]
     pub auto_resume: bool,
+    /// If the VM is lost before its first pause (a crash), keep its disk on
+    /// the host under `<data>/kept/` instead of deleting it.
+    #[arg(long)]
+    pub keep_disk: bool,
     #[command(flatten)]
     pub out: JsonFlag,
 }
@@ -91,6 +95,7 @@ pub async fn create(client: &Client, args: CreateArgs) -> Result<i32> {
         env: (!env.is_empty()).then_some(env),
         auto_pause: args.auto_pause.then_some(true),
         auto_resume: args.auto_resume.then_some(true),
+        keep_disk: args.keep_disk.then_some(true),
     };
     let spinner = spinner(format!(
         "creating a sandbox from template {}",

@@ -79,8 +79,7 @@ pub async fn run(manager: Manager, args: RunArgs) -> Result<i32> {
         image: args.image.clone(),
         vcpus: args.cpus,
         memory_mib: args.memory,
-        env: BTreeMap::new(),
-        metadata: BTreeMap::new(),
+        ..SandboxSpec::default()
     };
     let progress = Arc::new(SpinnerProgress::new(args.verbose));
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();

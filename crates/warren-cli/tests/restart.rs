@@ -197,9 +197,14 @@ fn sandboxes_survive_crashes_and_restarts_of_warren() {
     let service = Service::start(&home_path, port, &[]);
     let client = service.client();
     let (a, b, boot_id) = runtime.block_on(async {
-        let a = client.create_sandbox(&create).await.unwrap().id;
+        // A asks to keep its disk should its VM be lost.
+        let keep = CreateSandbox {
+            keep_disk: Some(true),
+            ..create.clone()
+        };
+        let a = client.create_sandbox(&keep).await.unwrap().id;
         let b = client.create_sandbox(&create).await.unwrap().id;
-        sh(&client, &a, "echo alpha > /root/a.txt").await;
+        sh(&client, &a, "echo alpha > /root/a.txt; echo keepme-5a1f > /root/keep.txt; sync").await;
         sh(
             &client,
             &a,
@@ -290,6 +295,24 @@ fn sandboxes_survive_crashes_and_restarts_of_warren() {
     runtime.block_on(async {
         let a_now = client.get_sandbox(&a).await.unwrap();
         assert_eq!(a_now.state, SandboxState::Stopped);
+        // A's disk was kept, as it asked, with what it had written.
+        let kept: Vec<PathBuf> = std::fs::read_dir(home_path.join("kept"))
+            .expect("a kept directory")
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("{a}."))
+            })
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert!(kept[0].join("sandbox.json").is_file());
+        let disk = std::fs::read(kept[0].join("disk.qcow2")).expect("the kept disk layer");
+        assert!(
+            disk.windows(11).any(|w| w == b"keepme-5a1f"),
+            "the kept disk does not hold A's synced file"
+        );
         assert_eq!(state_of(&client, &b).await, SandboxState::Paused);
         assert!(
             memfs_of(&home_path).is_empty(),

@@ -128,6 +128,10 @@ pub struct CreateSandbox {
     /// While paused, any operation on the sandbox resumes it first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_resume: Option<bool>,
+    /// If its VM is lost before it has a snapshot to fall back to, keep its
+    /// disk on the host (under `<data>/kept/`) instead of deleting it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_disk: Option<bool>,
 }
 
 /// What a pause did ([`crate::Client::pause_sandbox`]).

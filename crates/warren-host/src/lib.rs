@@ -32,6 +32,8 @@ pub enum HostEvent {
         /// It had a snapshot and is now paused at it (what ran since its
         /// last resume is lost) rather than gone.
         reverted: bool,
+        /// Where its disk was kept (it asked to, and is gone).
+        kept_disk: Option<PathBuf>,
     },
 }
 
@@ -224,7 +226,18 @@ impl HostAgent {
             {
                 tracing::warn!(%id, %exit, "sandbox VM exited unexpectedly");
                 let reverted = sandbox.fall_back_to_snapshot().await;
-                let _ = host.events.send(HostEvent::VmExited { id, exit, reverted });
+                let kept_disk = if reverted {
+                    None
+                } else {
+                    host.manager
+                        .keep_lost_disk(&id, sandbox.dir(), sandbox.spec())
+                };
+                let _ = host.events.send(HostEvent::VmExited {
+                    id,
+                    exit,
+                    reverted,
+                    kept_disk,
+                });
             }
         });
     }
@@ -372,8 +385,7 @@ impl HostAgent {
     pub async fn clone_template(
         self: &Arc<Self>,
         name: &str,
-        env: std::collections::BTreeMap<String, String>,
-        metadata: std::collections::BTreeMap<String, String>,
+        request: &warren_sandbox::SandboxSpec,
     ) -> Result<(Arc<Sandbox>, ResumeReport), HostResumeError> {
         let template = self.manager.template(name)?;
         self.check_memory(template.spec.memory_mib)?;
@@ -381,7 +393,7 @@ impl HostAgent {
         let _busy = self.manager.mark_busy(&id);
         let (sandbox, report) = self
             .manager
-            .clone_template_with_id(id.clone(), name, env, metadata)
+            .clone_template_with_id(id.clone(), name, request)
             .await?;
         Ok((self.register(sandbox), report))
     }

@@ -34,6 +34,11 @@ pub const QUARANTINE_DIR: &str = "quarantine";
 /// that looks real. Emptied at start and by every reconcile.
 pub const TRASH_DIR: &str = "trash";
 
+/// Where the disks of lost sandboxes that asked to keep them
+/// ([`SandboxSpec::keep_disk`](crate::SandboxSpec::keep_disk)) go, one
+/// directory per loss with the disk layer, metadata and console log.
+pub const KEPT_DIR: &str = "kept";
+
 /// How long an attached VM's agent may take to answer after a restart.
 const REATTACH_AGENT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -416,6 +421,7 @@ impl Manager {
                 None => {
                     tracing::warn!(id = %name, "sandbox VM died while warren was down and it has no snapshot; it is lost");
                     self.keep_console_log(&name, &dir);
+                    self.keep_lost_disk(&name, &dir, &meta.spec);
                     if let Err(error) = self.trash(&dir) {
                         tracing::warn!(id = %name, %error, "removing the lost sandbox's directory failed");
                     }
@@ -490,6 +496,66 @@ impl Manager {
             ));
         }
         Ok(sandbox)
+    }
+
+    /// For a sandbox that is lost (its VM is gone and it has no snapshot)
+    /// and asked to keep its disk: moves its writable disk layer, metadata
+    /// and console log to `kept/<id>.<ms>/` before the directory goes.
+    /// Returns where, or `None` if it did not ask (or nothing was kept).
+    pub fn keep_lost_disk(
+        &self,
+        id: &str,
+        dir: &Path,
+        spec: &crate::SandboxSpec,
+    ) -> Option<PathBuf> {
+        if !spec.keep_disk || !dir.join(DISK_OVERLAY).is_file() {
+            return None;
+        }
+        let kept = self.data_dir().join(KEPT_DIR);
+        let target = kept.join(format!("{id}.{}", unix_ms()));
+        let staging = kept.join(format!(".{id}.{}.tmp", unix_ms()));
+        let moved = (|| {
+            std::fs::create_dir_all(&staging)?;
+            for name in [
+                SANDBOX_META,
+                warren_vmm::config::files::CONSOLE_LOG,
+                DISK_OVERLAY,
+            ] {
+                let from = dir.join(name);
+                if from.exists() {
+                    // Same file system: a rename, not a copy.
+                    std::fs::rename(&from, staging.join(name))?;
+                }
+            }
+            std::fs::File::open(&staging)?.sync_all()?;
+            std::fs::rename(&staging, &target)?;
+            std::fs::File::open(&kept)?.sync_all()
+        })();
+        match moved {
+            Ok(()) => {
+                tracing::warn!(%id, path = %target.display(), "the lost sandbox's disk is kept, as it asked");
+                Some(target)
+            }
+            Err(error) => {
+                tracing::warn!(%id, %error, "keeping the lost sandbox's disk failed");
+                let _ = std::fs::remove_dir_all(&staging);
+                None
+            }
+        }
+    }
+
+    /// The newest kept disk directory of sandbox `id`, if it was lost and
+    /// asked to keep its disk.
+    pub fn kept_disk(&self, id: &str) -> Option<PathBuf> {
+        let prefix = format!("{id}.");
+        let mut found: Vec<PathBuf> = std::fs::read_dir(self.data_dir().join(KEPT_DIR))
+            .ok()?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect();
+        found.sort();
+        found.pop()
     }
 
     fn keep_console_log(&self, id: &str, dir: &Path) {
@@ -592,9 +658,11 @@ impl Manager {
                         ));
                     }
                     DirState::Ours {
-                        header: Ok(None), ..
+                        header: Ok(None),
+                        meta,
                     } => {
                         self.keep_console_log(&name, &dir);
+                        self.keep_lost_disk(&name, &dir, &meta.spec);
                         self.clear_runtime_files(&dir);
                         if self.trash(&dir).is_ok() {
                             fixes.push(Fix::new(

@@ -1278,15 +1278,14 @@ impl Manager {
     /// Creates a sandbox from a snapshot template: a clone. It starts from
     /// the template's memory (served lazily, shared on disk with every
     /// other clone) and disk (its own layer on top), with a new id and
-    /// hostname; only `env` and `metadata` of `overrides` apply (vCPUs and
-    /// memory are the template's).
+    /// hostname; only `env`, `metadata` and `keep_disk` of `request` apply
+    /// (image, vCPUs and memory are the template's).
     pub async fn clone_template(
         &self,
         name: &str,
-        env: std::collections::BTreeMap<String, String>,
-        metadata: std::collections::BTreeMap<String, String>,
+        request: &SandboxSpec,
     ) -> Result<(Sandbox, ResumeReport), SnapshotOpError> {
-        self.clone_template_with_id(crate::id::new_sandbox_id(), name, env, metadata)
+        self.clone_template_with_id(crate::id::new_sandbox_id(), name, request)
             .await
     }
 
@@ -1296,8 +1295,7 @@ impl Manager {
         &self,
         id: String,
         name: &str,
-        env: std::collections::BTreeMap<String, String>,
-        metadata: std::collections::BTreeMap<String, String>,
+        request: &SandboxSpec,
     ) -> Result<(Sandbox, ResumeReport), SnapshotOpError> {
         let _busy = self.mark_busy(&id);
         let started = Instant::now();
@@ -1309,8 +1307,9 @@ impl Manager {
                 detail: e.to_string(),
             })?;
         let mut spec = template.spec.clone();
-        spec.env = env;
-        spec.metadata = metadata;
+        spec.env = request.env.clone();
+        spec.metadata = request.metadata.clone();
+        spec.keep_disk = request.keep_disk;
         spec.validate(&self.host())
             .map_err(|e| SnapshotOpError::Create(CreateError::InvalidSpec(e)))?;
         let dir = self.sandboxes_dir().join(&id);

@@ -27,6 +27,11 @@ pub struct SandboxSpec {
     /// Caller's labels (not visible in the guest).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// If its VM is lost with no snapshot to fall back to, keep its disk
+    /// (under the data directory's `kept/`) for a person to recover from,
+    /// instead of deleting it with the sandbox.
+    #[serde(default)]
+    pub keep_disk: bool,
 }
 
 impl Default for SandboxSpec {
@@ -37,6 +42,7 @@ impl Default for SandboxSpec {
             memory_mib: DEFAULT_MEMORY_MIB,
             env: BTreeMap::new(),
             metadata: BTreeMap::new(),
+            keep_disk: false,
         }
     }
 }

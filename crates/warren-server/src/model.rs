@@ -127,6 +127,10 @@ pub struct CreateSandbox {
     pub auto_pause: Option<bool>,
     /// When paused, any operation on the sandbox resumes it first.
     pub auto_resume: Option<bool>,
+    /// If its VM is lost with no snapshot to fall back to (it crashed, or
+    /// died while warren was down, before its first pause), keep its disk
+    /// on the host under `<data>/kept/` instead of deleting it.
+    pub keep_disk: Option<bool>,
 }
 
 /// A list of sandboxes.

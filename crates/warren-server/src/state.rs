@@ -244,6 +244,7 @@ impl AppState {
             },
             env: request.env.clone().unwrap_or_default(),
             metadata: request.metadata.clone().unwrap_or_default(),
+            keep_disk: request.keep_disk.unwrap_or(false),
         };
         spec.validate(&self.host.manager().host())
             .map_err(ApiError::invalid)?;
@@ -277,11 +278,7 @@ impl AppState {
 
         let started = Instant::now();
         let created = if snapshot {
-            match self
-                .host
-                .clone_template(&template_id, spec.env.clone(), spec.metadata.clone())
-                .await
-            {
+            match self.host.clone_template(&template_id, &spec).await {
                 Ok((live, _)) => Ok(live),
                 Err(warren_host::HostResumeError::OutOfMemory {
                     requested_mib,
@@ -470,7 +467,12 @@ impl AppState {
     /// Applies host events (VMs that exited on their own).
     pub async fn on_host_event(&self, event: HostEvent) {
         match event {
-            HostEvent::VmExited { id, exit, reverted } => {
+            HostEvent::VmExited {
+                id,
+                exit,
+                reverted,
+                kept_disk,
+            } => {
                 let rows = self
                     .db
                     .sandboxes_in_state("running")
@@ -495,7 +497,7 @@ impl AppState {
                             Some(&id),
                             "sandbox.vm_exited",
                             "system",
-                            json!({"exit": exit.to_string()}),
+                            json!({"exit": exit.to_string(), "kept_disk": kept_disk}),
                         )
                         .await;
                     }
@@ -549,11 +551,14 @@ impl AppState {
                 ));
             } else {
                 self.stop_record(&row, "vm_lost", "system").await;
-                fixes.push(fix(
-                    "record_stopped",
-                    &row.id,
-                    "running record without a VM or snapshot: marked stopped",
-                ));
+                let detail = match self.host.manager().kept_disk(&row.id) {
+                    Some(kept) => format!(
+                        "running record without a VM or snapshot: marked stopped; its disk is kept at {}",
+                        kept.display()
+                    ),
+                    None => "running record without a VM or snapshot: marked stopped".into(),
+                };
+                fixes.push(fix("record_stopped", &row.id, &detail));
             }
         }
         for row in self.db.sandboxes_in_state("paused").await? {

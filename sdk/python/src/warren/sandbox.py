@@ -133,6 +133,7 @@ class Sandbox:
         envs: Mapping[str, str] | None = None,
         auto_pause: bool = False,
         auto_resume: bool = False,
+        keep_disk: bool = False,
         api_key: str | None = None,
         base_url: str | None = None,
         request_timeout: float | None = None,
@@ -147,7 +148,9 @@ class Sandbox:
         until the service kills the sandbox (0 for never; extend it with
         :meth:`set_timeout`); with ``auto_pause`` it is paused instead.
         ``auto_resume``: while paused, any operation on the sandbox
-        (commands, files, terminals) resumes it first.
+        (commands, files, terminals) resumes it first. ``keep_disk``: if
+        its VM is lost before it has a snapshot to fall back to (a crash),
+        the host keeps its disk under ``<data>/kept/`` instead of deleting it.
         ``envs`` are set for every command. ``api_key`` / ``base_url``
         override ``WARREN_API_KEY`` / ``WARREN_URL`` and local discovery;
         ``request_timeout`` is the default for this sandbox's API calls.
@@ -169,6 +172,8 @@ class Sandbox:
             body["auto_pause"] = True
         if auto_resume:
             body["auto_resume"] = True
+        if keep_disk:
+            body["keep_disk"] = True
         api = _api(api_key, base_url, request_timeout)
         try:
             create_timeout = max(DEFAULT_CREATE_TIMEOUT, request_timeout or 0.0)
