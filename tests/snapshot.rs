@@ -380,12 +380,40 @@ async fn five_clones_of_a_template_run_independently_and_keep_it_alive() {
         Err(SnapshotOpError::TemplateInUse { users, .. }) => assert_eq!(users.len(), 5),
         other => panic!("deleting a template in use: {other:?}"),
     }
+    // A template of a clone stands on its own: once the clones are gone,
+    // the template they came from can be deleted and it still clones.
+    let mut clones = clones.into_iter();
+    let first = clones.next().unwrap();
+    let first_id = first.id().to_string();
+    pause(&first).await;
+    drop(first);
+    within(
+        300,
+        "template of a clone",
+        env.manager.create_template(&first_id, "tpl2"),
+    )
+    .await
+    .expect("create a template from a clone");
+    env.manager.remove_paused(&first_id).unwrap();
     for clone in clones {
         within(60, "destroy", clone.destroy()).await.unwrap();
     }
     env.manager
         .delete_template("tpl")
         .expect("delete the unused template");
+    let (second, _) = within(
+        300,
+        "clone of the clone's template",
+        env.manager.clone_template("tpl2", &SandboxSpec::default()),
+    )
+    .await
+    .expect("clone a template whose source's template is gone");
+    assert_eq!(
+        sh(&second, "cat /root/base /root/mine /dev/shm/mine").await,
+        "from-template\n0\n0\n"
+    );
+    within(60, "destroy", second.destroy()).await.unwrap();
+    env.manager.delete_template("tpl2").unwrap();
     assert!(env.manager.templates().is_empty());
     env.assert_clean();
 }

@@ -2263,6 +2263,10 @@ impl Harness {
                         self.report.outcome("paused_not_resumed_this_time");
                         let mut model = self.model();
                         if let Some(t) = model.sandboxes.get_mut(&id) {
+                            // Paused with these contents: that is its
+                            // snapshot now (also when an interrupted pause
+                            // was completed by the restart).
+                            t.snapshot = Some(files.clone());
                             t.files = files;
                         }
                     }
@@ -2419,6 +2423,13 @@ impl Harness {
                     .into_iter()
                     .filter_map(|(p, s)| s.map(|s| (p, s)))
                     .collect();
+                if v.resume {
+                    // It resumed from the snapshot it was paused at, which
+                    // is where it falls back to now; an interrupted pause
+                    // the restart completed makes that newer than the last
+                    // acknowledged one.
+                    t.snapshot = Some(t.files.clone());
+                }
                 t.state = Known::Running;
                 t.pending = None;
             }

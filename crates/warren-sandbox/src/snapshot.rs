@@ -268,8 +268,12 @@ pub struct TemplateMeta {
     pub spec: SandboxSpec,
     /// Image key of the base image.
     pub image_key: String,
-    /// The base disk below the template's frozen disk.
+    /// The image's root disk below the template's frozen disk (never another
+    /// template's disk).
     pub base_disk: PathBuf,
+    /// qemu-img format of `base_disk`.
+    #[serde(default = "raw_format")]
+    pub base_disk_format: String,
     /// Kernel the snapshot runs (clones must boot the same one).
     pub kernel: PathBuf,
     /// Initramfs the snapshot booted with.
@@ -280,6 +284,10 @@ pub struct TemplateMeta {
     pub memory_bytes: u64,
     /// Allocated bytes of its disk layer.
     pub disk_bytes: u64,
+}
+
+fn raw_format() -> String {
+    "raw".into()
 }
 
 fn now_ms() -> u64 {
@@ -1143,7 +1151,22 @@ impl Manager {
             staging.join("state"),
         )
         .map_err(|e| SnapshotOpError::io("copying the device state", &e, is_no_space(&e)))?;
-        // Disk: one layer over the image's base disk.
+        // Disk: one layer over the image's own root disk. A clone's base is
+        // its template's disk: the new template goes down to that template's
+        // base instead, so it never depends on another template (which could
+        // then be deleted under it).
+        let (root_disk, root_format) = match &meta.template {
+            Some(parent) => {
+                let parent = self
+                    .template(parent)
+                    .map_err(|e| SnapshotOpError::Corrupt {
+                        id: sandbox_id.to_string(),
+                        detail: format!("the template it was cloned from is unreadable: {e}"),
+                    })?;
+                (parent.base_disk, parent.base_disk_format)
+            }
+            None => (meta.base_disk.clone(), meta.base_disk_format.clone()),
+        };
         let disk = staging.join("disk.qcow2");
         let frozen = header.resolve(&dir, &header.disk);
         run_qemu_img(&[
@@ -1152,9 +1175,9 @@ impl Manager {
             "-O".as_ref(),
             "qcow2".as_ref(),
             "-B".as_ref(),
-            meta.base_disk.as_os_str(),
+            root_disk.as_os_str(),
             "-F".as_ref(),
-            meta.base_disk_format.as_str().as_ref(),
+            root_format.as_str().as_ref(),
             frozen.as_os_str(),
             disk.as_os_str(),
         ])
@@ -1181,7 +1204,8 @@ impl Manager {
             source_sandbox: sandbox_id.to_string(),
             spec: meta.spec.clone(),
             image_key: meta.image_key.clone(),
-            base_disk: meta.base_disk.clone(),
+            base_disk: root_disk,
+            base_disk_format: root_format,
             kernel: meta.kernel.clone(),
             initramfs: meta.initramfs.clone(),
             created_unix_ms: now_ms(),

@@ -360,10 +360,15 @@ impl AppState {
         if row.state == "stopped" {
             return Ok(());
         }
+        // The record first: a crash after it leaves a VM or snapshot no
+        // record claims, which the reconciler removes. The other order could
+        // leave a running record whose VM is gone, which falls back to its
+        // snapshot: a deleted sandbox would come back.
+        let stopped = self.db.mark_stopped(id, "killed").await?;
         if let Err(error) = self.host.kill(id).await {
-            tracing::warn!(%id, %error, "killing the VM failed");
+            tracing::warn!(%id, %error, "killing the VM failed; the reconciler retries");
         }
-        if self.db.mark_stopped(id, "killed").await? {
+        if stopped {
             self.event(
                 &caller.team_id,
                 Some(id),
@@ -457,10 +462,11 @@ impl AppState {
                 continue;
             }
             tracing::info!(id = %row.id, "sandbox timed out");
+            // Record first, as in `kill_sandbox`.
+            self.stop_record(&current, "timeout", "system").await;
             if let Err(error) = self.host.kill(&row.id).await {
                 tracing::warn!(id = %row.id, %error, "killing a timed-out sandbox failed");
             }
-            self.stop_record(&current, "timeout", "system").await;
         }
     }
 
