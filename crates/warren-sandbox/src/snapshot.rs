@@ -1465,6 +1465,20 @@ mod tests {
         buf
     }
 
+    /// The pause record for generation `generation` (state `state.<g>`).
+    fn record_pause(dir: &Path, generation: u32) {
+        let pending = PendingPause {
+            generation,
+            state: format!("state.{generation}"),
+            merge_cap: 10,
+        };
+        std::fs::write(
+            dir.join(PENDING_PAUSE_FILE),
+            serde_json::to_vec(&pending).unwrap(),
+        )
+        .unwrap();
+    }
+
     /// The files a first pause leaves once its RAM and state are durable:
     /// RAM with two marked blocks, a device state, a disk layer, the record.
     fn interrupted_first_pause(dir: &Path) {
@@ -1474,16 +1488,7 @@ mod tests {
         ram.write_all_at(&[9u8; 4096], 200 * BLOCK_SIZE).unwrap();
         std::fs::write(dir.join("state.0"), b"device state").unwrap();
         std::fs::write(dir.join(DISK_OVERLAY), b"disk layer").unwrap();
-        let pending = PendingPause {
-            generation: 0,
-            state: "state.0".into(),
-            merge_cap: 10,
-        };
-        std::fs::write(
-            dir.join(PENDING_PAUSE_FILE),
-            serde_json::to_vec(&pending).unwrap(),
-        )
-        .unwrap();
+        record_pause(dir, 0);
     }
 
     #[test]
@@ -1534,16 +1539,7 @@ mod tests {
             .unwrap();
         std::fs::write(dir.path().join("state.1"), b"device state 1").unwrap();
         std::fs::write(dir.path().join(DISK_OVERLAY), b"disk layer 1").unwrap();
-        let pending = PendingPause {
-            generation: 1,
-            state: "state.1".into(),
-            merge_cap: 10,
-        };
-        std::fs::write(
-            dir.path().join(PENDING_PAUSE_FILE),
-            serde_json::to_vec(&pending).unwrap(),
-        )
-        .unwrap();
+        record_pause(dir.path(), 1);
 
         let header = finish_interrupted_pause(dir.path(), &meta(), Some(first)).unwrap();
         assert_eq!(header.device_state, "state.1");
@@ -1559,16 +1555,7 @@ mod tests {
         interrupted_first_pause(dir.path());
         let first = finish_interrupted_pause(dir.path(), &meta(), None).unwrap();
         std::fs::write(dir.path().join("state.1"), b"device state 1").unwrap();
-        let pending = PendingPause {
-            generation: 1,
-            state: "state.1".into(),
-            merge_cap: 10,
-        };
-        std::fs::write(
-            dir.path().join(PENDING_PAUSE_FILE),
-            serde_json::to_vec(&pending).unwrap(),
-        )
-        .unwrap();
+        record_pause(dir.path(), 1);
         let error = finish_interrupted_pause(dir.path(), &meta(), Some(first.clone())).unwrap_err();
         assert!(error.contains("memory daemon is gone"), "{error}");
         assert_eq!(read_existing_header(dir.path()).unwrap().unwrap(), first);
