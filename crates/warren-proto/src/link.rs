@@ -17,7 +17,8 @@
 //! emulation every copy of bulk data costs guest CPU that file transfers
 //! need.
 
-use std::io::{Read, Write};
+use std::io::Write;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -540,7 +541,7 @@ pub fn serve_guest_port<R, W>(
     incoming: mpsc::Sender<LinkStream>,
 ) -> Arc<GuestLinkStats>
 where
-    R: Read + Send + 'static,
+    R: AsFd + Send + 'static,
     W: Write + Send + 'static,
 {
     serve_guest(port, writer, incoming, EndOfInput::HostMayReconnect)
@@ -555,7 +556,7 @@ pub fn serve_guest_stream<R, W>(
     incoming: mpsc::Sender<LinkStream>,
 ) -> Arc<GuestLinkStats>
 where
-    R: Read + Send + 'static,
+    R: AsFd + Send + 'static,
     W: Write + Send + 'static,
 {
     serve_guest(stream, writer, incoming, EndOfInput::Final)
@@ -599,13 +600,13 @@ impl Drop for CloseOnDrop {
 }
 
 fn serve_guest<R, W>(
-    mut port: R,
+    port: R,
     mut writer: W,
     incoming: mpsc::Sender<LinkStream>,
     end_of_input: EndOfInput,
 ) -> Arc<GuestLinkStats>
 where
-    R: Read + Send + 'static,
+    R: AsFd + Send + 'static,
     W: Write + Send + 'static,
 {
     let stats = Arc::new(GuestLinkStats::default());
@@ -639,7 +640,6 @@ where
         .name("link-reader".into())
         .spawn(move || {
             let mut decoder = Decoder::new();
-            let mut buf = vec![0u8; 64 * 1024];
             // Sink of the current epoch's Data frames into its stream.
             let mut to_stream: Option<mpsc::Sender<Bytes>> = None;
             let mut epoch = 0u32;
@@ -647,7 +647,7 @@ where
                 let _ = out_tx.blocking_send(out);
             };
             loop {
-                let n = match port.read(&mut buf) {
+                match decoder.read_from(port.as_fd()) {
                     Ok(0) if end_of_input == EndOfInput::Final => return,
                     Ok(0) => {
                         // No host connected: virtio-serial reports EOF until
@@ -656,7 +656,7 @@ where
                         std::thread::sleep(Duration::from_millis(10));
                         continue;
                     }
-                    Ok(n) => n,
+                    Ok(_) => {}
                     Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(error) => {
                         tracing::debug!(%error, "agent channel read failed");
@@ -666,8 +666,7 @@ where
                         std::thread::sleep(Duration::from_millis(10));
                         continue;
                     }
-                };
-                decoder.push(&buf[..n]);
+                }
                 while let Some(frame) = decoder.next_frame() {
                     match frame.kind {
                         FrameKind::Hello => {

@@ -23,6 +23,12 @@ pub fn base_kernel_args(config: &VmConfig) -> Vec<String> {
         "loglevel=4".into(),
         "panic=-1".into(),
         "rdinit=/init".into(),
+        // Debian's kernel zeroes every page it allocates (hardening against
+        // leaks between kernel users). Inside a sandbox there is one tenant
+        // and the host hands the VM zeroed memory anyway, so the zeroing
+        // only costs: under software emulation it was a fifth of an
+        // upload's guest CPU (page-cache pages zeroed, then overwritten).
+        "init_on_alloc=0".into(),
         "warren.root=/dev/vda".into(),
         format!("warren.hostname={}", config.id),
     ]
@@ -49,7 +55,11 @@ pub fn build_args(config: &VmConfig) -> Vec<OsString> {
             "-accel",
             &format!("tcg,thread=multi,tb-size={TCG_TB_SIZE_MIB}"),
             "-cpu",
-            "max",
+            // Without "enhanced rep movsb" the guest kernel and libc copy and
+            // clear memory with wide moves instead of `rep movsb`, which TCG
+            // emulates a byte at a time: guest memcpy and page clearing run
+            // 4-7x faster (a 64 MiB download went from 32 to 112 MiB/s).
+            "max,-erms,-fsrm",
         ]),
     }
     if Path::new(QBOOT).exists() {
@@ -196,7 +206,8 @@ mod tests {
     fn tcg_command_line_has_file_backed_ram_and_channels() {
         let line = joined(&build_args(&config(Accel::Tcg)));
         assert!(line.contains("-accel tcg,thread=multi"));
-        assert!(line.contains("-cpu max"));
+        assert!(line.contains("-cpu max,-erms,-fsrm"));
+        assert!(line.contains("init_on_alloc=0"));
         assert!(line.contains(
             "memory-backend-file,id=ram0,size=512M,share=on,mem-path=/data/sb,,1/memory"
         ));
