@@ -355,6 +355,13 @@ async fn five_clones_of_a_template_run_independently_and_keep_it_alive() {
     }
     let ids: std::collections::BTreeSet<_> = clones.iter().map(|c| c.id().to_string()).collect();
     assert_eq!(ids.len(), 5, "clones must have distinct ids");
+    // Each clone's random generator was reseeded: clones of one snapshot
+    // must not hand out the same "random" bytes (keys, tokens, UUIDs).
+    let mut randoms = std::collections::BTreeSet::new();
+    for clone in &clones {
+        randoms.insert(sh(clone, "head -c 16 /dev/urandom | od -An -tx1").await);
+    }
+    assert_eq!(randoms.len(), 5, "clones drew the same random bytes: {randoms:?}");
     for (n, clone) in clones.iter().enumerate() {
         assert_eq!(
             sh(clone, "cat /root/base /dev/shm/base").await,

@@ -280,6 +280,29 @@ impl Sandbox {
         }
     }
 
+    /// Gives a clone its own host name, reseeds its random generator with
+    /// host randomness and sets its clock, in one call. `Ok(false)` when the
+    /// guest agent predates this call (the caller then falls back to
+    /// [`Sandbox::sync_clock`] and a shell command).
+    pub(crate) async fn set_identity(&self, hostname: &str) -> Result<bool, ExecError> {
+        self.ensure_usable()?;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let request = pb::SetIdentityRequest {
+            hostname: hostname.to_string(),
+            entropy: rand::random::<[u8; 64]>().to_vec().into(),
+            unix_time_ns: now.as_nanos() as i64,
+        };
+        match self.client().set_identity(request).await {
+            Ok(_) => Ok(true),
+            Err(status) if status.code() == tonic::Code::Unimplemented => Ok(false),
+            Err(status) => Err(status_to_exec_error_sync(&self.shared, status)
+                .resolve()
+                .await),
+        }
+    }
+
     fn ensure_usable(&self) -> Result<(), ExecError> {
         match self.shared.unavailable() {
             Some(unavailable) => Err(ExecError::Unavailable(unavailable)),

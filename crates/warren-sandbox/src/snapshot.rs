@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use warren_snapshot::{Generation, HEADER_FILE, SnapshotHeader};
 
-use crate::error::{CreateError, Unavailable};
+use crate::error::{CreateError, ExecError, Unavailable};
 use crate::manager::{
     DISK_OVERLAY, DirGuard, Manager, SANDBOX_META, SandboxMeta, connect_agent, create_overlay,
 };
@@ -985,6 +985,8 @@ impl Manager {
         meta: SandboxMeta,
         new_identity: bool,
     ) -> Result<Restored, SnapshotOpError> {
+        let started = std::time::Instant::now();
+        let phase = |name: &str| tracing::debug!(%id, phase = name, ms = started.elapsed().as_secs_f64() * 1e3, "restore");
         let header = {
             let dir = dir.to_path_buf();
             blocking(move || warren_snapshot::read_header(&dir)).await
@@ -1027,6 +1029,7 @@ impl Manager {
         };
         let (memfs, overlay) = tokio::join!(start_memfs, create_overlay(&frozen, "qcow2", &disk));
         let memfs = memfs?;
+        phase("memory daemon and disk layer ready");
         if let Err(error) = overlay {
             return Err(error.into());
         }
@@ -1040,6 +1043,7 @@ impl Manager {
                 return Err(CreateError::from(error).into());
             }
         };
+        phase("QEMU launched");
         let state = header.resolve(dir, &header.device_state);
         let restored = async {
             vm.restore_device_state(&state, self.boot_timeout())
@@ -1048,6 +1052,7 @@ impl Manager {
                     id: id.to_string(),
                     detail: format!("restoring the device state failed: {e}"),
                 })?;
+            phase("device state restored, vCPUs running");
             connect_agent(id, vm.as_ref(), self.boot_timeout()).await
         }
         .await;
@@ -1069,27 +1074,16 @@ impl Manager {
             meta.image_key.clone(),
         );
         sandbox.set_memfs(memfs);
+        phase("agent connected");
         // The guest must not see the snapshot's time, nor (for a clone) the
-        // template's identity.
-        // The agent in guest memory is the one that answered before the
-        // pause: only the clock needs setting.
-        let clock = sandbox.sync_clock().await.map_err(|e| CreateError::Agent {
-            id: id.to_string(),
-            detail: format!("setting the guest clock failed: {e}"),
-        });
-        if let Err(error) = clock {
+        // template's identity. The agent in guest memory is the one that
+        // answered before the pause: nothing else needs setting up.
+        if let Err(error) = set_clock_and_identity(&sandbox, id, new_identity).await {
             // Keep the snapshot: only this attempt's files go.
             sandbox.abandon_resume().await;
             return Err(error.into());
         }
-        if new_identity {
-            let set = crate::exec::Command::shell(format!(
-                "hostname {id} 2>/dev/null || echo {id} > /proc/sys/kernel/hostname; head -c 64 /dev/urandom > /dev/null"
-            ));
-            if let Err(error) = sandbox.run(set).await {
-                tracing::warn!(%id, %error, "setting the clone's hostname failed");
-            }
-        }
+        phase("done");
         // The snapshot stays the fallback until the next pause commits a
         // newer one; the running sandbox is not "paused" any more.
         Ok(Restored {
@@ -1424,6 +1418,41 @@ pub fn dir_allocated_bytes(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// Sets a restored guest's clock and, for a clone, its identity (host name,
+/// reseeded random generator): one call to a current agent; an agent from
+/// an older image gets the clock call and a shell command instead.
+async fn set_clock_and_identity(
+    sandbox: &Sandbox,
+    id: &str,
+    new_identity: bool,
+) -> Result<(), CreateError> {
+    let failed = |what: &str, e: ExecError| CreateError::Agent {
+        id: id.to_string(),
+        detail: format!("{what} failed: {e}"),
+    };
+    if new_identity
+        && sandbox
+            .set_identity(id)
+            .await
+            .map_err(|e| failed("giving the clone its identity", e))?
+    {
+        return Ok(());
+    }
+    sandbox
+        .sync_clock()
+        .await
+        .map_err(|e| failed("setting the guest clock", e))?;
+    if new_identity {
+        let set = crate::exec::Command::shell(format!(
+            "hostname {id} 2>/dev/null || echo {id} > /proc/sys/kernel/hostname; head -c 64 /dev/urandom > /dev/null"
+        ));
+        if let Err(error) = sandbox.run(set).await {
+            tracing::warn!(%id, %error, "setting the clone's hostname failed");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -132,6 +132,15 @@ impl Agent for AgentService {
         Ok(Response::new(pb::SetClockResponse { previous_offset_ns }))
     }
 
+    async fn set_identity(
+        &self,
+        request: Request<pb::SetIdentityRequest>,
+    ) -> Result<Response<pb::SetIdentityResponse>, Status> {
+        let request = request.into_inner();
+        let previous_offset_ns = files::blocking(move || system::set_identity(&request)).await?;
+        Ok(Response::new(pb::SetIdentityResponse { previous_offset_ns }))
+    }
+
     async fn sync(
         &self,
         request: Request<pb::SyncRequest>,

@@ -88,6 +88,65 @@ pub fn set_clock(unix_time_ns: i64) -> Result<i64, Status> {
     Ok(offset)
 }
 
+/// Largest entropy buffer [`set_identity`] accepts.
+pub const MAX_IDENTITY_ENTROPY: usize = 512;
+
+/// Gives a clone its own identity: host name, reseeded random generator,
+/// clock. Returns how far the clock was off (guest - requested).
+pub fn set_identity(request: &pb::SetIdentityRequest) -> Result<i64, Status> {
+    if !crate::init::cmdline::valid_hostname(&request.hostname) {
+        return Err(Status::invalid_argument(format!(
+            "{:?} is not a valid host name: use 1 to 64 letters, digits, '-' or '.'",
+            request.hostname
+        )));
+    }
+    if request.entropy.len() > MAX_IDENTITY_ENTROPY {
+        return Err(Status::invalid_argument(format!(
+            "{} bytes of entropy given; at most {MAX_IDENTITY_ENTROPY} are taken",
+            request.entropy.len()
+        )));
+    }
+    nix::unistd::sethostname(&request.hostname).map_err(|e| {
+        Status::internal(format!(
+            "setting the host name to {} failed: {e}",
+            request.hostname
+        ))
+    })?;
+    if !request.entropy.is_empty() {
+        reseed_random(&request.entropy)
+            .map_err(|e| Status::internal(format!("reseeding the guest's random generator failed: {e}")))?;
+    }
+    set_clock(request.unix_time_ns)
+}
+
+/// Credits `entropy` to the kernel's input pool (RNDADDENTROPY) and makes
+/// the generator reseed from it now (RNDRESEEDCRNG). Written with raw
+/// ioctls: no crate wraps these two, and `write(2)` to /dev/urandom would
+/// mix the bytes in without reseeding.
+fn reseed_random(entropy: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const RNDADDENTROPY: libc::c_ulong = 0x4008_5203; // _IOW('R', 0x03, int[2])
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207; // _IO('R', 0x07)
+    let urandom = std::fs::OpenOptions::new().write(true).open("/dev/urandom")?;
+    // struct rand_pool_info { int entropy_count; int buf_size; u8 buf[]; }
+    let mut info = Vec::with_capacity(8 + entropy.len());
+    let bits = i32::try_from(entropy.len() * 8).unwrap_or(i32::MAX);
+    let size = i32::try_from(entropy.len()).unwrap_or(i32::MAX);
+    info.extend_from_slice(&bits.to_ne_bytes());
+    info.extend_from_slice(&size.to_ne_bytes());
+    info.extend_from_slice(entropy);
+    // SAFETY: `info` is a complete rand_pool_info whose buf_size matches
+    // the bytes that follow; the kernel only reads it.
+    if unsafe { libc::ioctl(urandom.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    if unsafe { libc::ioctl(urandom.as_raw_fd(), RNDRESEEDCRNG) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn clamp_i64(v: i128) -> i64 {
     v.clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }

@@ -79,7 +79,7 @@ pub fn parse(cmdline: &str) -> BootConfig {
 
 /// A host name the kernel accepts (1 to 64 bytes) and that is safe to show
 /// in prompts: letters, digits, `-` and `.`.
-fn valid_hostname(name: &str) -> bool {
+pub(crate) fn valid_hostname(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
