@@ -361,7 +361,11 @@ async fn five_clones_of_a_template_run_independently_and_keep_it_alive() {
     for clone in &clones {
         randoms.insert(sh(clone, "head -c 16 /dev/urandom | od -An -tx1").await);
     }
-    assert_eq!(randoms.len(), 5, "clones drew the same random bytes: {randoms:?}");
+    assert_eq!(
+        randoms.len(),
+        5,
+        "clones drew the same random bytes: {randoms:?}"
+    );
     for (n, clone) in clones.iter().enumerate() {
         assert_eq!(
             sh(clone, "cat /root/base /dev/shm/base").await,

@@ -70,6 +70,10 @@ pub enum FrameKind {
     Ping = 7,
     /// Either way: echo reply with the token of the Ping.
     Pong = 8,
+    /// Host → guest, right after Hello: set the wall clock. Payload: i64 LE
+    /// nanoseconds since 1970. Guests of link version 2 and later apply it
+    /// before any later frame, so the first call already sees the right time.
+    SetClock = 9,
 }
 
 impl FrameKind {
@@ -84,6 +88,7 @@ impl FrameKind {
             6 => Self::BenchPullDone,
             7 => Self::Ping,
             8 => Self::Pong,
+            9 => Self::SetClock,
             _ => return None,
         })
     }

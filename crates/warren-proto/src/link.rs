@@ -34,7 +34,13 @@ use tokio_util::sync::PollSender;
 use crate::frame::{self, Decoder, Frame, FrameKind, HEADER_LEN, Hello};
 
 /// Version of the link layer (framing + handshake).
-pub const LINK_VERSION: u32 = 1;
+/// Version 2 added [`FrameKind::SetClock`].
+pub const LINK_VERSION: u32 = 2;
+/// Oldest guest link version this host still talks to (paused sandboxes and
+/// templates keep the agent they were made with).
+pub const OLDEST_GUEST_LINK_VERSION: u32 = 1;
+/// What the guest does with a clock the host sends: nanoseconds since 1970.
+pub type SetClockHook = fn(i64);
 /// Payload of the frames we send: header plus payload fill exactly 32 KiB,
 /// the most a single write to a virtio-serial port takes, so every frame
 /// is one write and one virtqueue buffer.
@@ -236,6 +242,7 @@ struct BenchState {
 /// accepts the next connection.
 pub struct HostLink {
     epoch: u32,
+    guest_version: u32,
     stream: Option<LinkStream>,
     out_tx: mpsc::Sender<Outgoing>,
     bench: Arc<BenchState>,
@@ -254,6 +261,13 @@ impl Drop for HostLink {
 }
 
 impl HostLink {
+    /// Whether the guest set its clock from the SetClock frame sent with
+    /// the handshake (link version 2 and later); older guests need the
+    /// SetClock call.
+    pub fn clock_set_by_link(&self) -> bool {
+        self.guest_version >= 2
+    }
+
     /// Performs the handshake over `io` and starts the pumps.
     ///
     /// `timeout` bounds the wait for the guest's HelloAck; while the guest
@@ -274,16 +288,28 @@ impl HostLink {
             nonce: rand::random(),
             version: LINK_VERSION,
         };
-        let mut hello_bytes = frame::resync_padding();
-        hello_bytes.extend_from_slice(&frame::encode(FrameKind::Hello, epoch, &hello.encode()));
+        // The clock rides behind the Hello, read at each (re)send.
+        let hello_bytes = || {
+            let mut bytes = frame::resync_padding();
+            bytes.extend_from_slice(&frame::encode(FrameKind::Hello, epoch, &hello.encode()));
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+            bytes.extend_from_slice(&frame::encode(
+                FrameKind::SetClock,
+                epoch,
+                &now.to_le_bytes(),
+            ));
+            bytes
+        };
 
         let deadline = Instant::now() + timeout;
         let mut decoder = Decoder::new();
         let mut buf = vec![0u8; 64 * 1024];
-        writer.write_all(&hello_bytes).await?;
+        writer.write_all(&hello_bytes()).await?;
         writer.flush().await?;
         let mut next_resend = Instant::now() + Duration::from_secs(2);
-        'handshake: loop {
+        let guest_version = 'handshake: loop {
             let now = Instant::now();
             if now >= deadline {
                 return Err(LinkError::HandshakeTimeout(timeout));
@@ -292,7 +318,7 @@ impl HostLink {
             let n = match tokio::time::timeout(wake - now, reader.read(&mut buf)).await {
                 Err(_) => {
                     if Instant::now() >= next_resend {
-                        writer.write_all(&hello_bytes).await?;
+                        writer.write_all(&hello_bytes()).await?;
                         writer.flush().await?;
                         next_resend = Instant::now() + Duration::from_secs(2);
                     }
@@ -314,15 +340,15 @@ impl HostLink {
                 if ack.nonce != hello.nonce {
                     continue;
                 }
-                if ack.version != LINK_VERSION {
+                if !(OLDEST_GUEST_LINK_VERSION..=LINK_VERSION).contains(&ack.version) {
                     return Err(LinkError::VersionMismatch {
                         guest: ack.version,
                         host: LINK_VERSION,
                     });
                 }
-                break 'handshake;
+                break 'handshake ack.version;
             }
-        }
+        };
 
         let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(WRITE_QUEUE_FRAMES);
         let (in_tx, in_rx) = mpsc::channel::<Bytes>(READ_QUEUE_FRAMES);
@@ -394,7 +420,10 @@ impl HostLink {
                                 ))
                                 .await;
                         }
-                        FrameKind::Hello | FrameKind::HelloAck | FrameKind::BenchPull => {}
+                        FrameKind::Hello
+                        | FrameKind::HelloAck
+                        | FrameKind::BenchPull
+                        | FrameKind::SetClock => {}
                     }
                 }
                 let read = tokio::select! {
@@ -418,6 +447,7 @@ impl HostLink {
             outbound: PollSender::new(out_tx.clone()),
         };
         Ok(Self {
+            guest_version,
             epoch,
             stream: Some(stream),
             out_tx,
@@ -539,12 +569,19 @@ pub fn serve_guest_port<R, W>(
     port: R,
     writer: W,
     incoming: mpsc::Sender<LinkStream>,
+    set_clock: Option<SetClockHook>,
 ) -> Arc<GuestLinkStats>
 where
     R: AsFd + Send + 'static,
     W: Write + Send + 'static,
 {
-    serve_guest(port, writer, incoming, EndOfInput::HostMayReconnect)
+    serve_guest(
+        port,
+        writer,
+        incoming,
+        EndOfInput::HostMayReconnect,
+        set_clock,
+    )
 }
 
 /// Like [`serve_guest_port`], for a transport where end of input is final
@@ -554,12 +591,13 @@ pub fn serve_guest_stream<R, W>(
     stream: R,
     writer: W,
     incoming: mpsc::Sender<LinkStream>,
+    set_clock: Option<SetClockHook>,
 ) -> Arc<GuestLinkStats>
 where
     R: AsFd + Send + 'static,
     W: Write + Send + 'static,
 {
-    serve_guest(stream, writer, incoming, EndOfInput::Final)
+    serve_guest(stream, writer, incoming, EndOfInput::Final, set_clock)
 }
 
 /// What EOF on the guest's transport means.
@@ -604,6 +642,7 @@ fn serve_guest<R, W>(
     mut writer: W,
     incoming: mpsc::Sender<LinkStream>,
     end_of_input: EndOfInput,
+    set_clock: Option<SetClockHook>,
 ) -> Arc<GuestLinkStats>
 where
     R: AsFd + Send + 'static,
@@ -703,6 +742,14 @@ where
                                 to_stream = None;
                             }
                         }
+                        FrameKind::SetClock => {
+                            let Ok(raw) = <[u8; 8]>::try_from(frame.payload.as_ref()) else {
+                                continue;
+                            };
+                            if let Some(set_clock) = set_clock {
+                                set_clock(i64::from_le_bytes(raw));
+                            }
+                        }
                         FrameKind::Ping => send(Outgoing {
                             epoch,
                             frame: wire(FrameKind::Pong, epoch, &frame.payload),
@@ -788,7 +835,7 @@ mod tests {
         let (host, guest) = StdUnixStream::pair().unwrap();
         let guest_writer = guest.try_clone().unwrap();
         let (tx, rx) = mpsc::channel(4);
-        serve_guest_port(guest, guest_writer, tx);
+        serve_guest_port(guest, guest_writer, tx, None);
         host.set_nonblocking(true).unwrap();
         (tokio::net::UnixStream::from_std(host).unwrap(), rx)
     }
@@ -818,12 +865,47 @@ mod tests {
         assert!(link.ping(Duration::from_secs(5)).await.is_ok());
     }
 
+    static CLOCK_SEEN: AtomicU64 = AtomicU64::new(0);
+
+    fn record_clock(unix_time_ns: i64) {
+        CLOCK_SEEN.store(unix_time_ns as u64, Ordering::SeqCst);
+    }
+
+    #[tokio::test]
+    async fn the_handshake_sets_the_guest_clock_before_any_data() {
+        let (host, guest) = StdUnixStream::pair().unwrap();
+        let guest_writer = guest.try_clone().unwrap();
+        let (tx, mut incoming) = mpsc::channel(4);
+        serve_guest_port(guest, guest_writer, tx, Some(record_clock));
+        host.set_nonblocking(true).unwrap();
+        let host = tokio::net::UnixStream::from_std(host).unwrap();
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let mut link = HostLink::establish(host, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(link.clock_set_by_link());
+        let mut host_stream = link.take_stream().unwrap();
+        let mut guest_stream = incoming.recv().await.unwrap();
+        host_stream.write_all(b"x").await.unwrap();
+        let mut buf = [0u8; 1];
+        guest_stream.read_exact(&mut buf).await.unwrap();
+        // Data sent after the handshake arrives after the clock was set.
+        let seen = CLOCK_SEEN.load(Ordering::SeqCst);
+        assert!(
+            seen >= before && seen < before + 5_000_000_000,
+            "clock {seen} vs {before}"
+        );
+    }
+
     #[tokio::test]
     async fn a_second_connection_replaces_the_first_despite_stale_bytes() {
         let (host_raw, guest_raw) = StdUnixStream::pair().unwrap();
         let guest_writer = guest_raw.try_clone().unwrap();
         let (tx, mut incoming) = mpsc::channel(4);
-        serve_guest_port(guest_raw, guest_writer, tx);
+        serve_guest_port(guest_raw, guest_writer, tx, None);
         // Keep a duplicate of the host end to play the "next" connection on
         // the same byte stream, like QEMU's chardev does.
         let second = host_raw.try_clone().unwrap();
@@ -897,7 +979,7 @@ mod tests {
         let (host, guest) = StdUnixStream::pair().unwrap();
         let guest_writer = guest.try_clone().unwrap();
         let (tx, mut incoming) = mpsc::channel(4);
-        serve_guest_stream(guest, guest_writer, tx);
+        serve_guest_stream(guest, guest_writer, tx, None);
         host.set_nonblocking(true).unwrap();
         let host = tokio::net::UnixStream::from_std(host).unwrap();
         let mut link = HostLink::establish(host, Duration::from_secs(5))

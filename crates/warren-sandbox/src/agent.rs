@@ -170,6 +170,13 @@ impl AgentConnection {
         self.client.clone()
     }
 
+    /// Whether the current connection's handshake also set the guest clock
+    /// (guests of link version 2 and later).
+    pub fn clock_set_by_link(&self) -> bool {
+        self.current_link()
+            .is_ok_and(|link| link.clock_set_by_link())
+    }
+
     fn current_link(&self) -> Result<Arc<HostLink>, LinkError> {
         self.link
             .lock()

@@ -421,10 +421,13 @@ pub(crate) async fn finish_boot(sandbox: &Sandbox, id: &str) -> Result<(), Creat
             ),
         });
     }
-    sandbox.sync_clock().await.map_err(|e| CreateError::Agent {
-        id: id.to_string(),
-        detail: format!("setting the guest clock failed: {e}"),
-    })?;
+    sandbox
+        .ensure_clock()
+        .await
+        .map_err(|e| CreateError::Agent {
+            id: id.to_string(),
+            detail: format!("setting the guest clock failed: {e}"),
+        })?;
     Ok(())
 }
 

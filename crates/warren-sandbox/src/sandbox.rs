@@ -181,6 +181,15 @@ impl Sandbox {
         &self.shared
     }
 
+    /// Sets the guest clock unless the connection's handshake already did
+    /// (saves a round trip on every boot and resume).
+    pub(crate) async fn ensure_clock(&self) -> Result<(), ExecError> {
+        if !self.agent.clock_set_by_link() {
+            self.sync_clock().await?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn client(&self) -> AgentClient<tonic::transport::Channel> {
         self.agent.client()
     }

@@ -1441,7 +1441,7 @@ async fn set_clock_and_identity(
         return Ok(());
     }
     sandbox
-        .sync_clock()
+        .ensure_clock()
         .await
         .map_err(|e| failed("setting the guest clock", e))?;
     if new_identity {

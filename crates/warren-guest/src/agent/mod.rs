@@ -105,6 +105,14 @@ async fn serve(
     Ok(())
 }
 
+/// Applies the clock the host sends with every handshake (link frames are
+/// handled in order, so calls made after the handshake see it).
+fn set_clock_from_link(unix_time_ns: i64) {
+    if let Err(status) = system::set_clock(unix_time_ns) {
+        tracing::warn!(error = %status.message(), "setting the clock from the host failed");
+    }
+}
+
 /// Finds `/dev/vportNpM` of the port called `name`, waiting for the driver
 /// and devtmpfs to create it.
 fn find_port(name: &str, timeout: Duration) -> Result<PathBuf, AgentError> {
@@ -153,7 +161,7 @@ pub fn run_port(port_name: &str, shutdown: ShutdownMode) -> Result<(), AgentErro
     tracing::info!(port = %path.display(), "agent serving");
     runtime()?.block_on(async move {
         let (tx, rx) = mpsc::channel(4);
-        warren_proto::link::serve_guest_port(port, writer, tx);
+        warren_proto::link::serve_guest_port(port, writer, tx, Some(set_clock_from_link));
         serve(rx, shutdown).await
     })
 }
@@ -190,7 +198,9 @@ pub fn run_unix(path: &Path) -> Result<(), AgentError> {
                 });
                 match prepared {
                     Ok((reader, writer)) => {
-                        warren_proto::link::serve_guest_stream(reader, writer, tx.clone());
+                        // On a development host the "guest" clock is the
+                        // host's own: never set it.
+                        warren_proto::link::serve_guest_stream(reader, writer, tx.clone(), None);
                     }
                     Err(error) => tracing::warn!(%error, "setting up a connection failed"),
                 }

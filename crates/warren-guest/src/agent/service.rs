@@ -138,7 +138,9 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::SetIdentityResponse>, Status> {
         let request = request.into_inner();
         let previous_offset_ns = files::blocking(move || system::set_identity(&request)).await?;
-        Ok(Response::new(pb::SetIdentityResponse { previous_offset_ns }))
+        Ok(Response::new(pb::SetIdentityResponse {
+            previous_offset_ns,
+        }))
     }
 
     async fn sync(

@@ -113,8 +113,11 @@ pub fn set_identity(request: &pb::SetIdentityRequest) -> Result<i64, Status> {
         ))
     })?;
     if !request.entropy.is_empty() {
-        reseed_random(&request.entropy)
-            .map_err(|e| Status::internal(format!("reseeding the guest's random generator failed: {e}")))?;
+        reseed_random(&request.entropy).map_err(|e| {
+            Status::internal(format!(
+                "reseeding the guest's random generator failed: {e}"
+            ))
+        })?;
     }
     set_clock(request.unix_time_ns)
 }
@@ -127,7 +130,9 @@ fn reseed_random(entropy: &[u8]) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     const RNDADDENTROPY: libc::c_ulong = 0x4008_5203; // _IOW('R', 0x03, int[2])
     const RNDRESEEDCRNG: libc::c_ulong = 0x5207; // _IO('R', 0x07)
-    let urandom = std::fs::OpenOptions::new().write(true).open("/dev/urandom")?;
+    let urandom = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
     // struct rand_pool_info { int entropy_count; int buf_size; u8 buf[]; }
     let mut info = Vec::with_capacity(8 + entropy.len());
     let bits = i32::try_from(entropy.len() * 8).unwrap_or(i32::MAX);
