@@ -30,5 +30,12 @@ pub const PROTOCOL_VERSION: u32 = 2;
 /// below this, so anything larger is a bug or an attack.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
+/// The host's wall clock as the guest is told it: nanoseconds since 1970.
+pub fn unix_time_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
 /// Size of the data chunks of file transfers and process output.
 pub const CHUNK_BYTES: usize = 256 * 1024;

@@ -292,13 +292,10 @@ impl HostLink {
         let hello_bytes = || {
             let mut bytes = frame::resync_padding();
             bytes.extend_from_slice(&frame::encode(FrameKind::Hello, epoch, &hello.encode()));
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
             bytes.extend_from_slice(&frame::encode(
                 FrameKind::SetClock,
                 epoch,
-                &now.to_le_bytes(),
+                &crate::unix_time_ns().to_le_bytes(),
             ));
             bytes
         };

@@ -273,11 +273,8 @@ impl Sandbox {
     /// Sets the guest clock to the host's. Returns the previous offset.
     pub async fn sync_clock(&self) -> Result<Duration, ExecError> {
         self.ensure_usable()?;
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
         let request = pb::SetClockRequest {
-            unix_time_ns: now.as_nanos() as i64,
+            unix_time_ns: warren_proto::unix_time_ns(),
         };
         match self.client().set_clock(request).await {
             Ok(response) => Ok(Duration::from_nanos(
@@ -289,19 +286,14 @@ impl Sandbox {
         }
     }
 
-    /// Gives a clone its own host name, reseeds its random generator with
-    /// host randomness and sets its clock, in one call. `Ok(false)` when the
-    /// guest agent predates this call (the caller then falls back to
-    /// [`Sandbox::sync_clock`] and a shell command).
+    /// Gives a clone its own host name and reseeds its random generator
+    /// with host randomness, in one call. `Ok(false)` when the guest agent
+    /// predates this call (the caller then falls back to a shell command).
     pub(crate) async fn set_identity(&self, hostname: &str) -> Result<bool, ExecError> {
         self.ensure_usable()?;
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
         let request = pb::SetIdentityRequest {
             hostname: hostname.to_string(),
             entropy: rand::random::<[u8; 64]>().to_vec().into(),
-            unix_time_ns: now.as_nanos() as i64,
         };
         match self.client().set_identity(request).await {
             Ok(_) => Ok(true),

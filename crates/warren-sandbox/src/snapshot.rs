@@ -1420,9 +1420,9 @@ pub fn dir_allocated_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Sets a restored guest's clock and, for a clone, its identity (host name,
-/// reseeded random generator): one call to a current agent; an agent from
-/// an older image gets the clock call and a shell command instead.
+/// Sets a restored guest's clock (unless the link handshake did) and, for
+/// a clone, its identity (host name, reseeded random generator): one call
+/// to a current agent, a shell command for an agent from an older image.
 async fn set_clock_and_identity(
     sandbox: &Sandbox,
     id: &str,
@@ -1432,19 +1432,16 @@ async fn set_clock_and_identity(
         id: id.to_string(),
         detail: format!("{what} failed: {e}"),
     };
-    if new_identity
-        && sandbox
-            .set_identity(id)
-            .await
-            .map_err(|e| failed("giving the clone its identity", e))?
-    {
-        return Ok(());
-    }
     sandbox
         .ensure_clock()
         .await
         .map_err(|e| failed("setting the guest clock", e))?;
-    if new_identity {
+    if new_identity
+        && !sandbox
+            .set_identity(id)
+            .await
+            .map_err(|e| failed("giving the clone its identity", e))?
+    {
         let set = crate::exec::Command::shell(format!(
             "hostname {id} 2>/dev/null || echo {id} > /proc/sys/kernel/hostname; head -c 64 /dev/urandom > /dev/null"
         ));

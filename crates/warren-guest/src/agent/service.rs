@@ -137,10 +137,8 @@ impl Agent for AgentService {
         request: Request<pb::SetIdentityRequest>,
     ) -> Result<Response<pb::SetIdentityResponse>, Status> {
         let request = request.into_inner();
-        let previous_offset_ns = files::blocking(move || system::set_identity(&request)).await?;
-        Ok(Response::new(pb::SetIdentityResponse {
-            previous_offset_ns,
-        }))
+        files::blocking(move || system::set_identity(&request)).await?;
+        Ok(Response::new(pb::SetIdentityResponse {}))
     }
 
     async fn sync(

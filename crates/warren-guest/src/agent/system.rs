@@ -91,9 +91,9 @@ pub fn set_clock(unix_time_ns: i64) -> Result<i64, Status> {
 /// Largest entropy buffer [`set_identity`] accepts.
 pub const MAX_IDENTITY_ENTROPY: usize = 512;
 
-/// Gives a clone its own identity: host name, reseeded random generator,
-/// clock. Returns how far the clock was off (guest - requested).
-pub fn set_identity(request: &pb::SetIdentityRequest) -> Result<i64, Status> {
+/// Gives a clone its own identity: host name and a reseeded random
+/// generator (its clock came with the link handshake).
+pub fn set_identity(request: &pb::SetIdentityRequest) -> Result<(), Status> {
     if !crate::init::cmdline::valid_hostname(&request.hostname) {
         return Err(Status::invalid_argument(format!(
             "{:?} is not a valid host name: use 1 to 64 letters, digits, '-' or '.'",
@@ -119,7 +119,7 @@ pub fn set_identity(request: &pb::SetIdentityRequest) -> Result<i64, Status> {
             ))
         })?;
     }
-    set_clock(request.unix_time_ns)
+    Ok(())
 }
 
 /// Credits `entropy` to the kernel's input pool (RNDADDENTROPY) and makes
