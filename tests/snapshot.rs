@@ -274,10 +274,18 @@ async fn a_paused_1_gib_sandbox_gives_its_memory_back() {
         !Path::new(&format!("/proc/{pid}")).exists(),
         "QEMU survived the pause"
     );
-    let holders = processes_mapping(&dir);
+    let mut holders = processes_mapping(&dir);
+    if let Some(ram) = env.manager.volatile_ram_dir() {
+        holders.extend(processes_mapping(ram));
+    }
     assert!(
         holders.is_empty(),
         "processes still map the paused sandbox's memory: {holders:?}"
+    );
+    let ram = env.ram_files();
+    assert!(
+        ram.is_empty(),
+        "guest RAM still held in host memory: {ram:?}"
     );
     let running = processes_mentioning(env.data_dir.path());
     assert!(

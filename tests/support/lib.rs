@@ -81,6 +81,28 @@ impl TestEnv {
             processes.is_empty(),
             "VM processes left behind: {processes:?}"
         );
+        let ram = self.ram_files();
+        assert!(ram.is_empty(), "guest RAM files left behind: {ram:?}");
+    }
+
+    /// Guest RAM files in host memory (the manager's volatile RAM directory).
+    pub fn ram_files(&self) -> Vec<PathBuf> {
+        let Some(dir) = self.manager.volatile_ram_dir() else {
+            return Vec::new();
+        };
+        match std::fs::read_dir(dir) {
+            Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // The per-environment RAM directory outlives nothing of the test.
+        if let Some(dir) = self.manager.volatile_ram_dir() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -130,7 +130,7 @@ pub async fn boot(manager: Manager, args: BootBenchArgs) -> Result<Value> {
     let mut raw_down = Vec::new();
     let mut sink_up = Vec::new();
     let mut source_down = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..TRANSFER_ROUNDS {
         // The same transfers with the guest's file system out of the way
         // (appending to /dev/null, reading /dev/zero): what the protocol
         // alone costs, to tell it apart from guest page-cache work.
@@ -153,7 +153,7 @@ pub async fn boot(manager: Manager, args: BootBenchArgs) -> Result<Value> {
 
         let mut reader: &[u8] = &payload;
         let start = Instant::now();
-        write(&sandbox, "/tmp/bench.bin", &mut reader).await?;
+        write(&sandbox, "/tmp/bench.bin", &mut reader, bytes).await?;
         upload.push(mib_s(bytes, start.elapsed()));
 
         let start = Instant::now();
@@ -188,7 +188,9 @@ pub async fn boot(manager: Manager, args: BootBenchArgs) -> Result<Value> {
         "cold_create_ms_all": create_ms.iter().map(|v| round2(*v)).collect::<Vec<_>>(),
         "raw_qemu_boot_ms_p50": round2(raw_p50),
         "raw_qemu_boot_ms_all": raw_ms.iter().map(|v| round2(*v)).collect::<Vec<_>>(),
-        "create_vs_raw_ratio": round2(create_p50 / raw_p50),
+        // Ratios pair the samples of one round (taken back to back), so
+        // that drift in the host's speed over the run cancels out.
+        "create_vs_raw_ratio": round2(paired_ratio(&create_ms, &raw_ms)),
         "exec_true_ms_p50": round2(percentile(&exec_ms, 50.0)),
         "exec_true_ms_p99": round2(percentile(&exec_ms, 99.0)),
         "link_ping_ms_p50": round2(percentile(&ping_ms, 50.0)),
@@ -197,23 +199,40 @@ pub async fn boot(manager: Manager, args: BootBenchArgs) -> Result<Value> {
         "download_mib_s": round2(download_mib_s),
         "raw_channel_upload_mib_s": round2(raw_upload),
         "raw_channel_download_mib_s": round2(raw_download),
-        "upload_vs_raw_ratio": round2(upload_mib_s / raw_upload),
+        "upload_vs_raw_ratio": round2(paired_ratio(&upload, &raw_up)),
+        "upload_mib_s_all": upload.iter().map(|v| round2(*v)).collect::<Vec<_>>(),
+        "raw_channel_upload_mib_s_all": raw_up.iter().map(|v| round2(*v)).collect::<Vec<_>>(),
         "upload_to_dev_null_mib_s": round2(percentile(&sink_up, 50.0)),
         "download_from_dev_zero_mib_s": round2(percentile(&source_down, 50.0)),
-        "download_vs_raw_ratio": round2(download_mib_s / raw_download),
+        "download_vs_raw_ratio": round2(paired_ratio(&download, &raw_down)),
         "idle_host_rss_mib": round2(idle.rss_bytes as f64 / 1048576.0),
         "idle_host_pss_mib": round2(idle.pss_bytes as f64 / 1048576.0),
     }))
+}
+
+/// Rounds of the transfer measurements (each: every transfer once).
+const TRANSFER_ROUNDS: usize = 5;
+
+/// The median of `a[i] / b[i]`: samples of round `i` were taken back to
+/// back, so each pair shares the host's speed of that moment.
+fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
+    let ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    percentile(&ratios, 50.0)
 }
 
 async fn write<R: AsyncRead + Unpin + Send>(
     sandbox: &warren_sandbox::Sandbox,
     path: &str,
     reader: &mut R,
+    size: u64,
 ) -> Result<()> {
-    sandbox
-        .write_file_from(path, reader, WriteOptions::default(), &())
-        .await?;
+    // The size is known, as it is for `warren cp` or an HTTP upload with
+    // a Content-Length.
+    let options = WriteOptions {
+        size_hint: Some(size),
+        ..WriteOptions::default()
+    };
+    sandbox.write_file_from(path, reader, options, &()).await?;
     Ok(())
 }
 
@@ -271,8 +290,17 @@ async fn raw_qemu_boot_in(
     if !status.success() {
         bail!("qemu-img create failed: {status}");
     }
-    let config = manager.vm_config("bench-raw", dir, spec, image, &disk);
+    let mut config = manager.vm_config("bench-raw", dir, spec, image, &disk);
+    // RAM where warren's own VMs keep it, so both boots do the same work.
+    let volatile = manager.volatile_ram_dir().map(|ram| {
+        ram.join(format!(
+            "{}.memory",
+            dir.file_name().unwrap().to_string_lossy()
+        ))
+    });
+    config.memory_file = volatile.clone();
     let args = warren_vmm::qemu::cmdline::build_args(&config);
+    let _remove_ram = volatile.map(RemoveOnDrop);
     let binary = std::env::var_os("WARREN_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into());
     let socket = dir.join(warren_vmm::config::files::AGENT_SOCKET);
 
@@ -672,6 +700,15 @@ pub async fn api(
     }))
 }
 
+/// Removes a file when dropped (plain QEMU's RAM file on every exit path).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -683,6 +720,16 @@ mod tests {
         assert_eq!(percentile(&samples, 99.0), 5.0);
         assert_eq!(percentile(&samples, 0.0), 1.0);
         assert!(percentile(&[], 50.0).is_nan());
+    }
+
+    #[test]
+    fn paired_ratios_follow_each_round() {
+        // Two rounds at 2x on a host whose speed drifts, one outlier: the
+        // median pair says 2x, the ratio of the medians would say 0.8x.
+        let ours = [3.0, 10.0, 4.0];
+        let baseline = [1.5, 5.0, 8.0];
+        assert_eq!(paired_ratio(&ours, &baseline), 2.0);
+        assert_eq!(percentile(&ours, 50.0) / percentile(&baseline, 50.0), 0.8);
     }
 
     #[test]

@@ -2587,6 +2587,25 @@ impl Harness {
                 ));
             }
         }
+        let ram_dir = warren_sandbox::volatile_ram_dir_for(home).map_err(anyhow::Error::msg)?;
+        for entry in ram_dir
+            .iter()
+            .flat_map(std::fs::read_dir)
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            let Some(id) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            if !is(&id, SandboxState::Running) {
+                found.push(orphan(
+                    "ram",
+                    path.display().to_string(),
+                    format!("guest RAM held in host memory, but it is {}", state_of(&id)),
+                ));
+            }
+        }
         for mount in mounts_under(home) {
             let owner = sandbox_of_path(home, &mount);
             if !owner
@@ -3273,6 +3292,25 @@ impl Harness {
                     kind: "memfs".into(),
                     subject: format!("{id} (pid {pid})"),
                     reason: "still runs after every sandbox was deleted and warren stopped".into(),
+                    phase: phase.clone(),
+                },
+                true,
+            );
+        }
+        let ram_dir = warren_sandbox::volatile_ram_dir_for(&home).map_err(anyhow::Error::msg)?;
+        for entry in ram_dir
+            .iter()
+            .flat_map(std::fs::read_dir)
+            .flatten()
+            .flatten()
+        {
+            self.report.orphan(
+                Orphan {
+                    kind: "ram".into(),
+                    subject: entry.path().display().to_string(),
+                    reason: "guest RAM still held in host memory after every sandbox was \
+                             deleted and warren stopped"
+                        .into(),
                     phase: phase.clone(),
                 },
                 true,

@@ -74,6 +74,13 @@ pub enum FrameKind {
     /// nanoseconds since 1970. Guests of link version 2 and later apply it
     /// before any later frame, so the first call already sees the right time.
     SetClock = 9,
+    /// Host → guest: bytes of a bulk upload, a file body sent beside HTTP/2
+    /// (see [`crate::bulk`]). Payload: transfer id (u64 LE), then the bytes.
+    BulkData = 10,
+    /// Guest → host: how many bytes of a bulk upload the guest has taken,
+    /// which grants the host credit for more. Payload: transfer id (u64 LE),
+    /// cumulative bytes (u64 LE).
+    BulkAck = 11,
 }
 
 impl FrameKind {
@@ -89,6 +96,8 @@ impl FrameKind {
             7 => Self::Ping,
             8 => Self::Pong,
             9 => Self::SetClock,
+            10 => Self::BulkData,
+            11 => Self::BulkAck,
             _ => return None,
         })
     }

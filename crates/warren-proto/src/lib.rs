@@ -4,10 +4,12 @@
 //! - [`frame`]: resynchronising frames over a raw byte channel;
 //! - [`link`]: the per-connection handshake and the pumps that expose one
 //!   clean byte stream per host connection (plus raw-throughput probes);
+//! - [`bulk`]: file bodies sent as link frames beside HTTP/2, with credit;
 //! - [`pb`]: the gRPC service (`proto/agent.proto`) spoken over that stream.
 //!
 //! [`paths`] holds the path rules both sides enforce on file operations.
 
+pub mod bulk;
 pub mod frame;
 pub mod link;
 pub mod paths;

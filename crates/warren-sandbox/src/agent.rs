@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
+use warren_proto::bulk::BulkSender;
 use warren_proto::link::{HostLink, LinkError, RawThroughput};
 use warren_proto::pb::agent_client::AgentClient;
 use warren_vmm::VmExit;
@@ -190,6 +191,12 @@ impl AgentConnection {
         self.current_link()?
             .bench_pull(bytes, Duration::from_secs(600))
             .await
+    }
+
+    /// A bulk upload on the current connection, if its guest takes them
+    /// (link version 3); `None` means "send the bytes in the call".
+    pub fn open_bulk(&self) -> Option<BulkSender> {
+        self.current_link().ok()?.open_bulk()?.ok()
     }
 
     /// Raw host → guest throughput of the channel.

@@ -32,7 +32,7 @@ pub use exec::{
     Command, ExitStatus, Output, Process, ProcessEvent, ProcessInfo, ProcessInput, PtySize,
 };
 pub use files::{FileInfo, FileType, TransferProgress, WriteOptions};
-pub use manager::{Manager, ManagerConfig, SandboxMeta};
+pub use manager::{Manager, ManagerConfig, SandboxMeta, volatile_ram_dir_for};
 pub use sandbox::{GuestInfo, PauseHold, Sandbox};
 pub use snapshot::{
     PauseError, PauseOptions, PauseReport, ResumeReport, SnapshotOpError, TemplateMeta,

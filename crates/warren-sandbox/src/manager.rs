@@ -40,11 +40,16 @@ pub struct ManagerConfig {
     /// VMs die with this process (one-shot use such as `warren run` and
     /// tests) instead of outliving it.
     pub ephemeral: bool,
+    /// A tmpfs directory where running cold-booted VMs keep their RAM
+    /// (`$WARREN_RAM_DIR`; default `/dev/shm` when it is a tmpfs; `disk`
+    /// keeps RAM in the sandbox directory). A pause copies it to disk.
+    pub volatile_ram_root: Option<PathBuf>,
 }
 
 impl ManagerConfig {
     /// Reads `WARREN_HOME`, `WARREN_IMAGE_CACHE`, `WARREN_ACCEL`, `WARREN_QEMU`,
-    /// `WARREN_GUEST_AGENT` and `WARREN_BOOT_TIMEOUT` (seconds).
+    /// `WARREN_GUEST_AGENT`, `WARREN_BOOT_TIMEOUT` (seconds) and
+    /// `WARREN_RAM_DIR`.
     pub fn from_env() -> Result<Self, String> {
         let accel = match std::env::var("WARREN_ACCEL") {
             Ok(value) => value.parse::<AccelChoice>()?,
@@ -66,8 +71,47 @@ impl ManagerConfig {
             guest_agent: std::env::var_os("WARREN_GUEST_AGENT").map(PathBuf::from),
             boot_timeout,
             ephemeral: true,
+            volatile_ram_root: volatile_ram_root_from_env()?,
         })
     }
+}
+
+/// `$WARREN_RAM_DIR`: unset means `/dev/shm` if it is a tmpfs, `disk` (or
+/// empty) means none, anything else must be a directory on a tmpfs.
+fn volatile_ram_root_from_env() -> Result<Option<PathBuf>, String> {
+    match std::env::var_os("WARREN_RAM_DIR") {
+        None => Ok(warren_vmm::qemu::volatile::default_root()),
+        Some(value) if value.is_empty() || value == "disk" => Ok(None),
+        Some(value) => {
+            let path = PathBuf::from(value);
+            if !warren_vmm::qemu::volatile::is_tmpfs(&path) {
+                return Err(format!(
+                    "WARREN_RAM_DIR={} is not a directory on a tmpfs; point it at one \
+                     (such as /dev/shm) or set WARREN_RAM_DIR=disk to keep guest RAM on disk",
+                    path.display()
+                ));
+            }
+            Ok(Some(path))
+        }
+    }
+}
+
+/// Where the VMs of data directory `data_dir` keep their RAM while they
+/// run, by `$WARREN_RAM_DIR` as a [`Manager`] reads it (None: on disk); for
+/// tools that audit a host.
+pub fn volatile_ram_dir_for(data_dir: &Path) -> Result<Option<PathBuf>, String> {
+    Ok(volatile_ram_root_from_env()?.map(|root| volatile_ram_dir(&root, data_dir)))
+}
+
+/// The directory of one data directory's volatile RAM files under `root`:
+/// named after the data directory, so that several warren homes on one host
+/// never touch each other's files.
+fn volatile_ram_dir(root: &Path, data_dir: &Path) -> PathBuf {
+    use sha2::Digest;
+    let absolute = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let digest = sha2::Sha256::digest(absolute.as_os_str().as_encoded_bytes());
+    let short: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    root.join(format!("warren-ram-{short}"))
 }
 
 /// Creates and tracks sandboxes on this host.
@@ -77,6 +121,8 @@ pub struct Manager {
     vmm: Arc<dyn Vmm>,
     host: HostCapacity,
     sandboxes_dir: PathBuf,
+    /// Where running cold-booted VMs keep their RAM, if in memory.
+    ram_dir: Option<PathBuf>,
     busy: crate::recovery::Busy,
 }
 
@@ -86,6 +132,16 @@ impl std::fmt::Debug for Manager {
             .field("data_dir", &self.config.data_dir)
             .field("accel", &self.vmm.accel())
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        // An empty RAM directory is removed (one that still holds the RAM
+        // of VMs that outlive this process is not).
+        if let Some(dir) = &self.ram_dir {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -157,13 +213,27 @@ impl Manager {
         });
         let accel =
             warren_vmm::accel::resolve(config.accel).map_err(warren_vmm::LaunchError::from)?;
-        let vmm = Arc::new(QemuVmm::new(config.qemu_binary.clone(), accel)?);
+        let mut qemu = QemuVmm::new(config.qemu_binary.clone(), accel)?;
+        let ram_dir = config
+            .volatile_ram_root
+            .as_ref()
+            .map(|root| volatile_ram_dir(root, &config.data_dir));
+        if let Some(dir) = &ram_dir {
+            qemu = qemu
+                .with_volatile_ram(dir.clone())
+                .map_err(|source| ManagerError::DataDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
+        let vmm = Arc::new(qemu);
         let manager = Self {
             config,
             images,
             vmm,
             host: HostCapacity::probe(),
             sandboxes_dir,
+            ram_dir,
             busy: Default::default(),
         };
         let swept = manager.sweep_orphans();
@@ -355,6 +425,13 @@ impl Manager {
         let sandbox = Sandbox::new(id, dir.to_path_buf(), vm, agent, spec, image.key.clone());
         finish_boot(&sandbox, id).await?;
         Ok(sandbox)
+    }
+
+    /// The tmpfs directory where running cold-booted VMs keep their RAM
+    /// (None: in their sandbox directory), for tools that boot VMs the same
+    /// way outside the manager.
+    pub fn volatile_ram_dir(&self) -> Option<&Path> {
+        self.ram_dir.as_deref()
     }
 
     /// Whether VMs die with this process.

@@ -680,6 +680,19 @@ impl Manager {
             tracing::debug!(swept, "emptied the trash");
         }
         fixes.extend(self.sweep_template_leftovers());
+        if let Some(ram_dir) = self.volatile_ram_dir() {
+            for path in warren_vmm::qemu::volatile::sweep(ram_dir) {
+                let id = path
+                    .file_stem()
+                    .map(|stem| stem.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                fixes.push(Fix::new(
+                    "orphan_ram",
+                    &id,
+                    format!("freed guest RAM {} that no VM uses", path.display()),
+                ));
+            }
+        }
         fixes
     }
 }

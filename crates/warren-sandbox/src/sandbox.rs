@@ -194,6 +194,10 @@ impl Sandbox {
         self.agent.client()
     }
 
+    pub(crate) fn open_bulk(&self) -> Option<warren_proto::bulk::BulkSender> {
+        self.agent.open_bulk()
+    }
+
     pub(crate) fn vm(&self) -> &dyn Vm {
         self.vm.as_deref().expect("vm present until drop")
     }

@@ -441,10 +441,20 @@ impl Sandbox {
         // 3. Make guest RAM durable while the VM can still be continued,
         //    then record that everything a commit needs is on disk: from
         //    here a restart completes this pause instead of dropping it.
-        let flushed = match self.memfs_handle().lock().expect("memfs lock").as_ref() {
-            Some(memfs) => memfs.flush(),
-            None => std::fs::File::open(dir.join(warren_vmm::config::files::MEMORY))
-                .and_then(|f| f.sync_all()),
+        let daemon_flush = self
+            .memfs_handle()
+            .lock()
+            .expect("memfs lock")
+            .as_ref()
+            .map(|memfs| memfs.flush());
+        // A cold-booted VM whose RAM lives in host memory gets a copy in its
+        // directory; it must go again if the VM goes on running.
+        let mut copied_ram = false;
+        let flushed = match daemon_flush {
+            Some(flushed) => flushed,
+            None => vm.persist_memory().await.map(|bytes| {
+                copied_ram = bytes > 0;
+            }),
         }
         .map_err(|error| ("writing guest memory to disk failed", error))
         .and_then(|()| {
@@ -461,6 +471,9 @@ impl Sandbox {
         });
         if let Err((what, error)) = flushed {
             let _ = std::fs::remove_file(&state_path);
+            if copied_ram {
+                let _ = std::fs::remove_file(dir.join(warren_vmm::config::files::MEMORY));
+            }
             let _ = vm.cont().await;
             return Err(failed(
                 format!("{what}: {error}"),

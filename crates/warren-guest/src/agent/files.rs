@@ -181,6 +181,8 @@ struct WriteTarget {
     owner: Option<(u32, u32)>,
     mode: Option<u32>,
     append: bool,
+    /// The size announced by the sender (0: unknown).
+    size_hint: u64,
 }
 
 /// Removes the temp file unless it was renamed into place.
@@ -297,6 +299,7 @@ fn prepare_write(header: &pb::WriteFileHeader, users: &UserDb) -> Result<WriteTa
         owner,
         mode: (header.mode != 0).then_some(header.mode & 0o7777),
         append: header.append,
+        size_hint: header.size_hint,
     })
 }
 
@@ -316,17 +319,35 @@ pub async fn write_file(
     blocking(move || write_blocking(target, rx, &users).map_err(Status::from)).await
 }
 
-/// The blocking half of WriteFile: writes chunks as they arrive and
-/// commits only on `Finish`.
-fn write_blocking(
+/// A target opened for writing: the file (the temp file unless appending)
+/// and what the commit needs.
+pub struct OpenWrite {
     target: WriteTarget,
-    mut rx: mpsc::Receiver<WriteMsg>,
-    users: &UserDb,
-) -> Result<pb::WriteFileResponse, FileError> {
+    file: Arc<File>,
+    guard: TempGuard,
+    created: bool,
+    existing: Option<std::fs::Metadata>,
+}
+
+impl OpenWrite {
+    /// The file the bytes go to (shared with a bulk sink).
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    /// The target path, for messages.
+    pub fn path(&self) -> &str {
+        &self.target.path
+    }
+}
+
+/// Opens the target: the file itself when appending, else a temp file
+/// beside it that only [`commit_write`] renames into place.
+fn open_write(target: WriteTarget) -> Result<OpenWrite, FileError> {
     let path = target.path.as_str();
     let io = |e| FileError::io("writing", path, e);
     let existing = std::fs::metadata(path).ok();
-    let (mut file, mut guard, created) = if target.append {
+    let (file, guard, created) = if target.append {
         let file = OpenOptions::new()
             .append(true)
             .create(true)
@@ -354,28 +375,54 @@ fn write_blocking(
             .custom_flags(libc::O_CLOEXEC)
             .open(&temp)
             .map_err(io)?;
+        // The announced size up front: on tmpfs mounted huge=within_size
+        // the writes then get 2 MiB pages. Trimmed at commit if the
+        // sender sent less; harmless elsewhere (a sparse length).
+        if target.size_hint > 0 && file.metadata().is_ok_and(|m| m.file_type().is_file()) {
+            file.set_len(target.size_hint).map_err(io)?;
+        }
         (file, TempGuard { path: Some(temp) }, true)
     };
+    Ok(OpenWrite {
+        target,
+        file: Arc::new(file),
+        guard,
+        created,
+        existing,
+    })
+}
 
-    let mut written = 0u64;
-    let mut finished = false;
-    while let Some(msg) = rx.blocking_recv() {
-        match msg {
-            WriteMsg::Data(data) => {
-                file.write_all(&data).map_err(io)?;
-                written += data.len() as u64;
-            }
-            WriteMsg::Finish => {
-                finished = true;
-                break;
-            }
-        }
-    }
-    if !finished {
-        // Cancelled: the guard removes the temp file.
-        return Err(FileError::Protocol(format!(
-            "the upload of {path} was cancelled before it finished; the file was not changed"
-        )));
+/// Validates the header and opens the target, on a blocking thread.
+pub async fn begin_write(
+    header: pb::WriteFileHeader,
+    users: Arc<UserDb>,
+) -> Result<OpenWrite, Status> {
+    blocking(move || {
+        prepare_write(&header, &users)
+            .and_then(open_write)
+            .map_err(Status::from)
+    })
+    .await
+}
+
+/// Makes a completely written file durable and visible: sync, mode and
+/// owner, then the rename over the target (unless appending).
+pub fn commit_write(
+    open: OpenWrite,
+    written: u64,
+    users: &UserDb,
+) -> Result<pb::WriteFileResponse, FileError> {
+    let OpenWrite {
+        target,
+        file,
+        mut guard,
+        created,
+        existing,
+    } = open;
+    let path = target.path.as_str();
+    let io = |e| FileError::io("writing", path, e);
+    if !target.append && target.size_hint > 0 && target.size_hint != written {
+        file.set_len(written).map_err(io)?;
     }
     match file.sync_all() {
         // Devices and pipes cannot be synced (EINVAL); nothing to flush.
@@ -394,7 +441,7 @@ fn write_blocking(
         file.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(io)?;
         if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+            std::os::unix::fs::fchown(&*file, Some(uid), Some(gid))
                 .map_err(|e| FileError::io("setting the owner of", path, e))?;
         }
     }
@@ -413,6 +460,39 @@ fn write_blocking(
         bytes_written: written,
         stat: Some(file_stat(path, &meta, users)),
     })
+}
+
+/// The blocking half of WriteFile: writes chunks as they arrive and
+/// commits only on `Finish`.
+fn write_blocking(
+    target: WriteTarget,
+    mut rx: mpsc::Receiver<WriteMsg>,
+    users: &UserDb,
+) -> Result<pb::WriteFileResponse, FileError> {
+    let open = open_write(target)?;
+    let io = |e| FileError::io("writing", open.path(), e);
+    let mut written = 0u64;
+    let mut finished = false;
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            WriteMsg::Data(data) => {
+                (&*open.file).write_all(&data).map_err(io)?;
+                written += data.len() as u64;
+            }
+            WriteMsg::Finish => {
+                finished = true;
+                break;
+            }
+        }
+    }
+    if !finished {
+        // Cancelled: the guard removes the temp file.
+        return Err(FileError::Protocol(format!(
+            "the upload of {} was cancelled before it finished; the file was not changed",
+            open.path()
+        )));
+    }
+    commit_write(open, written, users)
 }
 
 /// Streams a directory listing in batches of at most [`LIST_BATCH`],

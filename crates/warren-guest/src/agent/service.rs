@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use warren_proto::link::LinkInfo;
 use warren_proto::pb;
 use warren_proto::pb::agent_server::Agent;
 
@@ -32,6 +33,105 @@ pub struct AgentService {
 }
 
 impl AgentService {
+    /// WriteFile whose bytes come as link frames (warren_proto::bulk): the
+    /// link's reader thread writes them straight into the file through a
+    /// sink; the call carries the header, the end marker and the answer.
+    async fn write_file_bulk(
+        &self,
+        header: pb::WriteFileHeader,
+        link: Option<LinkInfo>,
+        mut chunks: Streaming<pb::WriteFileChunk>,
+    ) -> Result<Response<pb::WriteFileResponse>, Status> {
+        use pb::write_file_chunk::Chunk;
+        let Some(LinkInfo {
+            epoch,
+            bulk: Some(port),
+        }) = link
+        else {
+            return Err(Status::failed_precondition(
+                "this connection cannot carry bulk uploads; send the data in the call",
+            ));
+        };
+        let id = header.bulk_transfer;
+        let users = self.users.snapshot();
+        let open = files::begin_write(header, users.clone()).await?;
+        let path = open.path().to_string();
+        let failure: Arc<std::sync::Mutex<Option<std::io::Error>>> = Arc::default();
+        let failed = Arc::new(tokio::sync::Notify::new());
+        let sink = {
+            let file = open.file();
+            let failure = failure.clone();
+            let failed = failed.clone();
+            Box::new(
+                move |bytes: &[u8]| match std::io::Write::write_all(&mut &*file, bytes) {
+                    Ok(()) => true,
+                    Err(error) => {
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+                        failed.notify_one();
+                        false
+                    }
+                },
+            )
+        };
+        let transfer = port
+            .open(epoch, id, sink)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("{e}; the file was not changed")))?;
+        let write_error = || {
+            let error = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let error = error.unwrap_or_else(|| std::io::Error::other("the upload failed"));
+            Status::from(crate::errors::FileError::io("writing", &path, error))
+        };
+        // Dropping `open` (any early return) removes the temp file.
+        loop {
+            let message = tokio::select! {
+                message = chunks.message() => message,
+                () = failed.notified() => return Err(write_error()),
+            };
+            match message {
+                Ok(Some(pb::WriteFileChunk {
+                    chunk: Some(Chunk::End(end)),
+                })) => {
+                    // Every frame sent before the end marker went through
+                    // the sink already (one ordered link).
+                    let taken = transfer.taken();
+                    drop(transfer);
+                    let Some(taken) = taken else {
+                        return Err(write_error());
+                    };
+                    if end.total_bytes != taken {
+                        return Err(Status::data_loss(format!(
+                            "the upload ended after {taken} bytes but the sender sent {}; \
+                             the file was not changed",
+                            end.total_bytes
+                        )));
+                    }
+                    let response = files::blocking(move || {
+                        files::commit_write(open, taken, &users).map_err(Status::from)
+                    })
+                    .await?;
+                    return Ok(Response::new(response));
+                }
+                Ok(Some(pb::WriteFileChunk {
+                    chunk: Some(Chunk::Data(_) | Chunk::Header(_)),
+                })) => {
+                    return Err(Status::invalid_argument(
+                        "a bulk upload takes no header or data messages after its header; \
+                         the file was not changed",
+                    ));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(Status::cancelled(format!(
+                        "the upload of {path} was cancelled before it finished; the file \
+                         was not changed"
+                    )));
+                }
+                Err(status) => return Err(status),
+            }
+        }
+    }
+
     /// A service reading users from `root` (`/` in production).
     pub fn new(shutdown: ShutdownMode) -> Self {
         Self {
@@ -292,6 +392,7 @@ impl Agent for AgentService {
         request: Request<Streaming<pb::WriteFileChunk>>,
     ) -> Result<Response<pb::WriteFileResponse>, Status> {
         use pb::write_file_chunk::Chunk;
+        let link = request.extensions().get::<LinkInfo>().cloned();
         let mut chunks = request.into_inner();
         let header = match chunks.message().await? {
             Some(pb::WriteFileChunk {
@@ -303,6 +404,9 @@ impl Agent for AgentService {
                 ));
             }
         };
+        if header.bulk_transfer != 0 {
+            return self.write_file_bulk(header, link, chunks).await;
+        }
         let (tx, rx) = mpsc::channel(files::QUEUE);
         // The writer is its own task: if this handler is dropped (the call
         // was cancelled), the channel closes without `Finish` and the

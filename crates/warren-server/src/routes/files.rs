@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Multipart, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use tokio_util::io::{ReaderStream, StreamReader};
@@ -188,14 +188,23 @@ pub async fn upload_raw(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<UploadQuery>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<FileInfo>> {
     let (_, live) = state.live_sandbox(&caller, &id).await?;
     let _hold = live.hold_off_pause()?;
+    // A known length lets the guest fail early on a full disk and lay the
+    // file out in one go.
+    let size_hint = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&n| n > 0);
     let options = WriteOptions {
         mode: parse_mode(query.mode.as_deref())?,
         user: query.user.filter(|u| !u.is_empty()),
         create_parents: query.create_parents.unwrap_or(false),
+        size_hint,
         ..WriteOptions::default()
     };
     let stream = body.into_data_stream().map_err(std::io::Error::other);

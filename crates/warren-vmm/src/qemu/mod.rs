@@ -7,6 +7,7 @@
 
 pub mod cmdline;
 pub mod spawn;
+pub mod volatile;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -41,6 +42,9 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct QemuVmm {
     binary: PathBuf,
     accel: Accel,
+    /// Where cold-booted VMs keep their RAM (a tmpfs), if not on disk in
+    /// the sandbox directory; see [`volatile`].
+    volatile_ram: Option<PathBuf>,
 }
 
 impl QemuVmm {
@@ -58,7 +62,24 @@ impl QemuVmm {
                 binary: binary.display().to_string(),
             });
         }
-        Ok(Self { binary, accel })
+        Ok(Self {
+            binary,
+            accel,
+            volatile_ram: None,
+        })
+    }
+
+    /// Keeps the RAM of cold-booted VMs in `dir` (a directory on a tmpfs,
+    /// created if missing) while they run; a pause copies it to disk. Leftover
+    /// RAM files of VMs that no longer run are removed.
+    pub fn with_volatile_ram(mut self, dir: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let swept = volatile::sweep(&dir).len();
+        if swept > 0 {
+            tracing::info!(swept, dir = %dir.display(), "removed RAM files of VMs that ended");
+        }
+        self.volatile_ram = Some(dir);
+        Ok(self)
     }
 
     /// The QEMU binary in use.
@@ -121,7 +142,24 @@ impl Vmm for QemuVmm {
             path: vmm_log_path.clone(),
             source,
         })?;
+        let volatile_memory = match (&config.memory_file, &self.volatile_ram) {
+            (None, Some(dir)) => {
+                let placed = volatile::place(dir, &config.id, u64::from(config.memory_mib) << 20);
+                if placed.is_none() {
+                    tracing::info!(id = %config.id, dir = %dir.display(),
+                        "not enough room for the VM's RAM in memory; it goes on disk");
+                }
+                placed
+            }
+            _ => None,
+        };
+        if let Some(path) = &volatile_memory {
+            config.memory_file = Some(path.clone());
+        }
         let args = cmdline::build_args(&config);
+        if volatile_memory.is_some() {
+            config.memory_file = None;
+        }
         tracing::debug!(id = %config.id, ?args, "launching qemu");
         let child = spawn::spawn(spawn::SpawnRequest {
             binary: self.binary.clone(),
@@ -129,12 +167,18 @@ impl Vmm for QemuVmm {
             log: vmm_log,
             die_with_parent: config.die_with_parent,
         })
-        .map_err(|source| LaunchError::Spawn {
-            binary: self.binary.display().to_string(),
-            source,
+        .map_err(|source| {
+            if let Some(path) = &volatile_memory {
+                let _ = std::fs::remove_file(path);
+            }
+            LaunchError::Spawn {
+                binary: self.binary.display().to_string(),
+                source,
+            }
         })?;
         let pid = child.id();
-        let vm = QemuVm::supervise(config, pid, Some(child))?;
+        let mut vm = QemuVm::supervise(config, pid, Some(child))?;
+        vm.volatile_memory = volatile_memory;
         let pid_path = vm.config.dir.join(files::PID);
         if let Err(source) = write_atomic(&pid_path, format!("{pid}\n").as_bytes()) {
             let _ = vm.kill().await;
@@ -158,7 +202,13 @@ impl Vmm for QemuVmm {
             id: config.id.clone(),
             detail: "no live QEMU process with its name was found from its pid file".into(),
         })?;
-        let vm = QemuVm::supervise(config, pid, None)?;
+        let on_disk = config.dir.join(files::MEMORY);
+        let volatile_memory = match &config.memory_file {
+            None => volatile::memory_path_of(pid).filter(|path| *path != on_disk),
+            Some(_) => None,
+        };
+        let mut vm = QemuVm::supervise(config, pid, None)?;
+        vm.volatile_memory = volatile_memory;
         // A QEMU that does not answer its control socket is of no use (it
         // may hang): the caller decides whether to end it.
         match vm.connect_qmp().await {
@@ -285,6 +335,9 @@ pub struct QemuVm {
     detached: AtomicBool,
     /// Keep the RAM file when the VM ends (a pause).
     keep_memory: AtomicBool,
+    /// The VM's RAM file when it lives in memory rather than in its
+    /// directory (always removed with the VM; a pause persists a copy).
+    volatile_memory: Option<PathBuf>,
     agent_socket: PathBuf,
     console_log: PathBuf,
     qmp: tokio::sync::OnceCell<QmpClient>,
@@ -344,6 +397,7 @@ impl QemuVm {
             kill_requested,
             detached: AtomicBool::new(false),
             keep_memory: AtomicBool::new(false),
+            volatile_memory: None,
             qmp: tokio::sync::OnceCell::new(),
             supervisor,
         })
@@ -377,6 +431,14 @@ impl QemuVm {
     /// The QMP session of this VM.
     pub fn qmp(&self) -> Option<&QmpClient> {
         self.qmp.get()
+    }
+
+    /// Removes the files the running VM owned (not its disks or logs).
+    fn remove_runtime_files(&self) {
+        remove_runtime_files(&self.config.dir, self.keep_memory.load(Ordering::SeqCst));
+        if let Some(path) = &self.volatile_memory {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     fn kill_now(&self) -> Result<(), KillError> {
@@ -419,7 +481,7 @@ impl Vm for QemuVm {
 
     async fn kill(&self) -> Result<VmExit, KillError> {
         if let Some(exit) = self.exit() {
-            remove_runtime_files(&self.config.dir, self.keep_memory.load(Ordering::SeqCst));
+            self.remove_runtime_files();
             return Ok(exit);
         }
         self.kill_now()?;
@@ -432,7 +494,7 @@ impl Vm for QemuVm {
                 timeout: KILL_TIMEOUT,
             }),
         };
-        remove_runtime_files(&self.config.dir, self.keep_memory.load(Ordering::SeqCst));
+        self.remove_runtime_files();
         result
     }
 
@@ -442,6 +504,16 @@ impl Vm for QemuVm {
 
     fn keep_memory_file(&self) {
         self.keep_memory.store(true, Ordering::SeqCst);
+    }
+
+    async fn persist_memory(&self) -> std::io::Result<u64> {
+        let on_disk = self.config.dir.join(files::MEMORY);
+        let volatile = self.volatile_memory.clone();
+        let task = tokio::task::spawn_blocking(move || match volatile {
+            Some(source) => volatile::persist(&source, &on_disk),
+            None => File::open(&on_disk).and_then(|f| f.sync_all()).map(|()| 0),
+        });
+        task.await.map_err(std::io::Error::other)?
     }
 
     async fn save_device_state(
@@ -544,7 +616,7 @@ impl Drop for QemuVm {
             &self.config.dir.join(files::VMM_LOG),
         );
         self.exit_tx.send_replace(Some(exit));
-        remove_runtime_files(&self.config.dir, self.keep_memory.load(Ordering::SeqCst));
+        self.remove_runtime_files();
     }
 }
 
