@@ -626,17 +626,7 @@ fn kill_leftover_vm(dir: &Path, id: &str) {
         .split(|&b| b == 0)
         .any(|arg| arg == marker.as_bytes())
     {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        // It is not our child; wait for it to vanish.
-        for _ in 0..200 {
-            if !pid_alive(pid as u32) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        warren_vmm::qemu::kill_vm_process(pid as u32);
     }
 }
 

@@ -313,10 +313,15 @@ pub fn processes_running(program: impl Fn(&str) -> bool) -> Vec<(u32, Vec<String
 /// Ends a VM process found on the host (its whole process group) and waits
 /// up to a few seconds for it to vanish. Returns whether it is gone.
 pub fn kill_vm_process(pid: u32) -> bool {
+    // Its RAM, if held in host memory, goes with it (nothing else frees it).
+    let ram = volatile::volatile_memory_of(pid);
     let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
     let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     for _ in 0..500 {
         if !process_alive(pid) {
+            if let Some(path) = ram {
+                let _ = std::fs::remove_file(path);
+            }
             return true;
         }
         std::thread::sleep(Duration::from_millis(10));

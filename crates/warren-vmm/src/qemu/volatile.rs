@@ -159,6 +159,13 @@ pub fn memory_path_of(pid: u32) -> Option<PathBuf> {
     Some(PathBuf::from(path))
 }
 
+/// The RAM file of QEMU process `pid` if it is one of ours in host memory
+/// (`<id>.memory`; RAM on disk is `<sandbox>/memory` and must outlive the
+/// process when a pause is being committed).
+pub fn volatile_memory_of(pid: u32) -> Option<PathBuf> {
+    memory_path_of(pid).filter(|path| path.extension().is_some_and(|ext| ext == "memory"))
+}
+
 /// Removes RAM files in `dir` that no running QEMU uses (left behind by a
 /// VM killed while warren was not there to clean up). Returns their paths.
 pub fn sweep(dir: &Path) -> Vec<PathBuf> {
