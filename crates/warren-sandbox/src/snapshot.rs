@@ -448,16 +448,31 @@ impl Sandbox {
             .as_ref()
             .map(|memfs| memfs.flush());
         // A cold-booted VM whose RAM lives in host memory gets a copy in its
-        // directory; it must go again if the VM goes on running.
-        let mut copied_ram = false;
-        let flushed = match daemon_flush {
-            Some(flushed) => flushed,
-            None => vm.persist_memory().await.map(|bytes| {
-                copied_ram = bytes > 0;
-            }),
-        }
-        .map_err(|error| ("writing guest memory to disk failed", error))
-        .and_then(|()| {
+        // directory; the copy goes again if the VM goes on running.
+        let ram_in_memory = vm.volatile_memory().map(Path::to_path_buf);
+        let on_disk = dir.join(warren_vmm::config::files::MEMORY);
+        let io =
+            |what: &str, error: std::io::Error| (format!("{what}: {error}"), is_no_space(&error));
+        let made_durable = match (daemon_flush, ram_in_memory.clone()) {
+            (Some(flushed), _) => flushed.map_err(|e| io("writing guest memory to disk failed", e)),
+            (None, Some(source)) => {
+                let dest = on_disk.clone();
+                blocking(move || warren_snapshot::copy_ram(&source, &dest))
+                    .await
+                    .map(drop)
+                    .map_err(|e| {
+                        let no_space = matches!(e, warren_snapshot::OpError::NoSpace { .. });
+                        (
+                            format!("writing guest memory to disk failed: {e}"),
+                            no_space,
+                        )
+                    })
+            }
+            (None, None) => std::fs::File::open(&on_disk)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io("writing guest memory to disk failed", e)),
+        };
+        let flushed = made_durable.and_then(|()| {
             let pending = PendingPause {
                 generation,
                 state: state_name.clone(),
@@ -467,18 +482,15 @@ impl Sandbox {
                 &dir.join(PENDING_PAUSE_FILE),
                 &serde_json::to_vec(&pending).expect("pending pause serializes"),
             )
-            .map_err(|error| ("recording the pause failed", error))
+            .map_err(|e| io("recording the pause failed", e))
         });
-        if let Err((what, error)) = flushed {
+        if let Err((detail, no_space)) = flushed {
             let _ = std::fs::remove_file(&state_path);
-            if copied_ram {
-                let _ = std::fs::remove_file(dir.join(warren_vmm::config::files::MEMORY));
+            if ram_in_memory.is_some() {
+                let _ = std::fs::remove_file(&on_disk);
             }
             let _ = vm.cont().await;
-            return Err(failed(
-                format!("{what}: {error}"),
-                is_no_space(&error) || nearly_full(&dir),
-            ));
+            return Err(failed(detail, no_space || nearly_full(&dir)));
         }
 
         // 4. Release the VM. From here the old snapshot (if any) is the

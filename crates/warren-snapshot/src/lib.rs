@@ -25,4 +25,4 @@ pub use format::{
     read_header, write_header_atomic,
 };
 pub use map::{BlockMap, BlockSource, Extent, MapError};
-pub use ops::{OpError, allocated_bytes, apply_dirty, flatten, full_generation};
+pub use ops::{OpError, allocated_bytes, apply_dirty, copy_ram, flatten, full_generation};

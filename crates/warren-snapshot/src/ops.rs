@@ -150,6 +150,68 @@ fn push_run(runs: &mut Vec<(u64, u64)>, start: u64, len: u64) {
     runs.push((start, len));
 }
 
+/// Copies the RAM file of a cold-booted VM that lives outside its sandbox
+/// directory (in host memory: see `warren_vmm::qemu::volatile`) to `dest`,
+/// the file a first pause turns into a generation with [`full_generation`].
+/// Only non-zero blocks of the allocated ranges are written, so the copy is
+/// as sparse as that generation will be. Crash-safe: `dest.tmp`, fsync,
+/// rename, fsync of the directory; on error `dest` is untouched and the
+/// temporary file removed. Returns the bytes written.
+pub fn copy_ram(source: &Path, dest: &Path) -> Result<u64, OpError> {
+    let input = File::open(source).map_err(|e| OpError::io("opening", source, e))?;
+    let len = input
+        .metadata()
+        .map_err(|e| OpError::io("inspecting", source, e))?
+        .len();
+    let ranges = fsutil::data_ranges(&input, len)
+        .map_err(|e| OpError::io("finding the data of", source, e))?;
+    let temp = fsutil::with_suffix(dest, ".tmp");
+    let result = (|| {
+        let output = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(|e| OpError::io("creating", &temp, e))?;
+        output
+            .set_len(len)
+            .map_err(|e| OpError::io("sizing", &temp, e))?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut written = 0u64;
+        for (start, end) in ranges {
+            let mut offset = start;
+            while offset < end {
+                let n = (end - offset).min(CHUNK as u64) as usize;
+                input
+                    .read_exact_at(&mut buf[..n], offset)
+                    .map_err(|e| OpError::io("reading", source, e))?;
+                let mut at = offset;
+                for block in buf[..n].chunks(BS) {
+                    if !fsutil::is_zero(block) {
+                        output
+                            .write_all_at(block, at)
+                            .map_err(|e| OpError::io("writing", &temp, e))?;
+                        written += block.len() as u64;
+                    }
+                    at += block.len() as u64;
+                }
+                offset += n as u64;
+            }
+        }
+        output
+            .sync_all()
+            .map_err(|e| OpError::io("syncing", &temp, e))?;
+        std::fs::rename(&temp, dest).map_err(|e| OpError::io("renaming to", dest, e))?;
+        Ok::<u64, OpError>(written)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    let written = result?;
+    fsutil::sync_parent_dir(dest)?;
+    Ok(written)
+}
+
 /// Turns a RAM file written in full by a running VM (sparse, `memory_bytes`
 /// long) into generation `gen_id`: walks only its allocated ranges
 /// (SEEK_DATA/SEEK_HOLE), punches holes over all-zero blocks (guests zero

@@ -6,7 +6,7 @@ use common::{BS, chain_content, pattern, with_blocks, write_sparse};
 use std::os::unix::fs::FileExt;
 use warren_snapshot::{
     BLOCK_SIZE, BlockMap, BlockSource, DirtyReport, Generation, OpError, SnapshotHeader,
-    allocated_bytes, apply_dirty, flatten, full_generation,
+    allocated_bytes, apply_dirty, copy_ram, flatten, full_generation,
 };
 
 #[test]
@@ -250,4 +250,38 @@ fn apply_dirty_overlays_data_and_zero_runs() {
     };
     let err = apply_dirty(&base, &lost, 3).unwrap_err();
     assert!(err.to_string().contains("No space"), "{err}");
+}
+
+#[test]
+fn copy_ram_writes_only_data_blocks_and_replaces_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let ram = dir.path().join("ram");
+    let blocks = 1024u64;
+    let data: Vec<u64> = vec![0, 7, 400, 1023];
+    let zero: Vec<u64> = (100..356).collect(); // written, but zero: 1 MiB
+    write_sparse(&ram, blocks * BLOCK_SIZE, &data, &zero, 3);
+    let dest = dir.path().join("memory");
+    std::fs::write(&dest, b"old").unwrap();
+
+    let written = copy_ram(&ram, &dest).unwrap();
+
+    assert_eq!(written, data.len() as u64 * BLOCK_SIZE);
+    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&ram).unwrap());
+    assert!(allocated_bytes(&dest) <= written + 64 * 1024);
+    assert!(!dir.path().join("memory.tmp").exists());
+    // The copy is what a first pause makes a generation of.
+    let map = full_generation(&dest, blocks * BLOCK_SIZE, 0).unwrap();
+    let expected = with_blocks(&BlockMap::new_zero(blocks), &data, BlockSource::Gen(0));
+    assert_eq!(map, expected);
+}
+
+#[test]
+fn a_failed_copy_ram_keeps_the_old_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("memory");
+    std::fs::write(&dest, b"old").unwrap();
+    let error = copy_ram(&dir.path().join("missing"), &dest).unwrap_err();
+    assert!(error.to_string().contains("missing"), "{error}");
+    assert_eq!(std::fs::read(&dest).unwrap(), b"old");
+    assert!(!dir.path().join("memory.tmp").exists());
 }

@@ -89,12 +89,10 @@ pub trait Vm: Send + Sync {
     /// snapshot's memory); by default it is removed with the VM.
     fn keep_memory_file(&self);
 
-    /// Makes the stopped VM's RAM durable as the `memory` file of its
-    /// directory (the file [`Vm::keep_memory_file`] keeps): an fsync when
-    /// the RAM already lives there, a sparse copy when it lives in host
-    /// memory. Returns the bytes copied (0 for an fsync). Call it only while
-    /// the vCPUs are stopped.
-    async fn persist_memory(&self) -> std::io::Result<u64>;
+    /// Where the VM's RAM lives when it is not the `memory` file of its
+    /// directory nor a `memory_file` the caller gave (a cold-booted VM's RAM
+    /// in host memory): a pause must copy it into the directory.
+    fn volatile_memory(&self) -> Option<&Path>;
 
     /// Stops the vCPUs and writes the device state (CPU registers, device
     /// models; not RAM, which is the shared memory file) to `state`. The VM

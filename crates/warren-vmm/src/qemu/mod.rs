@@ -70,7 +70,7 @@ impl QemuVmm {
     }
 
     /// Keeps the RAM of cold-booted VMs in `dir` (a directory on a tmpfs,
-    /// created if missing) while they run; a pause copies it to disk. Leftover
+    /// created if missing) while they run ([`Vm::volatile_memory`]). Leftover
     /// RAM files of VMs that no longer run are removed.
     pub fn with_volatile_ram(mut self, dir: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
@@ -202,13 +202,8 @@ impl Vmm for QemuVmm {
             id: config.id.clone(),
             detail: "no live QEMU process with its name was found from its pid file".into(),
         })?;
-        let on_disk = config.dir.join(files::MEMORY);
-        let volatile_memory = match &config.memory_file {
-            None => volatile::memory_path_of(pid).filter(|path| *path != on_disk),
-            Some(_) => None,
-        };
         let mut vm = QemuVm::supervise(config, pid, None)?;
-        vm.volatile_memory = volatile_memory;
+        vm.volatile_memory = volatile::volatile_memory_of(pid);
         // A QEMU that does not answer its control socket is of no use (it
         // may hang): the caller decides whether to end it.
         match vm.connect_qmp().await {
@@ -511,14 +506,8 @@ impl Vm for QemuVm {
         self.keep_memory.store(true, Ordering::SeqCst);
     }
 
-    async fn persist_memory(&self) -> std::io::Result<u64> {
-        let on_disk = self.config.dir.join(files::MEMORY);
-        let volatile = self.volatile_memory.clone();
-        let task = tokio::task::spawn_blocking(move || match volatile {
-            Some(source) => volatile::persist(&source, &on_disk),
-            None => File::open(&on_disk).and_then(|f| f.sync_all()).map(|()| 0),
-        });
-        task.await.map_err(std::io::Error::other)?
+    fn volatile_memory(&self) -> Option<&Path> {
+        self.volatile_memory.as_deref()
     }
 
     async fn save_device_state(
