@@ -301,6 +301,64 @@ async fn a_paused_1_gib_sandbox_gives_its_memory_back() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_vm_that_dies_after_its_state_is_saved_is_still_paused_not_lost() {
+    let env = TestEnv::new();
+    let spec = SandboxSpec {
+        memory_mib: 1024,
+        ..SandboxSpec::default()
+    };
+    let sandbox = within(300, "create", env.sandbox_with(spec)).await;
+    let id = sandbox.id().to_string();
+    // Enough RAM that copying it to disk takes a while.
+    sh(&sandbox, "head -c 402653184 /dev/urandom > /dev/shm/big").await;
+    let sum = sh(&sandbox, "sha256sum /dev/shm/big | cut -c1-64").await;
+    let pid = sandbox.vm_pid();
+    let copy = sandbox.dir().join("memory.tmp");
+    // QEMU crashes once its device state is saved (the RAM copy has begun):
+    // nothing is lost, so the pause must stand and whoever handles the
+    // unrequested exit (the host's exit watcher) must find it paused.
+    let crash = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+        while !copy.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pause never began copying RAM"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    };
+    let exit_watcher = async {
+        let mut exit = sandbox.vm_exit_watch();
+        exit.wait_for(Option::is_some).await.unwrap();
+        sandbox.fall_back_to_snapshot().await
+    };
+    let options = PauseOptions::default();
+    let (paused, (), fell_back) = within(300, "pause with a crash", async {
+        tokio::join!(sandbox.pause(&options), crash, exit_watcher)
+    })
+    .await;
+    paused.unwrap_or_else(|e| panic!("the pause must stand: {e}"));
+    assert!(
+        fell_back,
+        "the crashed VM's sandbox must be paused, not lost"
+    );
+    drop(sandbox);
+
+    let sandbox = resume(&env, &id).await;
+    assert_eq!(
+        sh(&sandbox, "sha256sum /dev/shm/big | cut -c1-64").await,
+        sum
+    );
+    within(60, "destroy", sandbox.destroy()).await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_diff_after_dirtying_32_mib_is_about_32_mib() {
     let env = TestEnv::new();
     let sandbox = within(300, "create", env.sandbox()).await;

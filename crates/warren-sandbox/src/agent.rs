@@ -42,6 +42,10 @@ pub(crate) struct SandboxShared {
     /// (waiting a bounded time), so a download is not cut midway and no
     /// new one starts while the pause runs.
     pub transfers: Arc<tokio::sync::RwLock<()>>,
+    /// Held for the whole of a pause. A VM that dies while its pause runs
+    /// (its vCPUs stopped, its state being saved) is judged only after the
+    /// pause: that pause may still commit a complete snapshot.
+    pub pause_running: tokio::sync::Mutex<()>,
 }
 
 impl SandboxShared {

@@ -106,6 +106,7 @@ impl Sandbox {
             destroyed: std::sync::atomic::AtomicBool::new(false),
             paused: std::sync::atomic::AtomicBool::new(false),
             transfers: Arc::default(),
+            pause_running: tokio::sync::Mutex::new(()),
         });
         Self {
             shared,

@@ -353,6 +353,8 @@ impl Sandbox {
     /// unusable (operations fail with "paused"); resume with
     /// [`Manager::resume`].
     pub async fn pause(&self, options: &PauseOptions) -> Result<PauseReport, PauseError> {
+        // One pause at a time; one that waited may find the sandbox paused.
+        let _pause_running = self.shared().pause_running.lock().await;
         if let Some(unavailable) = self.shared().unavailable() {
             return Err(unavailable.into());
         }
@@ -630,10 +632,18 @@ pub(crate) fn finish_interrupted_pause(
 
 impl Sandbox {
     /// After its VM died on its own: if the sandbox has a snapshot (it was
-    /// paused and resumed before), it falls back to it, paused, instead of
-    /// being lost; what ran since the resume is gone. Returns whether it
-    /// did. The memory daemon is ended and the dead run's files removed.
+    /// paused and resumed before, or a pause running when the VM died
+    /// completed), it falls back to it, paused, instead of being lost; what
+    /// ran since the resume is gone. Returns whether it did. The memory
+    /// daemon is ended and the dead run's files removed.
     pub async fn fall_back_to_snapshot(&self) -> bool {
+        // A pause that was running when the VM died decides first: its
+        // snapshot may be complete (the VM died stopped, after its state was
+        // saved), and then the sandbox is paused at it.
+        let _pause_done = self.shared().pause_running.lock().await;
+        if self.is_paused() {
+            return true;
+        }
         let dir = self.dir().to_path_buf();
         let header = {
             let dir = dir.clone();
