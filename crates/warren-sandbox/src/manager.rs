@@ -509,6 +509,66 @@ pub(crate) async fn finish_boot(sandbox: &Sandbox, id: &str) -> Result<(), Creat
 }
 
 /// Creates a copy-on-write overlay over `base` (format `raw` or `qcow2`).
+/// Name of the empty disk layer a pause prepares for the next resume.
+pub(crate) const RESUME_OVERLAY: &str = "resume.qcow2";
+
+/// Creates, as a complete file or not at all, an empty writable layer over
+/// `base` at `overlay` (temporary name, fsync, rename): a layer prepared
+/// ahead of its use must never be found half written.
+pub(crate) async fn create_overlay_durably(
+    base: &Path,
+    base_format: &str,
+    overlay: &Path,
+) -> Result<(), CreateError> {
+    let tmp = overlay.with_extension("tmp");
+    let created = async {
+        create_overlay(base, base_format, &tmp).await?;
+        let (from, to) = (tmp.clone(), overlay.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&from)?.sync_all()?;
+            std::fs::rename(&from, &to)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(|source| CreateError::Io {
+            path: overlay.to_path_buf(),
+            source,
+        })
+    }
+    .await;
+    if created.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    created
+}
+
+/// The backing file named in a qcow2 image's header (`None` if the file is
+/// not a readable qcow2 image with one). Read by hand because it is two
+/// fields at fixed offsets, and `qemu-img info` would cost the very
+/// process start this check saves.
+pub(crate) fn qcow2_backing_file(path: &Path) -> Option<PathBuf> {
+    use std::io::Read;
+    use std::os::unix::ffi::OsStringExt;
+    let mut header = vec![0u8; 64 * 1024];
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut filled = 0;
+    while filled < header.len() {
+        match file.read(&mut header[filled..]).ok()? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    let header = &header[..filled];
+    if header.get(..4)? != b"QFI\xfb" {
+        return None;
+    }
+    let offset = u64::from_be_bytes(header.get(8..16)?.try_into().ok()?);
+    let size = u32::from_be_bytes(header.get(16..20)?.try_into().ok()?);
+    let start = usize::try_from(offset).ok()?;
+    let name = header.get(start..start.checked_add(size as usize)?)?;
+    (!name.is_empty()).then(|| PathBuf::from(std::ffi::OsString::from_vec(name.to_vec())))
+}
+
 pub(crate) async fn create_overlay(
     base: &Path,
     base_format: &str,
@@ -648,5 +708,50 @@ impl Drop for DirGuard {
         if let Some(dir) = self.0.take() {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_prepared_layer_names_its_backing_file_and_garbage_names_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.qcow2");
+        let status = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&base)
+            .arg("1M")
+            .status()
+            .expect("qemu-img runs (./dev.sh test installs it)");
+        assert!(status.success());
+        let overlay = dir.path().join(RESUME_OVERLAY);
+        create_overlay_durably(&base, "qcow2", &overlay)
+            .await
+            .unwrap();
+        assert_eq!(qcow2_backing_file(&overlay), Some(base.clone()));
+        assert!(!overlay.with_extension("tmp").exists());
+        assert_eq!(qcow2_backing_file(&base), None, "no backing file");
+
+        let garbage = dir.path().join("garbage");
+        std::fs::write(
+            &garbage,
+            b"QFI\xfb\0\0\0\x03\xff\xff\xff\xff\xff\xff\xff\xf0\0\0\0\x10",
+        )
+        .unwrap();
+        assert_eq!(qcow2_backing_file(&garbage), None);
+        assert_eq!(qcow2_backing_file(&dir.path().join("missing")), None);
+    }
+
+    #[tokio::test]
+    async fn a_layer_that_cannot_be_made_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let overlay = dir.path().join(RESUME_OVERLAY);
+        let made =
+            create_overlay_durably(&dir.path().join("no-such-base"), "qcow2", &overlay).await;
+        assert!(made.is_err());
+        assert!(!overlay.exists());
+        assert!(!overlay.with_extension("tmp").exists());
     }
 }

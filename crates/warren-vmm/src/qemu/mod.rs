@@ -6,6 +6,7 @@
 //! is not its parent.
 
 pub mod cmdline;
+pub mod restore_kernel;
 pub mod spawn;
 pub mod volatile;
 
