@@ -33,6 +33,15 @@ async fn resume(env: &TestEnv, id: &str) -> Sandbox {
         .0
 }
 
+/// A sandbox with 1 GiB of guest memory.
+async fn one_gib_sandbox(env: &TestEnv) -> Sandbox {
+    let spec = SandboxSpec {
+        memory_mib: 1024,
+        ..SandboxSpec::default()
+    };
+    within(300, "create", env.sandbox_with(spec)).await
+}
+
 /// Pids of processes that map a file under `dir` (QEMU mapping guest RAM).
 fn processes_mapping(dir: &Path) -> Vec<u32> {
     let needle = dir.to_string_lossy().into_owned();
@@ -253,11 +262,7 @@ async fn twelve_pause_resume_cycles_keep_every_file_and_memory_checksum() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_1_gib_sandbox_gives_its_memory_back() {
     let env = TestEnv::new();
-    let spec = SandboxSpec {
-        memory_mib: 1024,
-        ..SandboxSpec::default()
-    };
-    let sandbox = within(300, "create", env.sandbox_with(spec)).await;
+    let sandbox = one_gib_sandbox(&env).await;
     let id = sandbox.id().to_string();
     sh(&sandbox, "head -c 268435456 /dev/urandom > /dev/shm/big").await;
     let before = sandbox.host_memory().expect("VM memory");
@@ -303,11 +308,7 @@ async fn a_paused_1_gib_sandbox_gives_its_memory_back() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vm_that_dies_after_its_state_is_saved_is_still_paused_not_lost() {
     let env = TestEnv::new();
-    let spec = SandboxSpec {
-        memory_mib: 1024,
-        ..SandboxSpec::default()
-    };
-    let sandbox = within(300, "create", env.sandbox_with(spec)).await;
+    let sandbox = one_gib_sandbox(&env).await;
     let id = sandbox.id().to_string();
     // Enough RAM that copying it to disk takes a while.
     sh(&sandbox, "head -c 402653184 /dev/urandom > /dev/shm/big").await;

@@ -508,7 +508,6 @@ pub(crate) async fn finish_boot(sandbox: &Sandbox, id: &str) -> Result<(), Creat
     Ok(())
 }
 
-/// Creates a copy-on-write overlay over `base` (format `raw` or `qcow2`).
 /// Name of the empty disk layer a pause prepares for the next resume.
 pub(crate) const RESUME_OVERLAY: &str = "resume.qcow2";
 
@@ -549,16 +548,13 @@ pub(crate) async fn create_overlay_durably(
 pub(crate) fn qcow2_backing_file(path: &Path) -> Option<PathBuf> {
     use std::io::Read;
     use std::os::unix::ffi::OsStringExt;
-    let mut header = vec![0u8; 64 * 1024];
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut filled = 0;
-    while filled < header.len() {
-        match file.read(&mut header[filled..]).ok()? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    let header = &header[..filled];
+    // The name lies in the first cluster (64 KiB by default).
+    let mut header = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(64 * 1024)
+        .read_to_end(&mut header)
+        .ok()?;
     if header.get(..4)? != b"QFI\xfb" {
         return None;
     }
@@ -569,6 +565,7 @@ pub(crate) fn qcow2_backing_file(path: &Path) -> Option<PathBuf> {
     (!name.is_empty()).then(|| PathBuf::from(std::ffi::OsString::from_vec(name.to_vec())))
 }
 
+/// Creates a copy-on-write overlay over `base` (format `raw` or `qcow2`).
 pub(crate) async fn create_overlay(
     base: &Path,
     base_format: &str,
@@ -712,20 +709,25 @@ impl Drop for DirGuard {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Makes a small empty qcow2 image at `path` with qemu-img.
+    pub(crate) fn make_qcow2(path: &Path) {
+        let status = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(path)
+            .arg("1M")
+            .status()
+            .expect("qemu-img runs (./dev.sh test installs it)");
+        assert!(status.success());
+    }
 
     #[tokio::test]
     async fn a_prepared_layer_names_its_backing_file_and_garbage_names_none() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base.qcow2");
-        let status = std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&base)
-            .arg("1M")
-            .status()
-            .expect("qemu-img runs (./dev.sh test installs it)");
-        assert!(status.success());
+        make_qcow2(&base);
         let overlay = dir.path().join(RESUME_OVERLAY);
         create_overlay_durably(&base, "qcow2", &overlay)
             .await

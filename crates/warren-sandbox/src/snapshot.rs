@@ -1555,13 +1555,7 @@ mod tests {
         let dir = dir.path();
         let frozen = |name: &str| {
             let path = dir.join(name);
-            let status = std::process::Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2"])
-                .arg(&path)
-                .arg("1M")
-                .status()
-                .expect("qemu-img runs (./dev.sh test installs it)");
-            assert!(status.success());
+            crate::manager::tests::make_qcow2(&path);
             path
         };
         let (older, newer) = (frozen("disk.g1.qcow2"), frozen("disk.g2.qcow2"));

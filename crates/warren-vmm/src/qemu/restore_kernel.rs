@@ -31,17 +31,16 @@ const PAYLOAD: u64 = 4096;
 /// so a crash can at worst leave a file the next restore replaces.
 pub fn restore_kernel(kernel: &Path, dir: &Path) -> io::Result<PathBuf> {
     let mut file = File::open(kernel)?;
-    let mut header = [0u8; 1024];
-    let read = read_up_to(&mut file, &mut header)?;
-    let Some(setup_size) = setup_size(&header[..read]) else {
+    let mut stub = Vec::new();
+    (&mut file).take(1024).read_to_end(&mut stub)?;
+    let Some(setup_size) = setup_size(&stub) else {
         return Ok(kernel.to_path_buf());
     };
     let length = file.metadata()?.len();
     if setup_size + PAYLOAD > length {
         return Ok(kernel.to_path_buf());
     }
-    let mut stub = header[..read].to_vec();
-    file.take(setup_size + PAYLOAD - read as u64)
+    file.take(setup_size + PAYLOAD - stub.len() as u64)
         .read_to_end(&mut stub)?;
     let path = dir.join(RESTORE_KERNEL);
     File::create(&path)?.write_all(&stub)?;
@@ -60,17 +59,6 @@ fn setup_size(header: &[u8]) -> Option<u64> {
         n => u64::from(n),
     };
     Some((sectors + 1) * 512)
-}
-
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }
 
 #[cfg(test)]
