@@ -324,3 +324,43 @@ async fn background_processes_can_be_listed_fed_and_reattached() {
     sandbox.destroy().await.unwrap();
     env.assert_clean();
 }
+
+/// PID 1 runs the shell once with the default locale before it starts the
+/// agent, so a ready guest already holds the shell, the C library and the
+/// locale in its page cache: the first command after a resume must not read
+/// them into fresh pages, which the next pause's diff would then have to
+/// store (~3 MiB).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_guest_has_the_shell_and_the_default_locale_in_its_page_cache() {
+    let env = TestEnv::new();
+    let sandbox = within(300, "create", env.sandbox()).await;
+    // fincore runs without a shell and in the C locale, so it loads neither
+    // of the files it looks at.
+    let files = ["/usr/bin/dash", "/usr/lib/locale/C.utf8/LC_CTYPE"];
+    let probe = Command::from_argv(
+        [
+            "/usr/bin/fincore",
+            "--bytes",
+            "--noheadings",
+            "--output",
+            "RES",
+        ]
+        .into_iter()
+        .chain(files),
+    )
+    .env("LANG", "C");
+    let output = sandbox.run(probe).await.expect("fincore");
+    assert!(output.status.success(), "{}", output.stderr_text());
+    let resident: Vec<u64> = output
+        .stdout_text()
+        .lines()
+        .map(|line| line.trim().parse().expect("a byte count"))
+        .collect();
+    assert_eq!(resident.len(), files.len(), "{}", output.stdout_text());
+    assert!(
+        resident.iter().all(|&bytes| bytes > 0),
+        "resident bytes of {files:?} in a ready guest: {resident:?}"
+    );
+    sandbox.destroy().await.unwrap();
+    env.assert_clean();
+}

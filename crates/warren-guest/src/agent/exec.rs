@@ -25,6 +25,8 @@ use crate::users::{User, UserDb};
 
 /// PATH of every process (the request's env may override it).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// LANG of every process (the request's env may override it).
+pub const DEFAULT_LANG: &str = "C.UTF-8";
 /// How long output is still collected after the process exited, if some
 /// other process (a daemon it started) keeps its pipes open.
 pub const DRAIN_GRACE: Duration = Duration::from_millis(100);
@@ -105,7 +107,7 @@ pub fn prepare(start: pb::ExecStart, users: &UserDb) -> Result<ExecSpec, ExecErr
         user.shell.clone()
     };
     env.insert("SHELL".to_string(), shell);
-    env.insert("LANG".to_string(), "C.UTF-8".to_string());
+    env.insert("LANG".to_string(), DEFAULT_LANG.to_string());
     if start.pty.is_some() {
         env.insert("TERM".to_string(), "xterm-256color".to_string());
     }

@@ -157,8 +157,73 @@ fn reap(agent: Option<Pid>) -> (Option<WaitStatus>, bool) {
     }
 }
 
+/// Shell the page-cache warm-up runs; images without one skip it.
+const WARM_UP_SHELL: &str = "/bin/sh";
+/// What the warm-up shell runs: `env` sets up the default locale (as most
+/// programs do at start) before it runs `true`. A missing `env` only costs
+/// an error message nobody reads.
+const WARM_UP_SCRIPT: &str = "exec env true";
+/// Longest the warm-up may take before boot goes on without it.
+const WARM_UP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the image's shell once, with the environment commands get, so the
+/// pages every command needs (shell, dynamic loader, C library, the default
+/// locale) are in the guest's page cache from boot on. Otherwise the first
+/// command after a resume reads them from disk into fresh guest pages, and
+/// all of them (~3 MiB) land in the next pause's diff.
+///
+/// It runs before the agent starts, so a sandbox is only ready once it is
+/// done: a snapshot taken right after create must not hold a half-run
+/// warm-up that every clone of it would then finish on its own (measured:
+/// +18 MiB idle PSS per clone). A missing shell is not an error.
+fn warm_page_cache() {
+    use std::process::{Command, Stdio};
+    if !std::path::Path::new(WARM_UP_SHELL).exists() {
+        return;
+    }
+    let spawned = Command::new(WARM_UP_SHELL)
+        .args(["-c", WARM_UP_SCRIPT])
+        .env_clear()
+        .env("PATH", agent::exec::DEFAULT_PATH)
+        .env("LANG", agent::exec::DEFAULT_LANG)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) => {
+            console_debug(&format!(
+                "warming the page cache ({WARM_UP_SHELL}): {error}"
+            ));
+            return;
+        }
+    };
+    let deadline = Instant::now() + WARM_UP_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            Ok(None) => {
+                console(&format!(
+                    "the page-cache warm-up ({WARM_UP_SHELL} -c '{WARM_UP_SCRIPT}') did not finish within {WARM_UP_TIMEOUT:?}; starting the agent without it"
+                ));
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            Err(error) => {
+                console_debug(&format!("waiting for the page-cache warm-up: {error}"));
+                return;
+            }
+        }
+    }
+}
+
 /// The supervisor loop. Never returns.
 pub fn supervise(debug: bool) -> ! {
+    warm_page_cache();
     setup_signals();
     let set = handled_set();
     let mut agent: Option<Pid> = None;
