@@ -132,8 +132,9 @@ pub async fn snapshot(manager: Manager, args: SnapshotBenchArgs) -> Result<Value
         let allowed = dirtied as f64 * 1.1 + (1u64 << 20) as f64;
         diff_ratio_worst = diff_ratio_worst.max(report.memory_bytes as f64 / allowed);
         eprintln!(
-            "  diff pause after {dirty_mib} MiB: {pause_ms:.0} ms, {} MiB",
-            mib(report.memory_bytes)
+            "  diff pause after {dirty_mib} MiB: {pause_ms:.0} ms, {} MiB ({} MiB before compression)",
+            mib(report.memory_bytes),
+            mib(report.dirty_bytes)
         );
         diffs.insert(
             format!("pause_diff_{dirty_mib}mib_ms"),
@@ -142,6 +143,11 @@ pub async fn snapshot(manager: Manager, args: SnapshotBenchArgs) -> Result<Value
         diffs.insert(
             format!("pause_diff_{dirty_mib}mib_bytes"),
             json!(report.memory_bytes),
+        );
+        // Before compression: what the same diff would take stored sparse.
+        diffs.insert(
+            format!("pause_diff_{dirty_mib}mib_dirty_bytes"),
+            json!(report.dirty_bytes),
         );
     }
     manager.remove_paused(&id)?;

@@ -75,8 +75,12 @@ pub struct PauseReport {
     /// A full snapshot (first pause) rather than a diff.
     pub full: bool,
     /// Bytes of memory written to disk by this pause (allocated bytes of
-    /// the new generation file).
+    /// the new generation file; diffs are compressed).
     pub memory_bytes: u64,
+    /// Guest memory the pause had to store, before compression: nonzero
+    /// blocks of a full snapshot, blocks written since the resume for a
+    /// diff.
+    pub dirty_bytes: u64,
     /// Size of the device state.
     pub state_bytes: u64,
     /// Generations in the chain after the pause.
@@ -520,9 +524,9 @@ impl Sandbox {
             merge_cap: options.merge_cap.max(1),
         };
         let outcome = blocking(move || commit_pause(job)).await;
-        let (header, full, merged, written) = match outcome {
+        let committed = match outcome {
             Ok(done) => {
-                prepare_resume_overlay(&dir, &done.0).await;
+                prepare_resume_overlay(&dir, &done.header).await;
                 done
             }
             Err((detail, no_space)) => {
@@ -542,11 +546,12 @@ impl Sandbox {
         };
         Ok(PauseReport {
             generation,
-            full,
-            memory_bytes: written,
+            full: committed.full,
+            memory_bytes: committed.written,
+            dirty_bytes: committed.dirty,
             state_bytes: saved.bytes,
-            chain_length: header.generations.len(),
-            merged,
+            chain_length: committed.header.generations.len(),
+            merged: committed.merged,
             duration_ms: started.elapsed().as_millis() as u64,
         })
     }
@@ -652,7 +657,7 @@ pub(crate) fn finish_interrupted_pause(
             memory_mib: meta.spec.memory_mib,
             merge_cap: pending.merge_cap,
         })
-        .map(|(header, ..)| header)
+        .map(|committed| committed.header)
         .map_err(|(detail, _)| detail)
     })();
     let _ = std::fs::remove_file(dir.join(PENDING_PAUSE_FILE));
@@ -726,10 +731,24 @@ struct CommitPause {
     merge_cap: usize,
 }
 
+/// What [`commit_pause`] committed.
+struct CommittedPause {
+    header: SnapshotHeader,
+    /// A full snapshot rather than a diff.
+    full: bool,
+    /// The chain was merged.
+    merged: bool,
+    /// Bytes the new (or merged) generation file takes on disk.
+    written: u64,
+    /// Guest memory this pause stored before compression (nonzero blocks of
+    /// a full snapshot, blocks written since the resume for a diff).
+    dirty: u64,
+}
+
 /// Steps 5-8 of a pause (the VM is gone): turn the RAM into a generation,
 /// freeze the disk layer, merge if the chain is too long, commit.
-/// Returns (header, full, merged, bytes written) or (detail, no_space).
-fn commit_pause(job: CommitPause) -> Result<(SnapshotHeader, bool, bool, u64), (String, bool)> {
+/// Returns what was committed, or (detail, no_space).
+fn commit_pause(job: CommitPause) -> Result<CommittedPause, (String, bool)> {
     let CommitPause {
         dir,
         previous,
@@ -761,14 +780,19 @@ fn commit_pause(job: CommitPause) -> Result<(SnapshotHeader, bool, bool, u64), (
     // 5. Memory.
     let work = dir.join(format!("mem.{generation}.work"));
     let report_path = warren_snapshot::dirty_report_path(&work);
-    let (map, full) = match (ram, &previous) {
+    // A first pause stores everything; later ones store a diff (the
+    // mismatched cases are refused below).
+    let full = previous.is_none();
+    // `packed`: how the new generation file stores its blocks.
+    let (map, packed, dirty) = match (ram, &previous) {
         (RamSource::Full, None) => {
             let ram = dir.join(warren_vmm::config::files::MEMORY);
             let source = if ram.exists() { &ram } else { &mem_path };
             let map =
                 warren_snapshot::full_generation(source, memory_bytes, generation).map_err(op)?;
             keep(&ram, "keeping the memory file")?;
-            (map, true)
+            let dirty = map.nonzero_blocks() * warren_snapshot::BLOCK_SIZE;
+            (map, false, dirty)
         }
         (ram @ (RamSource::Daemon(_) | RamSource::Report), Some(previous)) => {
             let report = match ram {
@@ -790,8 +814,23 @@ fn commit_pause(job: CommitPause) -> Result<(SnapshotHeader, bool, bool, u64), (
             }
             let map =
                 warren_snapshot::apply_dirty(&previous.map, &report, generation).map_err(op)?;
-            keep(&work, "keeping the memory diff")?;
-            (map, false)
+            // The diff is packed (compressed) into the generation file; a
+            // repeat after a crash finds the packed file and no work file.
+            let blocks = memory_bytes / warren_snapshot::BLOCK_SIZE;
+            let packed = if work.exists() {
+                warren_snapshot::pack(&work, &report.data_runs, blocks, &mem_path).map_err(op)?;
+                let _ = std::fs::remove_file(&work);
+                true
+            } else if mem_path.is_file() {
+                // Packed by the interrupted run; or, if a warren from
+                // before packed diffs renamed the work file there, sparse.
+                warren_snapshot::PackedGeneration::open(&mem_path, blocks).is_ok()
+            } else {
+                return Err((format!("the memory diff {} is gone", work.display()), false));
+            };
+            let dirty =
+                report.data_runs.iter().map(|run| run.1).sum::<u64>() * warren_snapshot::BLOCK_SIZE;
+            (map, packed, dirty)
         }
         (RamSource::Full, Some(_)) => {
             return Err(("a resumed sandbox's RAM has no memory daemon".into(), false));
@@ -829,9 +868,10 @@ fn commit_pause(job: CommitPause) -> Result<(SnapshotHeader, bool, bool, u64), (
         .filter(|g| used.contains(&g.id))
         .collect();
     if used.contains(&generation) {
-        generations.push(Generation {
-            id: generation,
-            file: mem_name.clone(),
+        generations.push(if packed {
+            Generation::packed(generation, mem_name.clone())
+        } else {
+            Generation::sparse(generation, mem_name.clone())
         });
     }
     let mut header = SnapshotHeader {
@@ -851,10 +891,7 @@ fn commit_pause(job: CommitPause) -> Result<(SnapshotHeader, bool, bool, u64), (
         let (map, _) = warren_snapshot::flatten(&dir, &header, &dir.join(&merged_name), merged_id)
             .map_err(op)?;
         header.map = map;
-        header.generations = vec![Generation {
-            id: merged_id,
-            file: merged_name,
-        }];
+        header.generations = vec![Generation::sparse(merged_id, merged_name)];
         merged = true;
         // The disk chain (one layer per resume) is flattened with it, so
         // neither chain grows without bound. A failure keeps the chain.
@@ -894,7 +931,13 @@ fn commit_pause(job: CommitPause) -> Result<(SnapshotHeader, bool, bool, u64), (
             warren_snapshot::allocated_bytes(&header.resolve(&dir, &g.file))
         });
     let _ = fsync_dir(&dir);
-    Ok((header, full, merged, written))
+    Ok(CommittedPause {
+        header,
+        full,
+        merged,
+        written,
+        dirty,
+    })
 }
 
 /// Writes the disk chain ending in `top` as one qcow2 layer over the
@@ -1270,10 +1313,7 @@ impl Manager {
         let disk_bytes = warren_snapshot::allocated_bytes(&disk);
         let template_header = SnapshotHeader {
             memory_bytes: header.memory_bytes,
-            generations: vec![Generation {
-                id: 0,
-                file: "memory".into(),
-            }],
+            generations: vec![Generation::sparse(0, "memory")],
             map,
             device_state: "state".into(),
             disk: "disk.qcow2".into(),
@@ -1452,8 +1492,8 @@ impl Manager {
                 .generations
                 .iter()
                 .map(|g| Generation {
-                    id: g.id,
                     file: absolute(&g.file),
+                    ..g.clone()
                 })
                 .collect(),
             map: template_header.map.clone(),
@@ -1599,8 +1639,15 @@ mod tests {
     fn block_of(dir: &Path, header: &SnapshotHeader, block: u64) -> Vec<u8> {
         let mut buf = vec![0u8; BLOCK_SIZE as usize];
         if let Some(BlockSource::Gen(g)) = header.map.lookup(block) {
-            let file = &header.generations.iter().find(|x| x.id == g).unwrap().file;
-            let f = std::fs::File::open(header.resolve(dir, file)).unwrap();
+            let generation = header.generations.iter().find(|x| x.id == g).unwrap();
+            let f = warren_snapshot::ops::open_generation(
+                &header.resolve(dir, &generation.file),
+                generation.packed,
+                g,
+                0,
+                header.map.blocks(),
+            )
+            .unwrap();
             f.read_exact_at(&mut buf, block * BLOCK_SIZE).unwrap();
         }
         buf
@@ -1660,13 +1707,24 @@ mod tests {
         assert_eq!(block_of(dir.path(), &header, 200), vec![9u8; 4096]);
     }
 
-    #[test]
-    fn a_diff_pause_whose_daemon_ended_is_committed_from_its_report() {
+    /// How far an interrupted diff pause got with its work file.
+    #[derive(Clone, Copy, PartialEq)]
+    enum WorkFile {
+        /// Still there.
+        Left,
+        /// Packed into `mem.1` and deleted.
+        Packed,
+        /// Renamed to `mem.1` (a warren from before packed diffs).
+        RenamedSparse,
+    }
+
+    /// A resumed run rewrote block 3 and zeroed block 200, then the daemon
+    /// wrote its report and warren died before the commit, with the work
+    /// file in state `work_file`.
+    fn diff_pause_committed_after_a_crash(work_file: WorkFile) {
         let dir = tempfile::tempdir().unwrap();
         interrupted_first_pause(dir.path());
         let first = finish_interrupted_pause(dir.path(), &meta(), None).unwrap();
-        // A resumed run rewrote block 3 and zeroed block 200, then the
-        // daemon wrote its report and warren died before the commit.
         let work = dir.path().join("mem.1.work");
         let file = std::fs::File::create(&work).unwrap();
         file.set_len(u64::from(MIB) << 20).unwrap();
@@ -1682,12 +1740,45 @@ mod tests {
         std::fs::write(dir.path().join(DISK_OVERLAY), b"disk layer 1").unwrap();
         record_pause(dir.path(), 1);
 
+        let blocks = (u64::from(MIB) << 20) / BLOCK_SIZE;
+        match work_file {
+            WorkFile::Left => {}
+            WorkFile::Packed => {
+                warren_snapshot::pack(&work, &report.data_runs, blocks, &dir.path().join("mem.1"))
+                    .unwrap();
+                std::fs::remove_file(&work).unwrap();
+            }
+            WorkFile::RenamedSparse => std::fs::rename(&work, dir.path().join("mem.1")).unwrap(),
+        }
+
         let header = finish_interrupted_pause(dir.path(), &meta(), Some(first)).unwrap();
         assert_eq!(header.device_state, "state.1");
         assert_eq!(block_of(dir.path(), &header, 3), vec![5u8; 4096]);
         assert_eq!(block_of(dir.path(), &header, 200), vec![0u8; 4096]);
+        let diff = header.generations.iter().find(|g| g.id == 1).unwrap();
+        assert_eq!(
+            diff.packed,
+            work_file != WorkFile::RenamedSparse,
+            "{header:?}"
+        );
+        assert!(!work.exists());
         assert!(!warren_snapshot::dirty_report_path(&work).exists());
         assert!(!dir.path().join(PENDING_PAUSE_FILE).exists());
+    }
+
+    #[test]
+    fn a_diff_pause_whose_daemon_ended_is_committed_from_its_report() {
+        diff_pause_committed_after_a_crash(WorkFile::Left);
+    }
+
+    #[test]
+    fn a_diff_pause_that_crashed_after_packing_is_committed_from_the_packed_diff() {
+        diff_pause_committed_after_a_crash(WorkFile::Packed);
+    }
+
+    #[test]
+    fn a_diff_an_older_warren_left_sparse_is_committed_as_sparse() {
+        diff_pause_committed_after_a_crash(WorkFile::RenamedSparse);
     }
 
     #[test]

@@ -29,9 +29,13 @@ pub const BLOCK_SIZE: u64 = 4096;
 /// First bytes of every header, so a stray file is rejected before parsing.
 pub const MAGIC: [u8; 8] = *b"WRNSNAP\0";
 
-/// The envelope version this build writes and reads; bumped on any change a
-/// version-1 reader would misread.
-pub const VERSION: u32 = 1;
+/// The envelope version this build writes; bumped on any change an older
+/// reader would misread. Version 2 added packed generations
+/// ([`Generation::packed`]).
+pub const VERSION: u32 = 2;
+/// The oldest version this build still reads (snapshots taken before an
+/// upgrade stay resumable).
+pub const OLDEST_VERSION: u32 = 1;
 
 /// Upper bound of the JSON body, so a corrupt length cannot make a reader
 /// allocate gigabytes. A real header is a few KiB to a few MiB.
@@ -47,10 +51,35 @@ const ENVELOPE_LEN: usize = 20;
 pub struct Generation {
     /// Id used by [`BlockSource::Gen`] in the map.
     pub id: u32,
-    /// The sparse memory-sized file holding this generation's blocks at
-    /// their offsets: relative to the snapshot directory, or absolute (a
-    /// clone references its template's files without copying them).
+    /// The file holding this generation's blocks: relative to the snapshot
+    /// directory, or absolute (a clone references its template's files
+    /// without copying them).
     pub file: String,
+    /// How `file` stores its blocks: `false`, a memory-sized sparse file
+    /// with blocks at their offsets; `true`, packed and compressed
+    /// ([`crate::packed`]), which is what diffs use. Omitted when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub packed: bool,
+}
+
+impl Generation {
+    /// A memory-sized sparse generation file.
+    pub fn sparse(id: u32, file: impl Into<String>) -> Self {
+        Self {
+            id,
+            file: file.into(),
+            packed: false,
+        }
+    }
+
+    /// A packed generation file.
+    pub fn packed(id: u32, file: impl Into<String>) -> Self {
+        Self {
+            id,
+            file: file.into(),
+            packed: true,
+        }
+    }
 }
 
 /// Everything needed to resume a VM from a snapshot directory.
@@ -94,7 +123,7 @@ pub enum FormatError {
         path: Option<PathBuf>,
     },
     /// Written by a newer (or unknown) format version.
-    #[error("{}: unsupported format version {version} (this build reads version {VERSION})", at(.path))]
+    #[error("{}: unsupported format version {version} (this build reads versions {OLDEST_VERSION} to {VERSION})", at(.path))]
     UnsupportedVersion {
         /// The header file, if known.
         path: Option<PathBuf>,
@@ -307,7 +336,7 @@ impl SnapshotHeader {
             u32::from_le_bytes(w)
         };
         let version = word(8);
-        if version != VERSION {
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
             return Err(FormatError::UnsupportedVersion {
                 path: None,
                 version,
@@ -480,14 +509,8 @@ mod tests {
         SnapshotHeader {
             memory_bytes: 64 * BLOCK_SIZE,
             generations: vec![
-                Generation {
-                    id: 0,
-                    file: "/abs/template/gen-0".into(),
-                },
-                Generation {
-                    id: 2,
-                    file: "gen-2".into(),
-                },
+                Generation::sparse(0, "/abs/template/gen-0"),
+                Generation::packed(2, "gen-2"),
             ],
             map,
             device_state: "device.state".into(),
@@ -580,12 +603,22 @@ mod tests {
         v["extra"] = 1.into();
         assert!(matches!(dec(&v), Err(FormatError::Malformed { .. })));
 
-        let mut bad = h.encode();
-        bad[8] = 2;
-        assert!(matches!(
-            SnapshotHeader::decode(&bad),
-            Err(FormatError::UnsupportedVersion { version: 2, .. })
-        ));
+        for version in [0, VERSION + 1] {
+            let mut bad = h.encode();
+            bad[8..12].copy_from_slice(&version.to_le_bytes());
+            assert!(matches!(
+                SnapshotHeader::decode(&bad),
+                Err(FormatError::UnsupportedVersion { version: v, .. }) if v == version
+            ));
+        }
+        // Version 1 headers (no packed generations) still read.
+        let mut sparse_only = h.clone();
+        for g in &mut sparse_only.generations {
+            g.packed = false;
+        }
+        let mut old = sparse_only.encode();
+        old[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(SnapshotHeader::decode(&old).unwrap(), sparse_only);
         let mut bad = h.encode();
         bad[12..16].copy_from_slice(&(MAX_BODY_LEN + 1).to_le_bytes());
         assert!(matches!(
@@ -647,9 +680,12 @@ mod tests {
                 SnapshotHeader {
                     memory_bytes: blocks * BLOCK_SIZE,
                     generations: (0..4)
-                        .map(|id| Generation {
-                            id,
-                            file: format!("gen-{id}"),
+                        .map(|id| {
+                            if id % 2 == 1 {
+                                Generation::packed(id, format!("gen-{id}"))
+                            } else {
+                                Generation::sparse(id, format!("gen-{id}"))
+                            }
                         })
                         .collect(),
                     map,

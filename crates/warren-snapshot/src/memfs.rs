@@ -36,6 +36,7 @@ use crate::dirty::{DirtyReport, dirty_report_path, write_dirty_report};
 use crate::format::{BLOCK_SIZE, read_header};
 use crate::fsutil;
 use crate::map::{BlockMap, BlockSource};
+use crate::packed::GenerationFile;
 
 /// What to serve and where; mirrors the command line of `warren-memfs`.
 #[derive(Debug, Clone)]
@@ -75,11 +76,11 @@ const PENDING: u8 = 3;
 struct Chain {
     map: BlockMap,
     /// Sorted by id.
-    files: Vec<(u32, File)>,
+    files: Vec<(u32, GenerationFile)>,
 }
 
 impl Chain {
-    fn file(&self, id: u32) -> Option<&File> {
+    fn file(&self, id: u32) -> Option<&GenerationFile> {
         self.files
             .binary_search_by_key(&id, |f| f.0)
             .ok()
@@ -757,28 +758,12 @@ fn open_chain(dir: &Path, size: u64) -> anyhow::Result<Chain> {
     let mut files = Vec::with_capacity(header.generations.len());
     for g in &header.generations {
         let path = header.resolve(dir, &g.file);
-        let f = File::open(&path).with_context(|| {
-            format!(
-                "opening generation {} file {} of snapshot {}",
-                g.id,
-                path.display(),
-                dir.display()
-            )
-        })?;
-        let len = f
-            .metadata()
-            .with_context(|| format!("inspecting {}", path.display()))?
-            .len();
         let need = needed.get(&g.id).copied().unwrap_or(0);
-        if len < need {
-            bail!(
-                "generation {} file {} is {len} bytes long, but snapshot {} needs {need}",
-                g.id,
-                path.display(),
-                dir.display()
-            );
-        }
-        files.push((g.id, f));
+        let file = crate::ops::open_generation(&path, g.packed, g.id, need, size / BS)
+            .with_context(|| {
+                format!("opening generation {} of snapshot {}", g.id, dir.display())
+            })?;
+        files.push((g.id, file));
     }
     files.sort_by_key(|f| f.0);
     Ok(Chain {

@@ -16,6 +16,7 @@ use crate::dirty::DirtyReport;
 use crate::format::{BLOCK_SIZE, FormatError, SnapshotHeader};
 use crate::fsutil::{self, PathIo};
 use crate::map::{BlockMap, BlockSource};
+use crate::packed::{GenerationFile, PackedGeneration};
 
 /// Bytes moved per read/write syscall: large enough to amortize syscalls,
 /// small enough to keep memory flat.
@@ -99,6 +100,14 @@ pub enum OpError {
         /// The daemon's first error message.
         first: String,
     },
+    /// A packed generation file is damaged (or not one).
+    #[error("packed generation {}: {source}", .path.display())]
+    BadPacked {
+        /// The generation file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: crate::packed::PackedError,
+    },
     /// A dirty report file is not valid JSON of a [`DirtyReport`].
     #[error("dirty report {}: {source}", .path.display())]
     BadReport {
@@ -130,6 +139,27 @@ impl From<PathIo> for OpError {
     fn from(e: PathIo) -> Self {
         OpError::io(e.op, &e.path, e.source)
     }
+}
+
+/// Produces `dest` crash-safely: `write` creates, fills and fsyncs the
+/// temporary file it is given (`dest.tmp`), which then replaces `dest`
+/// (rename, fsync of the directory). On any failure the temporary file is
+/// removed and `dest` is untouched.
+pub(crate) fn write_then_rename<T>(
+    dest: &Path,
+    write: impl FnOnce(&Path) -> Result<T, OpError>,
+) -> Result<T, OpError> {
+    let tmp = fsutil::with_suffix(dest, ".tmp");
+    let value = write(&tmp)
+        .and_then(|value| {
+            std::fs::rename(&tmp, dest).map_err(|e| OpError::io("renaming to", dest, e))?;
+            Ok(value)
+        })
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?;
+    fsutil::sync_parent_dir(dest)?;
+    Ok(value)
 }
 
 fn check_size(bytes: u64) -> Result<u64, OpError> {
@@ -165,17 +195,16 @@ pub fn copy_ram(source: &Path, dest: &Path) -> Result<u64, OpError> {
         .len();
     let ranges = fsutil::data_ranges(&input, len)
         .map_err(|e| OpError::io("finding the data of", source, e))?;
-    let temp = fsutil::with_suffix(dest, ".tmp");
-    let result = (|| {
+    write_then_rename(dest, |temp| {
         let output = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&temp)
-            .map_err(|e| OpError::io("creating", &temp, e))?;
+            .open(temp)
+            .map_err(|e| OpError::io("creating", temp, e))?;
         output
             .set_len(len)
-            .map_err(|e| OpError::io("sizing", &temp, e))?;
+            .map_err(|e| OpError::io("sizing", temp, e))?;
         let mut buf = vec![0u8; CHUNK];
         let mut written = 0u64;
         for (start, end) in ranges {
@@ -190,7 +219,7 @@ pub fn copy_ram(source: &Path, dest: &Path) -> Result<u64, OpError> {
                     if !fsutil::is_zero(block) {
                         output
                             .write_all_at(block, at)
-                            .map_err(|e| OpError::io("writing", &temp, e))?;
+                            .map_err(|e| OpError::io("writing", temp, e))?;
                         written += block.len() as u64;
                     }
                     at += block.len() as u64;
@@ -200,16 +229,9 @@ pub fn copy_ram(source: &Path, dest: &Path) -> Result<u64, OpError> {
         }
         output
             .sync_all()
-            .map_err(|e| OpError::io("syncing", &temp, e))?;
-        std::fs::rename(&temp, dest).map_err(|e| OpError::io("renaming to", dest, e))?;
-        Ok::<u64, OpError>(written)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    let written = result?;
-    fsutil::sync_parent_dir(dest)?;
-    Ok(written)
+            .map_err(|e| OpError::io("syncing", temp, e))?;
+        Ok(written)
+    })
 }
 
 /// Turns a RAM file written in full by a running VM (sparse, `memory_bytes`
@@ -415,6 +437,35 @@ impl Copier<'_> {
     }
 }
 
+/// Opens generation `id` at `path`: a packed file with its index checked
+/// against `blocks`, a sparse one checked to reach `need` bytes (the end of
+/// the last block the map reads from it).
+pub fn open_generation(
+    path: &Path,
+    packed: bool,
+    id: u32,
+    need: u64,
+    blocks: u64,
+) -> Result<GenerationFile, OpError> {
+    if packed {
+        return PackedGeneration::open(path, blocks).map(GenerationFile::Packed);
+    }
+    let f = File::open(path).map_err(|e| OpError::io("opening generation file", path, e))?;
+    let len = f
+        .metadata()
+        .map_err(|e| OpError::io("inspecting", path, e))?
+        .len();
+    if len < need {
+        return Err(OpError::ShortGeneration {
+            id,
+            path: path.to_path_buf(),
+            len,
+            needed: need,
+        });
+    }
+    Ok(GenerationFile::Sparse(f))
+}
+
 /// Writes `dest` holding every nonzero block of the chain at its offset
 /// (sparse elsewhere), crash-safely (`dest.tmp`, fsync, rename, fsync dir).
 /// Returns the new map (nonzero → `Gen(new_gen_id)`) and the bytes written.
@@ -443,7 +494,7 @@ pub fn flatten(
             *n = (*n).max(e.end() * BLOCK_SIZE);
         }
     }
-    let mut files: BTreeMap<u32, (File, PathBuf)> = BTreeMap::new();
+    let mut files: BTreeMap<u32, (GenerationFile, PathBuf)> = BTreeMap::new();
     for (&id, &need) in &needed {
         let g = header
             .generations
@@ -451,36 +502,23 @@ pub fn flatten(
             .find(|g| g.id == id)
             .ok_or(FormatError::UnlistedGeneration { path: None, id })?;
         let path = header.resolve(dir, &g.file);
-        let f = File::open(&path).map_err(|e| OpError::io("opening generation file", &path, e))?;
-        let len = f
-            .metadata()
-            .map_err(|e| OpError::io("inspecting", &path, e))?
-            .len();
-        if len < need {
-            return Err(OpError::ShortGeneration {
-                id,
-                path,
-                len,
-                needed: need,
-            });
-        }
-        files.insert(id, (f, path));
+        let file = open_generation(&path, g.packed, id, need, blocks)?;
+        files.insert(id, (file, path));
     }
 
-    let tmp = fsutil::with_suffix(dest, ".tmp");
-    let result = (|| {
+    let (nonzero, written) = write_then_rename(dest, |tmp| {
         let out = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&tmp)
-            .map_err(|e| OpError::io("creating", &tmp, e))?;
+            .open(tmp)
+            .map_err(|e| OpError::io("creating", tmp, e))?;
         out.set_len(header.memory_bytes)
-            .map_err(|e| OpError::io("sizing", &tmp, e))?;
+            .map_err(|e| OpError::io("sizing", tmp, e))?;
         let mut c = Copier {
             out: &out,
-            path: &tmp,
+            path: tmp,
             buf: vec![0u8; CHUNK],
             start: 0,
             len: 0,
@@ -504,22 +542,9 @@ pub fn flatten(
             }
         }
         c.flush()?;
-        out.sync_all()
-            .map_err(|e| OpError::io("syncing", &tmp, e))?;
+        out.sync_all().map_err(|e| OpError::io("syncing", tmp, e))?;
         Ok((c.nonzero, c.written))
-    })();
-    let (nonzero, written) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    std::fs::rename(&tmp, dest).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        OpError::io("renaming to", dest, e)
     })?;
-    fsutil::sync_parent_dir(dest)?;
     let map = BlockMap::new_zero(blocks)
         .overlay(nonzero, BlockSource::Gen(new_gen_id))
         .map_err(|e| OpError::InvalidHeader {

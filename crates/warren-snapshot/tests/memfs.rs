@@ -235,14 +235,8 @@ fn two_generation_snapshot(dir: &Path) -> (PathBuf, SnapshotHeader) {
     let header = SnapshotHeader {
         memory_bytes: mem,
         generations: vec![
-            Generation {
-                id: 0,
-                file: "gen-0".into(),
-            },
-            Generation {
-                id: 1,
-                file: "gen-1".into(),
-            },
+            Generation::sparse(0, "gen-0"),
+            Generation::sparse(1, "gen-1"),
         ],
         map,
         device_state: "device".into(),
@@ -366,10 +360,7 @@ fn serves_the_chain_and_reports_dirty_blocks() {
     // The work file becomes generation 2 of the next snapshot.
     let next = apply_dirty(&header.map, &report, 2).unwrap();
     let mut gens = header.generations.clone();
-    gens.push(Generation {
-        id: 2,
-        file: work.to_str().unwrap().into(),
-    });
+    gens.push(Generation::sparse(2, work.to_str().unwrap()));
     let header2 = SnapshotHeader {
         generations: gens,
         map: next,
@@ -613,10 +604,7 @@ fn throughput() {
     }
     let header = SnapshotHeader {
         memory_bytes: size,
-        generations: vec![Generation {
-            id: 0,
-            file: "gen-0".into(),
-        }],
+        generations: vec![Generation::sparse(0, "gen-0")],
         map: BlockMap::new_uniform(blocks, BlockSource::Gen(0)),
         device_state: String::new(),
         disk: String::new(),

@@ -6,7 +6,7 @@ use common::{BS, chain_content, pattern, with_blocks, write_sparse};
 use std::os::unix::fs::FileExt;
 use warren_snapshot::{
     BLOCK_SIZE, BlockMap, BlockSource, DirtyReport, Generation, OpError, SnapshotHeader,
-    allocated_bytes, apply_dirty, copy_ram, flatten, full_generation,
+    allocated_bytes, apply_dirty, copy_ram, flatten, full_generation, pack,
 };
 
 #[test]
@@ -94,18 +94,9 @@ fn three_generation_chain(dir: &std::path::Path) -> SnapshotHeader {
     SnapshotHeader {
         memory_bytes: mem,
         generations: vec![
-            Generation {
-                id: 0,
-                file: gen0.to_str().unwrap().to_string(),
-            },
-            Generation {
-                id: 1,
-                file: "gen-1".into(),
-            },
-            Generation {
-                id: 2,
-                file: "gen-2".into(),
-            },
+            Generation::sparse(0, gen0.to_str().unwrap().to_string()),
+            Generation::sparse(1, "gen-1"),
+            Generation::sparse(2, "gen-2"),
         ],
         map: map2,
         device_state: "device".into(),
@@ -113,6 +104,55 @@ fn three_generation_chain(dir: &std::path::Path) -> SnapshotHeader {
         created_unix_ms: 0,
         meta: serde_json::Value::Null,
     }
+}
+
+#[test]
+fn a_packed_generation_reads_as_its_sparse_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = three_generation_chain(dir.path());
+    let expected = chain_content(dir.path(), &header);
+    let blocks = header.map.blocks();
+
+    // Generation 1 packed from its sparse file (a superset of what the map
+    // still takes from it, as a diff is).
+    let runs = [(5, 3), (100, 50), (400, 1)];
+    let written = pack(
+        &dir.path().join("gen-1"),
+        &runs,
+        blocks,
+        &dir.path().join("gen-1.packed"),
+    )
+    .unwrap();
+    assert_eq!(
+        written,
+        std::fs::metadata(dir.path().join("gen-1.packed"))
+            .unwrap()
+            .len()
+    );
+    let mut packed = header.clone();
+    packed.generations[1] = Generation::packed(1, "gen-1.packed");
+    std::fs::remove_file(dir.path().join("gen-1")).unwrap();
+
+    let dest = dir.path().join("merged");
+    let (map, _) = flatten(dir.path(), &packed, &dest, 7).unwrap();
+    assert!(
+        std::fs::read(&dest).unwrap() == expected,
+        "flattening through a packed generation changed the memory"
+    );
+    assert_eq!(map.blocks(), blocks);
+
+    // A packed file is checked when opened: damage is an error naming it.
+    let path = dir.path().join("gen-1.packed");
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
+    let err = flatten(dir.path(), &packed, &dest, 8).unwrap_err();
+    assert!(matches!(err, OpError::BadPacked { .. }), "{err}");
+    assert!(err.to_string().contains("gen-1.packed"), "{err}");
 }
 
 #[test]
@@ -154,10 +194,7 @@ fn flatten_reproduces_the_chain() {
 
     // The flattened generation alone reads as the chain did.
     let merged = SnapshotHeader {
-        generations: vec![Generation {
-            id: 7,
-            file: "merged".into(),
-        }],
+        generations: vec![Generation::sparse(7, "merged")],
         map,
         ..header.clone()
     };
