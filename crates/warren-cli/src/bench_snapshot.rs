@@ -167,18 +167,25 @@ pub async fn snapshot(manager: Manager, args: SnapshotBenchArgs) -> Result<Value
         let id = sandbox.id().to_string();
         pause(&sandbox).await?;
         drop(sandbox);
-        if index == 0 {
-            // Plain QEMU restores this one-generation snapshot (leaving it
-            // untouched) before warren resumes it.
-            for _ in 0..args.runs {
-                raw_restore.push(raw_qemu_restore(&manager, &id).await?);
-            }
-        }
+        // Every pause here merges its diff into the one generation, so each
+        // resume starts from a one-generation snapshot, as plain QEMU's
+        // restore does. At the first size the two take turns (QEMU leaves
+        // the snapshot untouched), so both see the same machine load.
+        let merge_every_pause = PauseOptions {
+            merge_cap: 1,
+            ..PauseOptions::default()
+        };
         let mut samples = Vec::new();
         for _ in 0..args.runs {
+            if index == 0 {
+                raw_restore.push(raw_qemu_restore(&manager, &id).await?);
+            }
             let (resume_ms, sandbox) = resume(&manager, &id).await?;
             samples.push(resume_ms);
-            pause(&sandbox).await?;
+            sandbox
+                .pause(&merge_every_pause)
+                .await
+                .with_context(|| format!("pausing {id}"))?;
         }
         if index == 0 {
             ours_at_first_size = samples.clone();
