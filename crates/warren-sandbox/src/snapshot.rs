@@ -1642,8 +1642,7 @@ mod tests {
             let generation = header.generations.iter().find(|x| x.id == g).unwrap();
             let f = warren_snapshot::ops::open_generation(
                 &header.resolve(dir, &generation.file),
-                generation.packed,
-                g,
+                generation,
                 0,
                 header.map.blocks(),
             )

@@ -759,10 +759,9 @@ fn open_chain(dir: &Path, size: u64) -> anyhow::Result<Chain> {
     for g in &header.generations {
         let path = header.resolve(dir, &g.file);
         let need = needed.get(&g.id).copied().unwrap_or(0);
-        let file = crate::ops::open_generation(&path, g.packed, g.id, need, size / BS)
-            .with_context(|| {
-                format!("opening generation {} of snapshot {}", g.id, dir.display())
-            })?;
+        let file = crate::ops::open_generation(&path, g, need, size / BS).with_context(|| {
+            format!("opening generation {} of snapshot {}", g.id, dir.display())
+        })?;
         files.push((g.id, file));
     }
     files.sort_by_key(|f| f.0);

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::dirty::DirtyReport;
-use crate::format::{BLOCK_SIZE, FormatError, SnapshotHeader};
+use crate::format::{BLOCK_SIZE, FormatError, Generation, SnapshotHeader};
 use crate::fsutil::{self, PathIo};
 use crate::map::{BlockMap, BlockSource};
 use crate::packed::{GenerationFile, PackedGeneration};
@@ -321,11 +321,15 @@ pub fn full_generation(file: &Path, memory_bytes: u64, gen_id: u32) -> Result<Bl
         })
 }
 
-/// Checks that `runs` are sorted, non-overlapping and inside `blocks`.
-fn check_runs(blocks: u64, runs: &[(u64, u64)], what: &str) -> Result<(), OpError> {
+/// Checks that `runs` are non-empty, sorted, non-overlapping and inside
+/// `blocks`.
+pub(crate) fn check_runs(blocks: u64, runs: &[(u64, u64)], what: &str) -> Result<(), OpError> {
     let bad = |reason: String| OpError::InvalidDirty { blocks, reason };
     let mut pos = 0u64;
     for &(s, l) in runs {
+        if l == 0 {
+            return Err(bad(format!("{what} run ({s}, {l}) is empty")));
+        }
         let end = s
             .checked_add(l)
             .filter(|&e| e <= blocks)
@@ -437,17 +441,16 @@ impl Copier<'_> {
     }
 }
 
-/// Opens generation `id` at `path`: a packed file with its index checked
-/// against `blocks`, a sparse one checked to reach `need` bytes (the end of
-/// the last block the map reads from it).
+/// Opens `generation`'s file at `path` (its name resolved): a packed file
+/// with its index checked against `blocks`, a sparse one checked to reach
+/// `need` bytes (the end of the last block the map reads from it).
 pub fn open_generation(
     path: &Path,
-    packed: bool,
-    id: u32,
+    generation: &Generation,
     need: u64,
     blocks: u64,
 ) -> Result<GenerationFile, OpError> {
-    if packed {
+    if generation.packed {
         return PackedGeneration::open(path, blocks).map(GenerationFile::Packed);
     }
     let f = File::open(path).map_err(|e| OpError::io("opening generation file", path, e))?;
@@ -457,7 +460,7 @@ pub fn open_generation(
         .len();
     if len < need {
         return Err(OpError::ShortGeneration {
-            id,
+            id: generation.id,
             path: path.to_path_buf(),
             len,
             needed: need,
@@ -502,7 +505,7 @@ pub fn flatten(
             .find(|g| g.id == id)
             .ok_or(FormatError::UnlistedGeneration { path: None, id })?;
         let path = header.resolve(dir, &g.file);
-        let file = open_generation(&path, g.packed, id, need, blocks)?;
+        let file = open_generation(&path, g, need, blocks)?;
         files.insert(id, (file, path));
     }
 
