@@ -332,7 +332,9 @@ pub async fn snapshot(client: &Client, args: SnapshotArgs) -> Result<i32> {
             bytes(snapshot.memory_bytes),
             bytes(snapshot.disk_bytes)
         );
-        eprintln!(
+        // The hint is part of the human output, on the same stream, so it
+        // stays after the result line however the two streams are captured.
+        println!(
             "create clones with `warren create --template {}`",
             snapshot.name
         );

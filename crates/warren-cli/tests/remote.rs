@@ -484,6 +484,17 @@ fn a_sandbox_through_the_api_as_a_user_would() {
         "{table}"
     );
     expect_code(&service.warren(&["snapshot", &id, "cli-snap"], b""), 4);
+    // Human output: the result line, then the hint on a line of its own.
+    let human = service.warren(&["snapshot", &id, "cli-snap-2"], b"");
+    expect_code(&human, 0);
+    let lines: Vec<String> = text(&human.stdout).lines().map(String::from).collect();
+    assert!(
+        lines.len() == 2
+            && lines[0].starts_with(&format!("snapshot cli-snap-2 of {id}: "))
+            && lines[1] == "create clones with `warren create --template cli-snap-2`",
+        "{lines:?}"
+    );
+    expect_code(&service.warren(&["snapshots", "rm", "cli-snap-2"], b""), 0);
     let clone = service.warren(&["create", "--template", "cli-snap"], b"");
     expect_code(&clone, 0);
     let clone = text(&clone.stdout).trim().to_string();

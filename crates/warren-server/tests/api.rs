@@ -31,13 +31,15 @@ async fn every_endpoint_answers_as_documented() {
     let server = TestServer::start(dir.path(), 10).await;
     let api = server.admin();
 
-    // Health needs no key; the rest does.
-    let response = reqwest::get(format!("{}/health", server.url))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let health: Value = response.json().await.unwrap();
-    assert_eq!(health["status"], "ok");
+    // Health needs no key (at `/health` and under the API's prefix); the rest does.
+    for path in ["/health", "/v1/health"] {
+        let response = reqwest::get(format!("{}{path}", server.url))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let health: Value = response.json().await.unwrap();
+        assert_eq!(health["status"], "ok", "{path}");
+    }
     let anonymous = Api::new(&server.url, "");
     let (status, body) = anonymous.get("/v1/sandboxes").await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");

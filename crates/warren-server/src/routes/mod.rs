@@ -141,7 +141,10 @@ pub fn router(state: AppState) -> Router {
     let mut document = serde_json::to_value(&openapi).expect("OpenAPI serializes");
     describe_host_limits(&mut document, &state);
     let openapi_json = document.to_string();
-    api.route(
+    // `/v1/health` is the same liveness answer under the API's prefix, for
+    // clients that put every call under `/v1` (documented beside `/health`).
+    api.route("/v1/health", get(admin::health))
+    .route(
         "/openapi.json",
         get(move || async move {
             (
