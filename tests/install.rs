@@ -67,9 +67,18 @@ fn plan(role: &str, admindir: &Path) -> Vec<String> {
 /// database is `admindir`: (exit status success, stdout + stderr).
 fn simulate(args: &[String], admindir: &Path) -> (bool, String) {
     let out = Command::new("apt-get")
-        .args(["-s", "-q", "install", "--no-install-recommends", "--allow-downgrades"])
+        .args([
+            "-s",
+            "-q",
+            "install",
+            "--no-install-recommends",
+            "--allow-downgrades",
+        ])
         .arg("-o")
-        .arg(format!("Dir::State::status={}", admindir.join("status").display()))
+        .arg(format!(
+            "Dir::State::status={}",
+            admindir.join("status").display()
+        ))
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .output()
@@ -143,25 +152,40 @@ fn a_fresh_machine_with_a_newer_qemu_utils_gets_a_plan_apt_can_carry_out() {
     // The recorded state is the one that broke the set-up: a backported
     // qemu-utils, no qemu-system-x86, and apt refusing the unpinned request.
     let backported = installed("qemu-utils", admindir).expect("fixture has qemu-utils");
-    assert!(backported.starts_with("1:10."), "fixture qemu-utils {backported}");
+    assert!(
+        backported.starts_with("1:10."),
+        "fixture qemu-utils {backported}"
+    );
     assert_eq!(installed("qemu-system-x86", admindir), None);
     let unpinned: Vec<String> = ["qemu-system-x86", "qemu-utils"].map(String::from).to_vec();
     let (ok, output) = simulate(&unpinned, admindir);
-    assert!(!ok, "the unpinned request resolved; the fixture no longer shows the problem:\n{output}");
+    assert!(
+        !ok,
+        "the unpinned request resolved; the fixture no longer shows the problem:\n{output}"
+    );
 
     for role in ["up", "test"] {
         let plan = plan(role, admindir);
         let system = pinned(&plan, "qemu-system-x86");
-        assert_eq!(pinned(&plan, "qemu-utils"), system, "qemu-utils must match qemu-system-x86");
+        assert_eq!(
+            pinned(&plan, "qemu-utils"),
+            system,
+            "qemu-utils must match qemu-system-x86"
+        );
         assert_plan_resolves(&plan, admindir);
         let (_, output) = simulate(&plan, admindir);
         assert!(
-            output.lines().any(|l| l.starts_with(&format!("Inst qemu-utils [{backported}] ({system} "))),
+            output
+                .lines()
+                .any(|l| l.starts_with(&format!("Inst qemu-utils [{backported}] ({system} "))),
             "apt does not plan to replace qemu-utils {backported} by {system}:\n{output}"
         );
     }
     let test_plan = plan("test", admindir);
-    assert!(test_plan.iter().any(|p| p == "chromium"), "the test plan installs the browser");
+    assert!(
+        test_plan.iter().any(|p| p == "chromium"),
+        "the test plan installs the browser"
+    );
 }
 
 #[test]
@@ -170,7 +194,10 @@ fn this_machine_gets_a_plan_apt_can_carry_out() {
     let admindir = Path::new("/var/lib/dpkg");
     for role in ["up", "test"] {
         let plan = plan(role, admindir);
-        assert_eq!(pinned(&plan, "qemu-utils"), pinned(&plan, "qemu-system-x86"));
+        assert_eq!(
+            pinned(&plan, "qemu-utils"),
+            pinned(&plan, "qemu-system-x86")
+        );
         assert_plan_resolves(&plan, admindir);
     }
 }

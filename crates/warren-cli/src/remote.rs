@@ -139,7 +139,7 @@ pub struct ListArgs {
     pub out: JsonFlag,
 }
 
-fn parse_state(value: &str) -> Result<SandboxState, String> {
+fn parse_state(value: &str) -> Result<SandboxState, warren_client::UnknownState> {
     value.parse()
 }
 

@@ -90,7 +90,7 @@ impl Discovery {
     /// (`$WARREN_HOME`, default `/var/lib/warren` for root, else
     /// `~/.local/share/warren`, as `warren up` uses).
     pub fn from_env() -> Self {
-        Self::from_env_with_data_dir(warren_image::default_data_dir())
+        Self::from_env_with_data_dir(warren_api::local::default_data_dir())
     }
 
     /// [`Discovery::from_env`] with another data directory (a `--data-dir`

@@ -15,7 +15,8 @@ use super::{ApiJson, ApiPath, ApiQuery, no_content};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::model::{
-    FileInfo, FileList, ListQuery, MakeDir, PathQuery, RemoveQuery, Rename, UploadForm, UploadQuery,
+    self, FileInfo, FileList, ListQuery, MakeDir, PathQuery, RemoveQuery, Rename, UploadForm,
+    UploadQuery,
 };
 use crate::state::AppState;
 
@@ -160,7 +161,7 @@ pub async fn upload_multipart(
                 let info = live
                     .write_file_from(&path, &mut reader, options.clone(), &())
                     .await?;
-                return Ok(Json(FileInfo::from(info)));
+                return Ok(Json(model::file_info(info)));
             }
             _ => {}
         }
@@ -212,7 +213,7 @@ pub async fn upload_raw(
     let info = live
         .write_file_from(&query.path, &mut reader, options, &())
         .await?;
-    Ok(Json(FileInfo::from(info)))
+    Ok(Json(model::file_info(info)))
 }
 
 /// Removes a file or directory.
@@ -268,7 +269,7 @@ pub async fn list(
     let (_, live) = state.live_sandbox(&caller, &id).await?;
     let entries = live.list_dir(&query.path, depth).await?;
     Ok(Json(FileList {
-        entries: entries.into_iter().map(FileInfo::from).collect(),
+        entries: entries.into_iter().map(model::file_info).collect(),
     }))
 }
 
@@ -293,7 +294,7 @@ pub async fn stat(
     ApiQuery(query): ApiQuery<PathQuery>,
 ) -> ApiResult<Json<FileInfo>> {
     let (_, live) = state.live_sandbox(&caller, &id).await?;
-    Ok(Json(FileInfo::from(live.stat(&query.path).await?)))
+    Ok(Json(model::file_info(live.stat(&query.path).await?)))
 }
 
 /// Creates a directory.
@@ -321,7 +322,7 @@ pub async fn make_dir(
     let info = live
         .make_dir(&request.path, request.parents.unwrap_or(true))
         .await?;
-    Ok(Json(FileInfo::from(info)))
+    Ok(Json(model::file_info(info)))
 }
 
 /// Renames a path.
