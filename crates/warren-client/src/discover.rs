@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
 
 /// Environment variable with the service's base URL.
 pub const URL_ENV: &str = "WARREN_URL";
@@ -225,7 +225,7 @@ fn read_service_file(path: &Path) -> Result<Option<String>, Error> {
         Err(error) => {
             return Err(Error::Config {
                 path: path.to_path_buf(),
-                message: format!("cannot read it: {error}"),
+                source: ConfigError::Read(error),
             });
         }
     };
@@ -237,9 +237,7 @@ fn read_service_file(path: &Path) -> Result<Option<String>, Error> {
     }
     let parsed: ServiceFile = serde_json::from_str(&text).map_err(|error| Error::Config {
         path: path.to_path_buf(),
-        message: format!(
-            "not the JSON `warren up` writes ({error}); remove it and restart `warren up`"
-        ),
+        source: ConfigError::ServiceFile(error),
     })?;
     if let Some(pid) = parsed.pid
         && !Path::new(&format!("/proc/{pid}")).exists()
@@ -266,20 +264,16 @@ pub struct ConfigFile {
 
 /// Reads a config file; `None` if it does not exist.
 pub fn read_config(path: &Path) -> Result<Option<ConfigFile>, Error> {
+    let failed = |source| Error::Config {
+        path: path.to_path_buf(),
+        source,
+    };
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => {
-            return Err(Error::Config {
-                path: path.to_path_buf(),
-                message: format!("cannot read it: {error}"),
-            });
-        }
+        Err(error) => return Err(failed(ConfigError::Read(error))),
     };
-    let values = parse_toml_strings(&text).map_err(|message| Error::Config {
-        path: path.to_path_buf(),
-        message,
-    })?;
+    let values = parse_config(&text).map_err(failed)?;
     let pick = |name: &str| {
         values
             .get(name)
@@ -293,94 +287,20 @@ pub fn read_config(path: &Path) -> Result<Option<ConfigFile>, Error> {
     }))
 }
 
-/// Parses the subset of TOML a client config needs: top-level
-/// `key = "string"` (basic strings with escapes, or 'literal' strings),
-/// comments and blank lines. Anything else is an error that names the line,
-/// rather than a silently ignored setting.
-pub fn parse_toml_strings(text: &str) -> Result<BTreeMap<String, String>, String> {
-    let mut values = BTreeMap::new();
-    for (index, raw) in text.lines().enumerate() {
-        let line_no = index + 1;
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if line.starts_with('[') {
-            return Err(format!(
-                "line {line_no}: tables such as {line} are not supported; put `url` and `api_key` at the top level"
-            ));
-        }
-        let (key, rest) = line
-            .split_once('=')
-            .ok_or_else(|| format!("line {line_no}: expected `key = \"value\"`"))?;
-        let key = key.trim();
-        let key = key
-            .strip_prefix('"')
-            .and_then(|k| k.strip_suffix('"'))
-            .unwrap_or(key);
-        if key.is_empty()
-            || !key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(format!("line {line_no}: {key:?} is not a valid key"));
-        }
-        let (value, after) = parse_string(rest.trim_start())
-            .map_err(|message| format!("line {line_no}: {message}"))?;
-        let after = after.trim();
-        if !after.is_empty() && !after.starts_with('#') {
-            return Err(format!(
-                "line {line_no}: unexpected {after:?} after the value"
-            ));
-        }
-        if values.insert(key.to_string(), value).is_some() {
-            return Err(format!("line {line_no}: {key} is set twice"));
-        }
-    }
-    Ok(values)
-}
-
-/// Parses one string value; returns it and the rest of the line.
-fn parse_string(input: &str) -> Result<(String, &str), String> {
-    if let Some(body) = input.strip_prefix('\'') {
-        let end = body
-            .find('\'')
-            .ok_or("the 'literal string' is not closed")?;
-        return Ok((body[..end].to_string(), &body[end + 1..]));
-    }
-    let body = input
-        .strip_prefix('"')
-        .ok_or("values must be quoted strings, e.g. url = \"http://127.0.0.1:7700\"")?;
-    let mut out = String::new();
-    let mut chars = body.char_indices();
-    while let Some((at, c)) = chars.next() {
-        match c {
-            '"' => return Ok((out, &body[at + 1..])),
-            '\\' => {
-                let (_, escaped) = chars.next().ok_or("the string is not closed")?;
-                match escaped {
-                    '"' => out.push('"'),
-                    '\\' => out.push('\\'),
-                    'n' => out.push('\n'),
-                    't' => out.push('\t'),
-                    'r' => out.push('\r'),
-                    'u' | 'U' => {
-                        let len = if escaped == 'u' { 4 } else { 8 };
-                        let hex: String = chars.by_ref().take(len).map(|(_, c)| c).collect();
-                        let code = u32::from_str_radix(&hex, 16)
-                            .ok()
-                            .filter(|_| hex.len() == len)
-                            .and_then(char::from_u32)
-                            .ok_or_else(|| format!("bad unicode escape \\{escaped}{hex}"))?;
-                        out.push(code);
-                    }
-                    other => return Err(format!("unknown escape \\{other}")),
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    Err("the string is not closed".into())
+/// Parses a client config (TOML): every setting is a top-level string.
+/// Settings this client does not use are kept (a newer client's file still
+/// works), but a table or a value of another type is an error that names
+/// the key, rather than a silently ignored setting.
+pub fn parse_config(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let table: toml::Table = text.parse().map_err(ConfigError::Syntax)?;
+    table
+        .into_iter()
+        .map(|(key, value)| match value {
+            toml::Value::String(value) => Ok((key, value)),
+            toml::Value::Table(_) => Err(ConfigError::Table { key }),
+            _ => Err(ConfigError::NotAString { key }),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -403,8 +323,8 @@ mod tests {
     }
 
     #[test]
-    fn parses_the_toml_subset() {
-        let values = parse_toml_strings(
+    fn parses_toml_strings() {
+        let values = parse_config(
             "# warren\n\nurl = \"http://h:7700\" # remote\napi_key='wrn_a\\b'\n\"quoted\" = \"a\\\"b\\u00e9\\n\"\n",
         )
         .unwrap();
@@ -414,19 +334,32 @@ mod tests {
     }
 
     #[test]
-    fn toml_errors_name_the_line() {
-        for (text, needle) in [
-            ("url = http://x", "line 1: values must be quoted"),
-            ("\n[server]\nurl = \"x\"", "line 2: tables"),
-            ("url = \"x", "not closed"),
-            ("url = \"x\" y", "unexpected"),
-            ("url = \"a\"\nurl = \"b\"", "set twice"),
-            ("just words", "expected `key"),
-            ("k = \"\\q\"", "unknown escape"),
+    fn config_errors_say_what_is_wrong() {
+        for text in [
+            "url = http://x",
+            "url = \"x",
+            "url = \"x\" y",
+            "url = \"a\"\nurl = \"b\"",
+            "just words",
+            "k = \"\\q\"",
         ] {
-            let error = parse_toml_strings(text).unwrap_err();
-            assert!(error.contains(needle), "{text:?}: {error}");
+            let error = parse_config(text).unwrap_err();
+            assert!(
+                matches!(error, ConfigError::Syntax(_)),
+                "{text:?}: {error:?}"
+            );
+            // toml's message, the source, names where the problem is.
+            let source = std::error::Error::source(&error).expect("toml's error");
+            assert!(source.to_string().contains("line"), "{text:?}: {source}");
         }
+        assert!(matches!(
+            parse_config("\n[server]\nurl = \"x\""),
+            Err(ConfigError::Table { key }) if key == "server"
+        ));
+        assert!(matches!(
+            parse_config("url = 7700"),
+            Err(ConfigError::NotAString { key }) if key == "url"
+        ));
     }
 
     #[test]

@@ -104,12 +104,13 @@ pub enum Error {
     #[error("{0}")]
     NotConfigured(String),
     /// A configuration file exists but cannot be used.
-    #[error("configuration file {path}: {message}")]
+    #[error("configuration file {path} cannot be used; fix or remove it")]
     Config {
         /// The file.
         path: PathBuf,
-        /// What is wrong with it and how to fix it.
-        message: String,
+        /// What is wrong with it.
+        #[source]
+        source: ConfigError,
     },
     /// The URL given for the service is not usable.
     #[error("invalid service URL {url:?}: {reason}")]
@@ -154,7 +155,7 @@ impl Error {
     pub fn message(&self) -> String {
         match self {
             Error::Api(api) => api.message.clone(),
-            other => other.to_string(),
+            other => chain(other),
         }
     }
 
@@ -272,4 +273,30 @@ mod tests {
         assert_eq!(status_of_code("conflict"), 409);
         assert_eq!(status_of_code("something_new"), 500);
     }
+}
+
+/// What is wrong with a client configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// It could not be read.
+    #[error("cannot read it")]
+    Read(#[source] std::io::Error),
+    /// It is not valid TOML.
+    #[error("it is not valid TOML")]
+    Syntax(#[source] toml::de::Error),
+    /// A setting is a table; settings are top-level `key = "value"` lines.
+    #[error("[{key}] is a table; put `url` and `api_key` at the top level")]
+    Table {
+        /// The table's name.
+        key: String,
+    },
+    /// A service file (`service.json`) is not what `warren up` writes.
+    #[error("it is not the JSON `warren up` writes; remove it and restart `warren up`")]
+    ServiceFile(#[source] serde_json::Error),
+    /// A setting is not a string.
+    #[error("{key} must be a quoted string, e.g. url = \"http://127.0.0.1:7700\"")]
+    NotAString {
+        /// The setting.
+        key: String,
+    },
 }

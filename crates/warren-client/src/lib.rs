@@ -33,7 +33,7 @@ mod ws;
 
 pub use client::{Client, Download, PtyOptions, is_retryable};
 pub use discover::{Discovery, Endpoint, Origin};
-pub use error::{ApiError, Error, status_of_code};
+pub use error::{ApiError, ConfigError, Error, status_of_code};
 pub use types::*;
 pub use ws::{ExecEvent, ExecInput, ExecOutput, ExecSession, PtyEvent, PtyInput, PtySession};
 
