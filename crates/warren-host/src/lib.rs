@@ -143,11 +143,6 @@ impl HostAgent {
         }
     }
 
-    /// The sandbox manager (images, VM backend).
-    pub fn manager(&self) -> &Manager {
-        &self.manager
-    }
-
     /// Subscribes to unrequested sandbox events.
     pub fn subscribe(&self) -> broadcast::Receiver<HostEvent> {
         self.events.subscribe()
@@ -449,6 +444,72 @@ impl HostAgent {
                 tracing::warn!(id = %sandbox.id(), %error, "killing sandbox at shutdown failed");
             }
         }
+    }
+}
+
+/// What the control plane asks of a host besides its live sandboxes:
+/// capacity, images and snapshot templates, and the facts recovery and the
+/// reconciler decide on. The service goes through these, never through the
+/// host's [`Manager`], so that a host can later be served over the network
+/// with exactly this surface.
+impl HostAgent {
+    /// The accelerator this host's VMs use (reported by `/health`).
+    pub fn accel(&self) -> warren_sandbox::Accel {
+        self.manager.accel()
+    }
+
+    /// This host's CPUs and memory (the bounds of a create request).
+    pub fn capacity(&self) -> warren_vmm::host::HostCapacity {
+        self.manager.host()
+    }
+
+    /// Builds an image if it is not built yet (the service does the default
+    /// one at start, so the first create does not wait for it).
+    pub async fn prepare_image(
+        &self,
+        name: &str,
+        progress: Arc<dyn Progress>,
+    ) -> Result<(), CreateError> {
+        self.manager.prepare_image(name, progress).await.map(drop)
+    }
+
+    /// Whether an operation holds the sandbox (the reconciler leaves it be).
+    pub fn is_busy(&self, id: &str) -> bool {
+        self.manager.is_busy(id)
+    }
+
+    /// Where the disk of a lost sandbox was kept, if it was.
+    pub fn kept_disk(&self, id: &str) -> Option<PathBuf> {
+        self.manager.kept_disk(id)
+    }
+
+    /// Sandboxes paused on this host's disk.
+    pub fn paused_ids(&self) -> Vec<String> {
+        self.manager.paused_ids()
+    }
+
+    /// Turns a paused sandbox into the snapshot template `name`.
+    pub async fn create_template(
+        &self,
+        sandbox_id: &str,
+        name: &str,
+    ) -> Result<warren_sandbox::TemplateMeta, SnapshotOpError> {
+        self.manager.create_template(sandbox_id, name).await
+    }
+
+    /// One snapshot template held by this host.
+    pub fn template(&self, name: &str) -> Result<warren_sandbox::TemplateMeta, SnapshotOpError> {
+        self.manager.template(name)
+    }
+
+    /// Every snapshot template held by this host.
+    pub fn templates(&self) -> Vec<warren_sandbox::TemplateMeta> {
+        self.manager.templates()
+    }
+
+    /// Deletes a snapshot template's files.
+    pub fn delete_template(&self, name: &str) -> Result<(), SnapshotOpError> {
+        self.manager.delete_template(name)
     }
 }
 

@@ -126,7 +126,6 @@ pub async fn run(
         tokio::spawn(async move {
             let progress = Arc::new(warren_image::TracingProgress);
             if let Err(error) = host
-                .manager()
                 .prepare_image(warren_sandbox::spec::DEFAULT_IMAGE, progress)
                 .await
             {

@@ -258,7 +258,7 @@ impl AppState {
         if was_running {
             self.pause_locked(&row, &caller.key_id).await?;
         }
-        let taken = self.host.manager().create_template(id, name).await;
+        let taken = self.host.create_template(id, name).await;
         if was_running {
             let row = self
                 .db
@@ -282,7 +282,7 @@ impl AppState {
             created_at: now_ms(),
         };
         if let Err(error) = self.db.insert_snapshot_template(&record, id).await {
-            let _ = self.host.manager().delete_template(name);
+            let _ = self.host.delete_template(name);
             return Err(error.into());
         }
         self.event(
@@ -297,7 +297,7 @@ impl AppState {
     }
 
     async fn snapshot_view(&self, row: &TemplateRow) -> ApiResult<Snapshot> {
-        let meta = self.host.manager().template(&row.id).ok();
+        let meta = self.host.template(&row.id).ok();
         Ok(Snapshot {
             name: row.id.clone(),
             source_sandbox: meta.as_ref().map(|m| m.source_sandbox.clone()),
@@ -360,7 +360,7 @@ impl AppState {
         self.db
             .delete_snapshot_template(&caller.team_id, name)
             .await?;
-        match self.host.manager().delete_template(name) {
+        match self.host.delete_template(name) {
             Ok(()) | Err(SnapshotOpError::NoTemplate(_)) => {}
             Err(error) => {
                 tracing::warn!(name, %error, "removing a deleted snapshot's files failed; the reconciler retries");

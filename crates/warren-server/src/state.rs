@@ -246,7 +246,7 @@ impl AppState {
             metadata: request.metadata.clone().unwrap_or_default(),
             keep_disk: request.keep_disk.unwrap_or(false),
         };
-        spec.validate(&self.host.manager().host())
+        spec.validate(&self.host.capacity())
             .map_err(ApiError::invalid)?;
         for (key, value) in &spec.metadata {
             if key.len() > 256 || value.len() > 4096 {
@@ -524,7 +524,7 @@ impl AppState {
         let mut fixes = tokio::task::spawn_blocking(move || host.reconcile())
             .await
             .unwrap_or_default();
-        let busy = |id: &str| self.host.manager().is_busy(id);
+        let busy = |id: &str| self.host.is_busy(id);
 
         for row in self.db.sandboxes_in_state("running").await? {
             let lock = self.lock_for(&row.id);
@@ -557,7 +557,7 @@ impl AppState {
                 ));
             } else {
                 self.stop_record(&row, "vm_lost", "system").await;
-                let detail = match self.host.manager().kept_disk(&row.id) {
+                let detail = match self.host.kept_disk(&row.id) {
                     Some(kept) => format!(
                         "running record without a VM or snapshot: marked stopped; its disk is kept at {}",
                         kept.display()
@@ -612,7 +612,7 @@ impl AppState {
                 }
             }
             let mut unclaimed: Vec<String> = self.host.ids();
-            unclaimed.extend(self.host.manager().paused_ids());
+            unclaimed.extend(self.host.paused_ids());
             for id in unclaimed {
                 if claimed.contains(&id) || busy(&id) {
                     continue;
@@ -642,7 +642,7 @@ impl AppState {
     /// creation or deletion cut off between the files and the record) go.
     async fn reconcile_templates(&self) -> Result<Vec<Fix>, sqlx::Error> {
         let mut fixes = Vec::new();
-        let manager = self.host.manager();
+        let manager = &self.host;
         let on_disk: std::collections::HashSet<String> =
             manager.templates().into_iter().map(|t| t.name).collect();
         let mut recorded = std::collections::HashSet::new();

@@ -275,7 +275,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        accel: state.host.manager().accel().as_str().into(),
+        accel: state.host.accel().as_str().into(),
         sandboxes_running: state.host.len() as u64,
     })
 }

@@ -161,7 +161,7 @@ pub fn router(state: AppState) -> Router {
 /// Writes this host's limits (CPUs, memory) into the document, so clients
 /// and tools see the real bounds of a create request.
 fn describe_host_limits(document: &mut serde_json::Value, state: &AppState) {
-    let host = state.host.manager().host();
+    let host = state.host.capacity();
     let properties = &mut document["components"]["schemas"]["CreateSandbox"]["properties"];
     if properties.is_object() {
         properties["cpus"]["maximum"] = serde_json::json!(host.cpus);
