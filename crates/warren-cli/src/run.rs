@@ -281,6 +281,7 @@ async fn run_tty(
 
 /// Rows and columns of the controlling terminal.
 pub fn terminal_size() -> Option<(u16, u16)> {
+    // SAFETY: winsize is plain integers; all zeroes is a valid value.
     let mut size: libc::winsize = unsafe { std::mem::zeroed() };
     for fd in [libc::STDOUT_FILENO, libc::STDIN_FILENO, libc::STDERR_FILENO] {
         // SAFETY: TIOCGWINSZ writes a winsize into the pointer we own.

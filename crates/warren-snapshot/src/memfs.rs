@@ -886,6 +886,7 @@ pub fn run(config: &MemfsConfig) -> anyhow::Result<()> {
         writes: Mutex::new(WriteSide::default()),
         // SAFETY: geteuid/getegid cannot fail.
         uid: unsafe { libc::geteuid() },
+        // SAFETY: as above.
         gid: unsafe { libc::getegid() },
         started: SystemTime::now(),
     });

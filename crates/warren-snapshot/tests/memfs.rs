@@ -22,6 +22,7 @@ use warren_snapshot::{
 const BIN: &str = env!("CARGO_BIN_EXE_warren-memfs");
 
 fn fuse_available() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let ok = Path::new("/dev/fuse").exists() && unsafe { libc::geteuid() } == 0;
     if !ok {
         eprintln!("skipping: needs root and /dev/fuse");
@@ -321,6 +322,7 @@ fn serves_the_chain_and_reports_dirty_blocks() {
     fd.write_all_at(&[0u8; BS], 3100 * BLOCK_SIZE).unwrap(); // data, then zero
     // QEMU discards RAM by punching holes in the file.
     let (at, end) = (301 * BLOCK_SIZE + 100, 310 * BLOCK_SIZE);
+    // SAFETY: fallocate on a descriptor we own, with a range inside the file.
     let rc = unsafe {
         libc::fallocate(
             fd.as_raw_fd(),
@@ -337,6 +339,7 @@ fn serves_the_chain_and_reports_dirty_blocks() {
     drop(map);
 
     // Drop the page cache so the next read comes from the daemon.
+    // SAFETY: an advice call on a descriptor we own; it touches no memory.
     let rc = unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     assert_eq!(rc, 0);
     let mut all = vec![0u8; size as usize];
@@ -393,8 +396,8 @@ fn without_snapshot_memory_is_zero_and_sigterm_writes_the_report() {
     map.msync();
     drop(map);
 
-    // SAFETY: signalling our own child.
     let pid = daemon.child.as_ref().unwrap().id() as libc::pid_t;
+    // SAFETY: signalling our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let status = daemon
         .wait(Duration::from_secs(30))
@@ -533,6 +536,7 @@ fn disk_full_keeps_memory_right_and_is_reported() {
         let err = fd.sync_all().unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
         // What was written is what reads back, from the daemon's memory.
+        // SAFETY: an advice call on a descriptor we own; it touches no memory.
         let rc = unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         assert_eq!(rc, 0);
         let mut back = vec![0u8; data.len()];

@@ -98,7 +98,9 @@ mod tests {
     #[test]
     fn opens_a_terminal_of_the_requested_size() {
         let pty = open(&pb::PtySize { rows: 33, cols: 99 }).unwrap();
+        // SAFETY: winsize is plain integers; all zeroes is a valid value.
         let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: TIOCGWINSZ writes a winsize into the one we own.
         let rc = unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
         assert_eq!(rc, 0);
         assert_eq!((ws.ws_row, ws.ws_col), (33, 99));
