@@ -2,13 +2,14 @@
 //!
 //! The harness starts its own `warren up` child (the `warren` that ran
 //! `warren bench`, see `main.rs`) in a fresh data directory and drives a
-//! small population of sandboxes through the REST API with seeded random operations. While an operation is in
-//! flight it kills the service (`kill -9`) or one sandbox's QEMU, brings
-//! the service back, and checks from the API *and* from the host (`/proc`,
-//! mounts, the data directory) that nothing acknowledged was lost and that
-//! nothing was left behind. Rarer faults (a corrupt snapshot header,
-//! truncated memory, a hung VM) run once per run, and a load phase
-//! measures the service under many concurrent clients.
+//! small population of sandboxes through the REST API with seeded random
+//! operations. While an operation is in flight it kills the service
+//! (`kill -9`) or one sandbox's QEMU, brings the service back, and checks
+//! from the API *and* from the host (`/proc`, mounts, the data directory)
+//! that nothing acknowledged was lost and that nothing was left behind.
+//! Rarer faults (a corrupt snapshot header, truncated memory, a hung VM)
+//! run once per run, and a load phase measures the service under many
+//! concurrent clients.
 //!
 //! The result is counts of violations, so CI can require zeros: the run
 //! exits non-zero when anything was lost or left behind.
@@ -31,7 +32,6 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use warren_client::{Client, CreateSandbox, ExecRequest, Sandbox, SandboxState, UploadOptions};
-
 use warren_testkit::HostProcess;
 
 use crate::bench::{ms, percentile, round2};
