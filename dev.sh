@@ -149,7 +149,7 @@ build_release() {
   build_guest
   build_web
   log "building warren (release)"
-  cargo build --release --locked -p warren-cli -p warren-snapshot
+  cargo build --release --locked -p warren-cli -p warren-snapshot -p warren-bench
   install -m 0755 "$GUEST_BIN" "$REPO/target/release/warren-guest"
   put_on_path
 }
@@ -191,7 +191,7 @@ cmd_test() {
   export RUST_BACKTRACE=1
   log "running the Rust test suite (unit, integration with real VMs, API contract)"
   # The snapshot memory daemon must sit next to the test binaries' warren.
-  cargo build --locked -p warren-snapshot --bin warren-memfs
+  cargo build --locked -p warren-snapshot --bin warren-memfs -p warren-bench --bin warren-bench
   cargo test --workspace --locked -- --test-threads=2
   export WARREN_BIN="$REPO/target/debug/warren"
   log "running the Python SDK tests against a live warren up"

@@ -13,9 +13,6 @@ use std::time::Duration;
 use tempfile::TempDir;
 use warren_sandbox::{Manager, ManagerConfig, NoProgress, Sandbox, SandboxSpec};
 
-/// Image cache used when the environment names none.
-pub const DEFAULT_TEST_IMAGE_CACHE: &str = "/var/lib/warren/test-images";
-
 /// A manager over a private data directory.
 pub struct TestEnv {
     /// The manager.
@@ -43,7 +40,7 @@ impl TestEnv {
             config
                 .image_cache
                 .clone()
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_TEST_IMAGE_CACHE)),
+                .unwrap_or_else(warren_testkit::image_cache),
         );
         config.ephemeral = true;
         let manager = Manager::new(config).expect("manager");
@@ -112,29 +109,14 @@ impl Default for TestEnv {
     }
 }
 
-/// Pids of processes whose command line mentions `path`.
+/// Pids of processes whose command line mentions `path`, but no cargo
+/// process (a `cargo test` naming the path is not a leak).
 pub fn processes_mentioning(path: &Path) -> Vec<u32> {
-    let needle = path.to_string_lossy().into_owned();
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.contains(&needle) && !text.contains("cargo") {
-                found.push(pid);
-            }
-        }
-    }
-    found
+    warren_testkit::processes_mentioning(path)
+        .into_iter()
+        .filter(|p| !p.cmdline().contains("cargo"))
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// Runs `future`, failing the test if it takes longer than `seconds`: a

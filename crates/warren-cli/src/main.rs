@@ -1,8 +1,6 @@
 //! `warren`: sandboxes for AI agents, as real Linux microVMs.
 
 mod bench;
-mod bench_faults;
-mod bench_snapshot;
 mod cp;
 mod exec;
 mod exit;
@@ -102,10 +100,14 @@ enum Commands {
         #[command(subcommand)]
         command: Option<ImagesCommand>,
     },
-    /// Benchmarks that print JSON.
+    /// Benchmarks that print JSON (boot, api, snapshot, faults): runs the
+    /// `warren-bench` binary beside this one with these arguments.
+    #[command(disable_help_flag = true)]
     Bench {
-        #[command(subcommand)]
-        command: BenchCommand,
+        /// `boot`, `api`, `snapshot` or `faults`, and their options (see
+        /// `warren bench --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
     },
 }
 
@@ -151,23 +153,6 @@ enum ImagesCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// Cold create vs plain QEMU boot, exec latency, file transfer speed,
-    /// idle memory.
-    Boot(bench::BootBenchArgs),
-    /// Create through the REST API vs the library, exec over REST vs
-    /// WebSocket, listing throughput.
-    Api(bench::ApiBenchArgs),
-    /// Pause (full and diff), resume at several memory sizes vs plain QEMU
-    /// restoring the same snapshot, clones, idle memory of clones.
-    Snapshot(bench_snapshot::SnapshotBenchArgs),
-    /// Fault injection: kills warren and VMs in the middle of operations
-    /// and checks that nothing acknowledged is lost or left behind; exits
-    /// non-zero on any violation.
-    Faults(bench_faults::FaultsBenchArgs),
-}
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -177,6 +162,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Commands::Bench { args } = &cli.command {
+        // Before any thread starts: `exec` replaces this process.
+        let error = bench::exec(&cli, args);
+        eprintln!("warren: {error:#}");
+        return ExitCode::from(run::EXIT_WARREN_FAILED as u8);
+    }
     if cli.command.is_remote() {
         // Like other Unix tools, end quietly when the reader of our output
         // goes away (`warren ls | head -1`) instead of failing on EPIPE.
@@ -285,32 +276,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Commands::Images { command } => {
             images(config, command.unwrap_or(ImagesCommand::List)).await
         }
-        Commands::Bench {
-            command: BenchCommand::Boot(args),
-        } => {
-            let manager = Manager::new(config).context("setting up warren")?;
-            let report = bench::boot(manager, args).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(0)
-        }
-        Commands::Bench {
-            command: BenchCommand::Snapshot(args),
-        } => {
-            let manager = Manager::new(config).context("setting up warren")?;
-            let report = bench_snapshot::snapshot(manager, args).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(0)
-        }
-        Commands::Bench {
-            command: BenchCommand::Faults(args),
-        } => bench_faults::faults(config, &cli.accel, args).await,
-        Commands::Bench {
-            command: BenchCommand::Api(args),
-        } => {
-            let report = bench::api(config, &cli.accel, args).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(0)
-        }
+        Commands::Bench { .. } => unreachable!("`warren bench` execs warren-bench in main"),
         _ => unreachable!("remote commands are dispatched above"),
     }
 }

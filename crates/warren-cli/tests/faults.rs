@@ -67,8 +67,11 @@ fn bounded_faults_lose_nothing_and_leave_nothing_behind() {
         memfs_available(),
         "warren-memfs is not next to {WARREN}; build it with `cargo build -p warren-snapshot --bin warren-memfs` or set WARREN_MEMFS"
     );
-    let cache = std::env::var("WARREN_IMAGE_CACHE")
-        .unwrap_or_else(|_| "/var/lib/warren/test-images".into());
+    assert!(
+        Path::new(WARREN).with_file_name("warren-bench").is_file(),
+        "warren-bench is not next to {WARREN}; build it with `cargo build -p warren-bench`"
+    );
+    let cache = warren_testkit::image_cache();
     let mut command = Command::new(WARREN);
     command
         .args(["bench", "faults", "--json"])

@@ -2,17 +2,17 @@
 //! port, a real VM, and the `warren` binary used as a person or a script
 //! would.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 
 /// A `warren up` for this test; stopped with SIGTERM when dropped, even
 /// when the test panics.
 struct Service {
-    child: Option<Child>,
+    up: warren_testkit::WarrenUp,
     home: tempfile::TempDir,
     /// An empty directory, so explicit-URL runs cannot find the service
     /// locally by accident.
@@ -22,84 +22,32 @@ struct Service {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn health_ok(url: &str) -> bool {
-    let address = url.trim_start_matches("http://");
-    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    if stream
-        .write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
+    warren_testkit::free_port().unwrap()
 }
 
 impl Service {
     fn start() -> Self {
         let home = tempfile::tempdir().unwrap();
         let elsewhere = tempfile::tempdir().unwrap();
-        let cache = std::env::var("WARREN_IMAGE_CACHE")
-            .unwrap_or_else(|_| "/var/lib/warren/test-images".into());
-        let log = std::fs::File::create(home.path().join("service.log")).unwrap();
-        let url = format!("http://127.0.0.1:{}", free_port());
-        let child = Command::new(WARREN)
-            .args([
-                "up",
-                "--listen",
-                url.trim_start_matches("http://"),
-                "--on-shutdown",
-                "kill",
-            ])
-            .env("WARREN_HOME", home.path())
-            .env("WARREN_IMAGE_CACHE", cache)
-            .env_remove("WARREN_URL")
-            .env_remove("WARREN_API_KEY")
-            .env_remove("WARREN_DATABASE_URL")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
+        let mut up = warren_testkit::UpCommand::new(WARREN, home.path())
+            .unwrap()
+            .args(["--on-shutdown", "kill"])
             .spawn()
             .expect("start warren up");
-        let mut service = Self {
-            child: Some(child),
+        let key = up
+            .wait_ready(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            url: up.url().to_string(),
+            up,
             home,
             elsewhere,
-            url,
-            key: String::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !health_ok(&service.url) {
-            if let Some(status) = service.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("warren up exited ({status}): {}", service.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "warren up did not answer: {}",
-                service.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+            key,
         }
-        service.key = std::fs::read_to_string(service.home.path().join("admin.key"))
-            .unwrap()
-            .trim()
-            .to_string();
-        service
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.home.path().join("service.log")).unwrap_or_default()
+        self.up.log()
     }
 
     /// Runs `warren` with WARREN_URL and WARREN_API_KEY.
@@ -156,19 +104,10 @@ impl Service {
 
     /// Stops the service with SIGTERM and waits; returns its exit status.
     fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return child.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        match self.up.terminate(Duration::from_secs(60)) {
+            warren_testkit::Stopped::Exited(status) => Some(status),
+            warren_testkit::Stopped::Killed(status) => status,
+            warren_testkit::Stopped::NotRunning => None,
         }
     }
 }
@@ -224,23 +163,13 @@ fn pattern(len: usize) -> Vec<u8> {
     out
 }
 
-/// Processes whose command line mentions `dir`.
+/// Processes whose command line mentions `dir` and `name`.
 fn processes_mentioning(dir: &Path, name: &str) -> Vec<String> {
-    let needle = dir.to_string_lossy().into_owned();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = text(&cmdline).replace('\0', " ");
-        if cmdline.contains(name) && cmdline.contains(&needle) {
-            found.push(format!(
-                "{}: {cmdline}",
-                entry.file_name().to_string_lossy()
-            ));
-        }
-    }
-    found
+    warren_testkit::processes_mentioning(dir)
+        .into_iter()
+        .filter(|p| p.cmdline().contains(name))
+        .map(|p| format!("{}: {}", p.pid, p.cmdline()))
+        .collect()
 }
 
 #[test]

@@ -4,7 +4,6 @@
 //! sandboxes resuming on demand afterwards.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use warren_client::{Client, CreateSandbox, ExecRequest, SandboxState};
@@ -13,59 +12,27 @@ const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 
 /// One `warren up` process over a data directory that outlives it.
 struct Service {
-    child: Child,
+    up: warren_testkit::WarrenUp,
     home: PathBuf,
     url: String,
 }
 
 impl Service {
     fn start(home: &Path, port: u16, extra: &[&str]) -> Self {
-        let cache = std::env::var("WARREN_IMAGE_CACHE")
-            .unwrap_or_else(|_| "/var/lib/warren/test-images".into());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(home.join("service.log"))
-            .unwrap();
-        let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(WARREN)
-            .args(["up", "--listen", &listen, "--reconcile-interval", "1"])
+        let mut up = warren_testkit::UpCommand::new(WARREN, home)
+            .unwrap()
+            .listen(format!("127.0.0.1:{port}"))
+            .args(["--reconcile-interval", "1"])
             .args(extra)
-            .env("WARREN_HOME", home)
-            .env("WARREN_IMAGE_CACHE", cache)
-            .env_remove("WARREN_URL")
-            .env_remove("WARREN_API_KEY")
-            .env_remove("WARREN_DATABASE_URL")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
             .spawn()
             .expect("start warren up");
-        let mut service = Self {
-            child,
+        up.wait_ready(Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            url: up.url().to_string(),
+            up,
             home: home.to_path_buf(),
-            url: format!("http://{listen}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(status) = service.child.try_wait().unwrap() {
-                panic!("warren up exited ({status}): {}", service.log());
-            }
-            if std::net::TcpStream::connect(&listen).is_ok() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "warren up did not listen: {}",
-                service.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        service
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.home.join("service.log")).unwrap_or_default()
     }
 
     fn client(&self) -> Client {
@@ -75,29 +42,16 @@ impl Service {
 
     /// SIGKILL: no shutdown work at all, as in a crash.
     fn crash(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.up.kill();
     }
 
     /// SIGTERM, and waits for the configured shutdown to finish.
     fn stop(mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "warren up did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let stopped = self.up.terminate(Duration::from_secs(120));
+        assert!(
+            !matches!(stopped, warren_testkit::Stopped::Killed(_)),
+            "warren up did not stop"
+        );
     }
 }
 
@@ -119,13 +73,8 @@ impl Drop for KillVmsOf {
         for (pid, _) in vms_of(&self.0) {
             warren_vmm::qemu::kill_vm_process(pid);
         }
-        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-        for line in mounts.lines() {
-            if let Some(point) = line.split_whitespace().nth(1)
-                && point.starts_with(&*self.0.to_string_lossy())
-            {
-                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
-            }
+        for point in warren_testkit::mounts_under(&self.0) {
+            let _ = nix::mount::umount2(point.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
         for (pid, _) in memfs_of(&self.0) {
             warren_vmm::qemu::kill_vm_process(pid);
@@ -174,17 +123,10 @@ fn pid_of_vm(home: &Path, id: &str) -> u32 {
 #[test]
 fn sandboxes_survive_crashes_and_restarts_of_warren() {
     // Short: unix socket paths inside must stay under 108 bytes.
-    let home = tempfile::Builder::new()
-        .prefix("wr-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let home = warren_testkit::short_tempdir("wr-").unwrap();
     let home_path = home.path().to_path_buf();
     let _cleanup = KillVmsOf(home_path.clone());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = warren_testkit::free_port().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let create = CreateSandbox {
         template: Some("tiny".into()),

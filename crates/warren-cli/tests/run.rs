@@ -7,8 +7,7 @@ use std::process::{Command, Output, Stdio};
 const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 
 fn warren(home: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let cache = std::env::var("WARREN_IMAGE_CACHE")
-        .unwrap_or_else(|_| "/var/lib/warren/test-images".into());
+    let cache = warren_testkit::image_cache();
     let mut child = Command::new(WARREN)
         .args(args)
         .env("WARREN_HOME", home)

@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::mpsc;
+#[cfg(any(test, feature = "bench"))]
+use tokio::sync::{Mutex, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::PollSender;
 
@@ -84,7 +86,9 @@ pub enum LinkError {
     },
 }
 
-/// Raw channel throughput, measured without HTTP/2 or protobuf on top.
+/// Raw channel throughput, measured without HTTP/2 or protobuf on top
+/// (benchmarks only: the `bench` feature).
+#[cfg(any(test, feature = "bench"))]
 #[derive(Debug, Clone, Copy)]
 pub struct RawThroughput {
     /// Bytes moved.
@@ -93,6 +97,7 @@ pub struct RawThroughput {
     pub elapsed: Duration,
 }
 
+#[cfg(any(test, feature = "bench"))]
 impl RawThroughput {
     /// MiB per second.
     pub fn mib_per_s(&self) -> f64 {
@@ -247,6 +252,10 @@ impl AsyncWrite for LinkStream {
     }
 }
 
+/// What the benchmark probes (`bench_pull`, `bench_push`, `ping`) wait
+/// for; compiled only for them (the `bench` feature), so the product's
+/// reader pump ignores Discard, BenchPullDone and Pong frames.
+#[cfg(any(test, feature = "bench"))]
 #[derive(Default)]
 struct BenchState {
     discard_bytes: AtomicU64,
@@ -264,6 +273,7 @@ pub struct HostLink {
     guest_version: u32,
     stream: Option<LinkStream>,
     out_tx: mpsc::Sender<Outgoing>,
+    #[cfg(any(test, feature = "bench"))]
     bench: Arc<BenchState>,
     bulk: Arc<BulkCredits>,
     tasks: Vec<JoinHandle<()>>,
@@ -385,6 +395,7 @@ impl HostLink {
 
         let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(WRITE_QUEUE_FRAMES);
         let (in_tx, in_rx) = mpsc::channel::<Bytes>(READ_QUEUE_FRAMES);
+        #[cfg(any(test, feature = "bench"))]
         let bench = Arc::new(BenchState::default());
         let bulk = Arc::new(BulkCredits::default());
         // Set when the inbound side ends (transport closed, or the stream's
@@ -413,6 +424,7 @@ impl HostLink {
 
         // Transport → stream, plus link-level control frames. Ends at EOF,
         // or when the stream's reader is gone (in_tx closed).
+        #[cfg(any(test, feature = "bench"))]
         let bench_in = bench.clone();
         let bulk_in = bulk.clone();
         let control_tx = out_tx.clone();
@@ -431,16 +443,19 @@ impl HostLink {
                                 return;
                             }
                         }
+                        #[cfg(any(test, feature = "bench"))]
                         FrameKind::Discard => {
                             bench_in
                                 .discard_bytes
                                 .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
                         }
+                        #[cfg(any(test, feature = "bench"))]
                         FrameKind::BenchPullDone => {
                             if let Some(done) = bench_in.pull_done.lock().await.take() {
                                 let _ = done.send(());
                             }
                         }
+                        #[cfg(any(test, feature = "bench"))]
                         FrameKind::Pong => {
                             let mut pongs = bench_in.pongs.lock().await;
                             if let Some(i) = pongs.iter().position(|(t, _)| *t == frame.payload) {
@@ -457,6 +472,8 @@ impl HostLink {
                                 .await;
                         }
                         FrameKind::BulkAck => bulk_in.acknowledge(&frame.payload),
+                        #[cfg(not(any(test, feature = "bench")))]
+                        FrameKind::Discard | FrameKind::BenchPullDone | FrameKind::Pong => {}
                         FrameKind::Hello
                         | FrameKind::HelloAck
                         | FrameKind::BenchPull
@@ -490,6 +507,7 @@ impl HostLink {
             epoch,
             stream: Some(stream),
             out_tx,
+            #[cfg(any(test, feature = "bench"))]
             bench,
             bulk,
             tasks: vec![writer_task, inbound_task],
@@ -506,7 +524,9 @@ impl HostLink {
         self.stream.take()
     }
 
-    /// Round trip of a link-level ping (no HTTP/2 involved).
+    /// Round trip of a link-level ping (no HTTP/2 involved; benchmarks
+    /// only: the `bench` feature).
+    #[cfg(any(test, feature = "bench"))]
     pub async fn ping(&self, timeout: Duration) -> Result<Duration, LinkError> {
         let token = Bytes::copy_from_slice(&rand::random::<[u8; 8]>());
         let (tx, rx) = oneshot::channel();
@@ -521,7 +541,8 @@ impl HostLink {
     }
 
     /// Measures guest → host raw throughput by asking the guest for
-    /// `bytes` of Discard frames.
+    /// `bytes` of Discard frames (the `bench` feature).
+    #[cfg(any(test, feature = "bench"))]
     pub async fn bench_pull(
         &self,
         bytes: u64,
@@ -547,7 +568,8 @@ impl HostLink {
 
     /// Measures host → guest raw throughput: sends `bytes` of Discard frames
     /// followed by a Ping, and times until the Pong (the guest answers in
-    /// order, so the Pong means every byte was read).
+    /// order, so the Pong means every byte was read; the `bench` feature).
+    #[cfg(any(test, feature = "bench"))]
     pub async fn bench_push(
         &self,
         bytes: u64,
@@ -580,6 +602,7 @@ impl HostLink {
         }
     }
 
+    #[cfg(any(test, feature = "bench"))]
     async fn send(&self, frame: WireFrame) -> Result<(), LinkError> {
         self.out_tx
             .send(Outgoing::frame(self.epoch, frame))

@@ -15,7 +15,9 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use warren_proto::bulk::BulkSender;
-use warren_proto::link::{HostLink, LinkError, RawThroughput};
+#[cfg(feature = "bench")]
+use warren_proto::link::RawThroughput;
+use warren_proto::link::{HostLink, LinkError};
 use warren_proto::pb::agent_client::AgentClient;
 use warren_vmm::VmExit;
 
@@ -191,6 +193,7 @@ impl AgentConnection {
     }
 
     /// Raw guest → host throughput of the channel (no HTTP/2, no protobuf).
+    #[cfg(feature = "bench")]
     pub async fn raw_download(&self, bytes: u64) -> Result<RawThroughput, LinkError> {
         self.current_link()?
             .bench_pull(bytes, Duration::from_secs(600))
@@ -204,6 +207,7 @@ impl AgentConnection {
     }
 
     /// Raw host → guest throughput of the channel.
+    #[cfg(feature = "bench")]
     pub async fn raw_upload(&self, bytes: u64) -> Result<RawThroughput, LinkError> {
         self.current_link()?
             .bench_push(bytes, Duration::from_secs(600))
@@ -211,6 +215,7 @@ impl AgentConnection {
     }
 
     /// Link-level round trip.
+    #[cfg(feature = "bench")]
     pub async fn ping(&self) -> Result<Duration, LinkError> {
         self.current_link()?.ping(Duration::from_secs(10)).await
     }

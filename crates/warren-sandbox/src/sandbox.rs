@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
+#[cfg(feature = "bench")]
 use warren_proto::link::{LinkError, RawThroughput};
 use warren_proto::pb;
 use warren_proto::pb::agent_client::AgentClient;
@@ -435,16 +436,19 @@ impl Sandbox {
     }
 
     /// Raw guest → host throughput of the agent channel (benchmarks).
+    #[cfg(feature = "bench")]
     pub async fn raw_download(&self, bytes: u64) -> Result<RawThroughput, LinkError> {
         self.agent.raw_download(bytes).await
     }
 
     /// Raw host → guest throughput of the agent channel (benchmarks).
+    #[cfg(feature = "bench")]
     pub async fn raw_upload(&self, bytes: u64) -> Result<RawThroughput, LinkError> {
         self.agent.raw_upload(bytes).await
     }
 
     /// Link-level round trip to the agent (benchmarks, health).
+    #[cfg(feature = "bench")]
     pub async fn ping(&self) -> Result<Duration, LinkError> {
         self.agent.ping().await
     }

@@ -22,12 +22,7 @@ pub struct TestServer {
 }
 
 /// Image cache shared by the suite.
-pub fn image_cache() -> PathBuf {
-    std::env::var_os("WARREN_IMAGE_CACHE")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/warren/test-images"))
-}
+pub use warren_testkit::image_cache;
 
 impl TestServer {
     /// Starts the service on a free port over `data_dir`.
@@ -189,22 +184,5 @@ pub fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code
     );
 }
 
-/// Pids of processes whose command line mentions `path`.
-pub fn processes_mentioning(path: &Path) -> Vec<u32> {
-    let needle = path.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    String::from_utf8_lossy(&c)
-                        .replace('\0', " ")
-                        .contains(&needle)
-                })
-                .unwrap_or(false)
-        })
-        .collect()
-}
+/// Processes whose command line mentions `path`.
+pub use warren_testkit::processes_mentioning;

@@ -1,14 +1,15 @@
 //! `warren bench faults`: fault injection against a real `warren up`.
 //!
-//! The harness starts its own `warren up` child (this executable) in a
-//! fresh data directory and drives a small population of sandboxes through
-//! the REST API with seeded random operations. While an operation is in
-//! flight it kills the service (`kill -9`) or one sandbox's QEMU, brings
-//! the service back, and checks from the API *and* from the host (`/proc`,
-//! mounts, the data directory) that nothing acknowledged was lost and that
-//! nothing was left behind. Rarer faults (a corrupt snapshot header,
-//! truncated memory, a hung VM) run once per run, and a load phase
-//! measures the service under many concurrent clients.
+//! The harness starts its own `warren up` child (the `warren` that ran
+//! `warren bench`, see `main.rs`) in a fresh data directory and drives a
+//! small population of sandboxes through the REST API with seeded random
+//! operations. While an operation is in flight it kills the service
+//! (`kill -9`) or one sandbox's QEMU, brings the service back, and checks
+//! from the API *and* from the host (`/proc`, mounts, the data directory)
+//! that nothing acknowledged was lost and that nothing was left behind.
+//! Rarer faults (a corrupt snapshot header, truncated memory, a hung VM)
+//! run once per run, and a load phase measures the service under many
+//! concurrent clients.
 //!
 //! The result is counts of violations, so CI can require zeros: the run
 //! exits non-zero when anything was lost or left behind.
@@ -19,8 +20,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::io::Write as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +32,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use warren_client::{Client, CreateSandbox, ExecRequest, Sandbox, SandboxState, UploadOptions};
+use warren_testkit::HostProcess;
 
 use crate::bench::{ms, percentile, round2};
 
@@ -99,9 +99,6 @@ const MAX_TEMPLATES: usize = 2;
 const MERGE_CAP: usize = 3;
 /// `--reconcile-interval` given to the service, seconds.
 const RECONCILE_INTERVAL_SECS: u64 = 2;
-/// The service's default reconcile interval, for the fallback wait when
-/// it does not take `--reconcile-interval`.
-const DEFAULT_RECONCILE_INTERVAL_SECS: u64 = 30;
 
 /// Limit of one lifecycle or data request (TCG is slow, but not this slow).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -129,6 +126,7 @@ const CHURN_SPACING_MS: u64 = 3000;
 /// no violation was found.
 pub async fn faults(
     config: warren_sandbox::ManagerConfig,
+    warren: &Path,
     accel: &str,
     args: FaultsBenchArgs,
 ) -> Result<i32> {
@@ -146,7 +144,7 @@ pub async fn faults(
         .image_cache
         .clone()
         .unwrap_or_else(|| config.data_dir.join("images"));
-    let service = Service::new(accel, image_cache)?;
+    let service = Service::new(warren, accel, image_cache)?;
     eprintln!(
         "warren bench faults: data directory {}",
         service.home.display()
@@ -179,13 +177,9 @@ pub async fn faults(
         harness.report.service_log = Some(kept.clone());
         harness.service.keep_log = Some(kept);
     }
-    let report = harness.report.to_json(
-        seed,
-        &harness.plan,
-        &args,
-        started.elapsed(),
-        &harness.service,
-    );
+    let report = harness
+        .report
+        .to_json(seed, &harness.plan, &args, started.elapsed());
     // Stops whatever still runs and removes the data directory.
     drop(harness);
     if args.json {
@@ -273,16 +267,11 @@ impl Plan {
 /// memory daemons, mounts) and removes the directory, also on error or
 /// interruption.
 struct Service {
-    exe: PathBuf,
-    accel: String,
     home: PathBuf,
     url: String,
-    image_cache: PathBuf,
-    /// `up` flags this version takes.
-    flags: Vec<String>,
-    /// `up` flags the harness wanted but this version does not take.
-    missing_flags: Vec<String>,
-    child: Option<std::process::Child>,
+    /// How every start runs: the same directory, port and flags.
+    command: warren_testkit::UpCommand,
+    up: Option<warren_testkit::WarrenUp>,
     key: String,
     starts: u32,
     /// Where to copy the service's log before the directory goes.
@@ -290,125 +279,72 @@ struct Service {
 }
 
 impl Service {
-    fn new(accel: &str, image_cache: PathBuf) -> Result<Self> {
-        let exe = std::env::current_exe().context("finding the warren executable")?;
-        let help = std::process::Command::new(&exe)
-            .args(["up", "--help"])
-            .env_remove("WARREN_LISTEN")
-            .output()
-            .context("running `warren up --help`")?;
-        let help = String::from_utf8_lossy(&help.stdout).into_owned();
-        let mut flags = Vec::new();
-        let mut missing_flags = Vec::new();
+    fn new(warren: &Path, accel: &str, image_cache: PathBuf) -> Result<Self> {
+        let home = warren_testkit::short_tempdir("wf-")
+            .context("creating the data directory under /tmp")?
+            // Removed by our Drop, after everything of it has ended.
+            .keep();
         let merge_cap = MERGE_CAP.to_string();
         let interval = RECONCILE_INTERVAL_SECS.to_string();
-        for (flag, value) in [
-            ("--on-shutdown", "kill"),
-            ("--reconcile-interval", interval.as_str()),
-            ("--snapshot-merge-cap", merge_cap.as_str()),
-        ] {
-            if help.contains(flag) {
-                flags.push(flag.to_string());
-                flags.push(value.to_string());
-            } else {
-                missing_flags.push(flag.to_string());
-            }
-        }
-        let home = make_home()?;
-        let url = format!("http://127.0.0.1:{}", free_port()?);
+        let command = warren_testkit::UpCommand::new(warren, &home)?
+            .global_args(["--accel", accel])
+            .args([
+                "--on-shutdown",
+                "kill",
+                "--reconcile-interval",
+                interval.as_str(),
+                "--snapshot-merge-cap",
+                merge_cap.as_str(),
+            ])
+            .image_cache(image_cache)
+            .env("WARREN_MAX_SANDBOXES", "1000")
+            .log_header("===== warren bench faults: start {n} =====")
+            // Its own process group: a Ctrl-C meant for the harness must
+            // not reach the service before the harness has cleaned up.
+            .own_process_group();
         Ok(Self {
-            exe,
-            accel: accel.to_string(),
+            url: command.url(),
             home,
-            url,
-            image_cache,
-            flags,
-            missing_flags,
-            child: None,
+            command,
+            up: None,
             key: String::new(),
             starts: 0,
             keep_log: None,
         })
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.home.join("service.log")
-    }
-
     /// Starts `warren up` (again) on the same directory and port.
     fn spawn(&mut self) -> Result<()> {
-        if self.child.is_some() {
+        if self.up.is_some() {
             bail!("warren up is already running");
         }
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .context("opening the service log")?;
         self.starts += 1;
-        writeln!(
-            log,
-            "===== warren bench faults: start {} =====",
-            self.starts
-        )?;
-        let child = std::process::Command::new(&self.exe)
-            .args(["--accel", &self.accel, "up", "--listen"])
-            .arg(self.url.trim_start_matches("http://"))
-            .args(&self.flags)
-            .env("WARREN_HOME", &self.home)
-            .env("WARREN_IMAGE_CACHE", &self.image_cache)
-            .env("WARREN_MAX_SANDBOXES", "1000")
-            .env_remove("WARREN_URL")
-            .env_remove("WARREN_API_KEY")
-            .env_remove("WARREN_LISTEN")
-            .env_remove("WARREN_DATABASE_URL")
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            // Its own process group: a Ctrl-C meant for the harness must
-            // not reach the service before the harness has cleaned up.
-            .process_group(0)
-            .spawn()
+        let up = self
+            .command
+            .spawn_numbered(self.starts)
             .context("starting `warren up`")?;
-        self.child = Some(child);
+        self.up = Some(up);
         Ok(())
     }
 
     /// Waits until the service answers `/health`; returns a client of it
     /// with the admin key.
     async fn wait_ready(&mut self, timeout: Duration) -> Result<Client> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                self.child = None;
-                bail!(
-                    "`warren up` exited ({status}) while starting; its log ends with:\n{}",
-                    self.log_tail(30)
-                );
+        let Some(up) = self.up.as_mut() else {
+            bail!("`warren up` is not running");
+        };
+        let ready = tokio::task::block_in_place(|| up.wait_ready(timeout));
+        match ready {
+            Ok(key) => {
+                self.key = key;
+                self.client()
             }
-            if self.key.is_empty()
-                && let Ok(key) = std::fs::read_to_string(self.home.join("admin.key"))
-            {
-                self.key = key.trim().to_string();
-            }
-            if !self.key.is_empty() {
-                let client = self.client()?;
-                if let Ok(Ok(_)) =
-                    tokio::time::timeout(Duration::from_secs(5), client.health()).await
-                {
-                    return Ok(client);
+            Err(error) => {
+                if matches!(error, warren_testkit::UpError::Exited { .. }) {
+                    self.up = None;
                 }
+                Err(error.into())
             }
-            if Instant::now() > deadline {
-                bail!(
-                    "`warren up` did not answer /health within {} s; its log ends with:\n{}",
-                    timeout.as_secs(),
-                    self.log_tail(30)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -420,29 +356,22 @@ impl Service {
 
     /// `kill -9` of the service.
     fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut up) = self.up.take() {
+            up.kill();
         }
     }
 
     /// SIGTERM, then waits up to `timeout`; SIGKILL after that. Returns
     /// whether it exited on its own.
     fn terminate(&mut self, timeout: Duration) -> bool {
-        let Some(mut child) = self.child.take() else {
+        let Some(mut up) = self.up.take() else {
             return true;
         };
-        signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
+        !matches!(up.terminate(timeout), warren_testkit::Stopped::Killed(_))
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.home.join(warren_testkit::up::LOG_FILE)
     }
 
     fn log_tail(&self, lines: usize) -> String {
@@ -462,11 +391,11 @@ impl Drop for Service {
                 break;
             }
             for process in procs {
-                signal(process.pid, nix::sys::signal::Signal::SIGKILL);
+                signal(process.pid as i32, nix::sys::signal::Signal::SIGKILL);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let mut mounts = mounts_under(&self.home);
+        let mut mounts = warren_testkit::mounts_under(&self.home);
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for mount in mounts {
             let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
@@ -483,89 +412,11 @@ impl Drop for Service {
     }
 }
 
-/// A fresh, short data directory (unix socket paths in it must stay under
-/// 108 bytes).
-fn make_home() -> Result<PathBuf> {
-    for _ in 0..100 {
-        let suffix: u32 = rand::random::<u32>() & 0xffff;
-        let home = PathBuf::from(format!("/tmp/wf-{}-{suffix:04x}", std::process::id()));
-        match std::fs::create_dir(&home) {
-            Ok(()) => return Ok(home),
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(error) => return Err(error).context("creating the data directory under /tmp"),
-        }
-    }
-    bail!("could not create a fresh data directory under /tmp")
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn signal(pid: i32, signal: nix::sys::signal::Signal) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).is_ok()
 }
 
 // ---- the host seen from /proc ---------------------------------------------
-
-/// A process and its command line.
-#[derive(Debug, Clone)]
-struct HostProcess {
-    pid: i32,
-    argv: Vec<String>,
-}
-
-impl HostProcess {
-    fn program(&self) -> &str {
-        self.argv
-            .first()
-            .map(|a| a.rsplit('/').next().unwrap_or(a))
-            .unwrap_or("")
-    }
-
-    fn mentions(&self, needle: &str) -> bool {
-        self.argv.iter().any(|a| a.contains(needle))
-    }
-
-    fn arg_after(&self, flag: &str) -> Option<&str> {
-        self.argv
-            .windows(2)
-            .find(|w| w[0] == flag)
-            .map(|w| w[1].as_str())
-    }
-}
-
-/// Every live process (zombies have no command line and are skipped).
-fn host_processes() -> Vec<HostProcess> {
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    let me = std::process::id() as i32;
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if raw.is_empty() {
-            continue;
-        }
-        let argv = raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        found.push(HostProcess { pid, argv });
-    }
-    found
-}
 
 fn home_needle(home: &Path) -> String {
     format!("{}/", home.display())
@@ -573,11 +424,7 @@ fn home_needle(home: &Path) -> String {
 
 /// Processes whose command line mentions the data directory.
 fn processes_of(home: &Path) -> Vec<HostProcess> {
-    let needle = home_needle(home);
-    host_processes()
-        .into_iter()
-        .filter(|p| p.mentions(&needle))
-        .collect()
+    warren_testkit::processes_mentioning(Path::new(&home_needle(home)))
 }
 
 /// The sandbox a path under `<home>/sandboxes/` belongs to.
@@ -604,7 +451,7 @@ fn vm_processes(home: &Path) -> Vec<(i32, String)> {
                     name.trim_start_matches("warren-").to_string()
                 })
                 .unwrap_or_else(|| format!("(no -name: {})", p.argv.join(" ")));
-            (p.pid, id)
+            (p.pid as i32, id)
         })
         .collect()
 }
@@ -620,41 +467,9 @@ fn memfs_processes(home: &Path) -> Vec<(i32, String)> {
                 .arg_after("--mount")
                 .and_then(|m| sandbox_of_path(home, m))
                 .unwrap_or_else(|| format!("(mount outside sandboxes/: {})", p.argv.join(" ")));
-            (p.pid, id)
+            (p.pid as i32, id)
         })
         .collect()
-}
-
-/// Mount points under the data directory (FUSE mounts of memory daemons).
-fn mounts_under(home: &Path) -> Vec<String> {
-    let needle = home_needle(home);
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape_mount)
-        .filter(|m| m.starts_with(&needle))
-        .collect()
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape_mount(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && let Some(code) = field
-                .get(i + 1..i + 4)
-                .and_then(|o| u8::from_str_radix(o, 8).ok())
-        {
-            out.push(code);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 // ---- what was acknowledged ------------------------------------------------
@@ -1386,14 +1201,7 @@ impl Report {
             && self.failed_without_fault == 0
     }
 
-    fn to_json(
-        &self,
-        seed: u64,
-        plan: &Plan,
-        args: &FaultsBenchArgs,
-        elapsed: Duration,
-        service: &Service,
-    ) -> Value {
+    fn to_json(&self, seed: u64, plan: &Plan, args: &FaultsBenchArgs, elapsed: Duration) -> Value {
         let load = self.load.clone().unwrap_or_default();
         let mut violations = self.violations.clone();
         if let Some(fatal) = &self.fatal {
@@ -1445,7 +1253,6 @@ impl Report {
             "restarts": self.restart_ms.len(),
             "restart_ms_p50": round2(percentile(&self.restart_ms, 50.0)),
             "restart_ms_max": round2(self.restart_ms.iter().copied().fold(0.0, f64::max)),
-            "server_flags_missing": service.missing_flags,
         });
         let load_fields = json!({
             "load_sandboxes": self.load_sandboxes,
@@ -1579,12 +1386,6 @@ impl Harness {
     }
 
     async fn run(&mut self) -> Result<()> {
-        if !self.service.missing_flags.is_empty() {
-            eprintln!(
-                "warren bench faults: this `warren up` does not take {:?}; running without them",
-                self.service.missing_flags
-            );
-        }
         self.service.spawn()?;
         let client = self.service.wait_ready(READY_TIMEOUT).await?;
         let health = client.health().await?;
@@ -2010,17 +1811,7 @@ impl Harness {
                 ),
             }
         }
-        let interval = if self
-            .service
-            .flags
-            .iter()
-            .any(|f| f == "--reconcile-interval")
-        {
-            RECONCILE_INTERVAL_SECS
-        } else {
-            DEFAULT_RECONCILE_INTERVAL_SECS
-        };
-        tokio::time::sleep(Duration::from_secs(2 * interval)).await;
+        tokio::time::sleep(Duration::from_secs(2 * RECONCILE_INTERVAL_SECS)).await;
     }
 
     async fn listing(&self, client: &Client) -> Result<BTreeMap<String, Sandbox>> {
@@ -2606,7 +2397,7 @@ impl Harness {
                 ));
             }
         }
-        for mount in mounts_under(home) {
+        for mount in warren_testkit::mounts_under(home) {
             let owner = sandbox_of_path(home, &mount);
             if !owner
                 .as_deref()
@@ -3760,9 +3551,7 @@ mod tests {
     }
 
     #[test]
-    fn mount_points_are_unescaped_and_mapped_to_sandboxes() {
-        assert_eq!(unescape_mount("/tmp/a\\040b"), "/tmp/a b");
-        assert_eq!(unescape_mount("/plain"), "/plain");
+    fn mount_points_are_mapped_to_sandboxes() {
         let home = Path::new("/tmp/wf-1");
         assert_eq!(
             sandbox_of_path(home, "/tmp/wf-1/sandboxes/sb-x/memfs"),
