@@ -174,7 +174,7 @@ impl Manager {
         }
         if meta.ephemeral
             && meta.owner_pid != std::process::id()
-            && warren_vmm::qemu::process_alive(meta.owner_pid)
+            && warren_vmm::process::is_running(meta.owner_pid)
         {
             return DirState::Foreign;
         }
@@ -274,7 +274,7 @@ impl Manager {
                     .rsplit_once('.')
                     .and_then(|(_, pid)| pid.parse::<u32>().ok());
                 match pid {
-                    Some(pid) => pid != std::process::id() && !warren_vmm::qemu::process_alive(pid),
+                    Some(pid) => pid != std::process::id() && !warren_vmm::process::is_running(pid),
                     None => true,
                 }
             } else {
@@ -298,7 +298,7 @@ impl Manager {
         let mut removed = Vec::new();
         let mount = dir.join("memfs");
         if let Some(pid) = crate::memfs::running_daemon(&mount) {
-            warren_vmm::qemu::kill_vm_process(pid);
+            crate::memfs::end_daemon(pid);
             removed.push(format!("warren-memfs (pid {pid})"));
         }
         let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
@@ -345,8 +345,8 @@ impl Manager {
                 DirState::Foreign => continue,
                 DirState::Corrupt(reason) => {
                     // A VM may still run from it: it cannot be managed.
-                    if let Some(pid) = warren_vmm::qemu::running_pid(&dir, &name) {
-                        warren_vmm::qemu::kill_vm_process(pid);
+                    if let Some(pid) = self.vmm().running_pid(&dir, &name) {
+                        self.vmm().kill_process(pid);
                     }
                     self.clear_runtime_files(&dir);
                     recovery
@@ -359,8 +359,8 @@ impl Manager {
             let header = match header {
                 Ok(header) => header,
                 Err(error) => {
-                    if let Some(pid) = warren_vmm::qemu::running_pid(&dir, &name) {
-                        warren_vmm::qemu::kill_vm_process(pid);
+                    if let Some(pid) = self.vmm().running_pid(&dir, &name) {
+                        self.vmm().kill_process(pid);
                     }
                     self.clear_runtime_files(&dir);
                     let reason = format!("its snapshot header is unreadable: {error}");
@@ -375,8 +375,8 @@ impl Manager {
                 // A pause was cut off after its device state and RAM were
                 // durable: finish it (the VM, if it still runs, is stopped
                 // and its state already saved).
-                if let Some(pid) = warren_vmm::qemu::running_pid(&dir, &name) {
-                    warren_vmm::qemu::kill_vm_process(pid);
+                if let Some(pid) = self.vmm().running_pid(&dir, &name) {
+                    self.vmm().kill_process(pid);
                 }
                 let (dir2, meta2, previous) = (dir.clone(), (*meta).clone(), header.clone());
                 let finished = tokio::task::spawn_blocking(move || {
@@ -394,7 +394,7 @@ impl Manager {
                     }
                 }
             }
-            if warren_vmm::qemu::running_pid(&dir, &name).is_some() {
+            if self.vmm().running_pid(&dir, &name).is_some() {
                 match self.reattach(&name, &dir, &meta, header.as_ref()).await {
                     Ok(sandbox) => {
                         tracing::info!(id = %name, "re-attached a running sandbox");
@@ -403,8 +403,8 @@ impl Manager {
                     }
                     Err(error) => {
                         tracing::warn!(id = %name, %error, "a VM from before the restart cannot be taken over; ending it");
-                        if let Some(pid) = warren_vmm::qemu::running_pid(&dir, &name) {
-                            warren_vmm::qemu::kill_vm_process(pid);
+                        if let Some(pid) = self.vmm().running_pid(&dir, &name) {
+                            self.vmm().kill_process(pid);
                         }
                     }
                 }
@@ -561,8 +561,10 @@ impl Manager {
     fn keep_console_log(&self, id: &str, dir: &Path) {
         let logs = self.data_dir().join("logs");
         let _ = std::fs::create_dir_all(&logs);
-        let tail =
-            warren_vmm::qemu::tail_of(&dir.join(warren_vmm::config::files::CONSOLE_LOG), 1 << 20);
+        let tail = warren_vmm::process::tail_of(
+            &dir.join(warren_vmm::config::files::CONSOLE_LOG),
+            1 << 20,
+        );
         let _ = std::fs::write(logs.join(format!("{id}.log")), tail);
     }
 
@@ -585,14 +587,14 @@ impl Manager {
             )
         };
 
-        for process in warren_vmm::qemu::vm_processes() {
+        for process in self.vmm().live_vms() {
             let ours = process
                 .cmdline
                 .contains(&format!("{sandboxes}/{}/", process.id));
             if !ours || owned(&process.id) || foreign(&process.id) {
                 continue;
             }
-            let gone = warren_vmm::qemu::kill_vm_process(process.pid);
+            let gone = self.vmm().kill_process(process.pid);
             fixes.push(Fix::new(
                 "orphan_vm",
                 &process.id,
@@ -607,7 +609,7 @@ impl Manager {
             if owned(&id) || foreign(&id) {
                 continue;
             }
-            warren_vmm::qemu::kill_vm_process(pid);
+            crate::memfs::end_daemon(pid);
             let _ = nix::mount::umount2(
                 &self.sandboxes_dir().join(&id).join("memfs"),
                 nix::mount::MntFlags::MNT_DETACH,
@@ -681,7 +683,7 @@ impl Manager {
         }
         fixes.extend(self.sweep_template_leftovers());
         if let Some(ram_dir) = self.volatile_ram_dir() {
-            for path in warren_vmm::qemu::volatile::sweep(ram_dir) {
+            for path in self.vmm().sweep_memory(ram_dir) {
                 let id = path
                     .file_stem()
                     .map(|stem| stem.to_string_lossy().into_owned())
