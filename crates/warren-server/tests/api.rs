@@ -33,9 +33,7 @@ async fn every_endpoint_answers_as_documented() {
 
     // Health needs no key (at `/health` and under the API's prefix); the rest does.
     for path in ["/health", "/v1/health"] {
-        let response = reqwest::get(format!("{}{path}", server.url))
-            .await
-            .unwrap();
+        let response = reqwest::get(format!("{}{path}", server.url)).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
         let health: Value = response.json().await.unwrap();
         assert_eq!(health["status"], "ok", "{path}");

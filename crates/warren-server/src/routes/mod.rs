@@ -144,18 +144,18 @@ pub fn router(state: AppState) -> Router {
     // `/v1/health` is the same liveness answer under the API's prefix, for
     // clients that put every call under `/v1` (documented beside `/health`).
     api.route("/v1/health", get(admin::health))
-    .route(
-        "/openapi.json",
-        get(move || async move {
-            (
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                openapi_json,
-            )
-        }),
-    )
-    .fallback(crate::console::serve)
-    .layer(axum::middleware::from_fn_with_state(state.clone(), track))
-    .with_state(state)
+        .route(
+            "/openapi.json",
+            get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    openapi_json,
+                )
+            }),
+        )
+        .fallback(crate::console::serve)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
 }
 
 /// Writes this host's limits (CPUs, memory) into the document, so clients
