@@ -245,6 +245,32 @@ impl Manager {
         Ok(manager)
     }
 
+    /// A manager of `data_dir` over the given backend (a fake in unit
+    /// tests), with no RAM directory in host memory and no sweep at start.
+    #[cfg(test)]
+    pub(crate) fn with_vmm(data_dir: &Path, vmm: Arc<dyn Vmm>) -> Self {
+        let sandboxes_dir = data_dir.join("sandboxes");
+        std::fs::create_dir_all(&sandboxes_dir).unwrap();
+        Self {
+            config: ManagerConfig {
+                data_dir: data_dir.to_path_buf(),
+                image_cache: None,
+                accel: AccelChoice::Tcg,
+                qemu_binary: None,
+                guest_agent: None,
+                boot_timeout: None,
+                ephemeral: false,
+                volatile_ram_root: None,
+            },
+            images: Arc::new(ImageStore::open(data_dir).unwrap()),
+            vmm,
+            host: HostCapacity::probe(),
+            sandboxes_dir,
+            ram_dir: None,
+            busy: Default::default(),
+        }
+    }
+
     pub(crate) fn busy(&self) -> &crate::recovery::Busy {
         &self.busy
     }
