@@ -134,7 +134,7 @@ impl HostAgent {
         }
         let path = self.logs_dir.join(format!("{id}.log"));
         path.exists()
-            .then(|| warren_vmm::qemu::tail_of(&path, max_bytes))
+            .then(|| warren_vmm::process::tail_of(&path, max_bytes))
     }
 
     fn keep_log(&self, sandbox: &Sandbox) {
@@ -316,7 +316,7 @@ impl HostAgent {
     /// The console log of a paused sandbox (kept in its directory).
     pub fn paused_console_log(&self, id: &str, max_bytes: u64) -> Option<String> {
         self.manager.is_paused(id).then(|| {
-            warren_vmm::qemu::tail_of(
+            warren_vmm::process::tail_of(
                 &self
                     .manager
                     .sandboxes_dir()

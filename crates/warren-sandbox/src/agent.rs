@@ -68,7 +68,7 @@ impl SandboxShared {
             .clone()
             .map(|exit| Unavailable::VmExited {
                 id: self.id.clone(),
-                console_tail: warren_vmm::qemu::tail_of(&self.console_log, 1500),
+                console_tail: warren_vmm::process::tail_of(&self.console_log, 1500),
                 exit,
             })
     }

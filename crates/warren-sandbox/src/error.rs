@@ -18,6 +18,9 @@ pub enum CreateError {
     /// The root disk overlay could not be created.
     #[error("creating the sandbox disk failed: {0}")]
     Disk(String),
+    /// A layer of the root disk could not be made (`qemu-img`).
+    #[error(transparent)]
+    DiskLayer(#[from] warren_vmm::disk::DiskError),
     /// The VM did not start.
     #[error(transparent)]
     Launch(#[from] warren_vmm::LaunchError),
@@ -231,4 +234,18 @@ pub enum ManagerError {
     /// The VM backend is unusable.
     #[error(transparent)]
     Vmm(#[from] warren_vmm::LaunchError),
+}
+
+/// An error and its sources as one line (`what: why: root cause`), for the
+/// places that keep an error as text (logs, string details), since a
+/// `Display` never repeats its source.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -15,6 +15,8 @@
 mod agent;
 pub mod error;
 pub mod exec;
+#[cfg(test)]
+mod fake_vmm;
 pub mod files;
 pub mod id;
 pub mod manager;

@@ -6,8 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use warren_image::{Image, ImageStore, Progress};
 use warren_vmm::host::HostCapacity;
-use warren_vmm::qemu::QemuVmm;
-use warren_vmm::{Accel, AccelChoice, DiskConfig, DiskFormat, Vm, VmConfig, Vmm};
+use warren_vmm::{Accel, AccelChoice, DiskConfig, DiskFormat, QemuVmm, Vm, VmConfig, Vmm, process};
 
 use crate::agent::AgentConnection;
 use crate::error::{CreateError, ManagerError};
@@ -80,11 +79,11 @@ impl ManagerConfig {
 /// empty) means none, anything else must be a directory on a tmpfs.
 fn volatile_ram_root_from_env() -> Result<Option<PathBuf>, String> {
     match std::env::var_os("WARREN_RAM_DIR") {
-        None => Ok(warren_vmm::qemu::volatile::default_root()),
+        None => Ok(warren_vmm::host::default_ram_root()),
         Some(value) if value.is_empty() || value == "disk" => Ok(None),
         Some(value) => {
             let path = PathBuf::from(value);
-            if !warren_vmm::qemu::volatile::is_tmpfs(&path) {
+            if !warren_vmm::host::is_tmpfs(&path) {
                 return Err(format!(
                     "WARREN_RAM_DIR={} is not a directory on a tmpfs; point it at one \
                      (such as /dev/shm) or set WARREN_RAM_DIR=disk to keep guest RAM on disk",
@@ -246,6 +245,32 @@ impl Manager {
         Ok(manager)
     }
 
+    /// A manager of `data_dir` over the given backend (a fake in unit
+    /// tests), with no RAM directory in host memory and no sweep at start.
+    #[cfg(test)]
+    pub(crate) fn with_vmm(data_dir: &Path, vmm: Arc<dyn Vmm>) -> Self {
+        let sandboxes_dir = data_dir.join("sandboxes");
+        std::fs::create_dir_all(&sandboxes_dir).unwrap();
+        Self {
+            config: ManagerConfig {
+                data_dir: data_dir.to_path_buf(),
+                image_cache: None,
+                accel: AccelChoice::Tcg,
+                qemu_binary: None,
+                guest_agent: None,
+                boot_timeout: None,
+                ephemeral: false,
+                volatile_ram_root: None,
+            },
+            images: Arc::new(ImageStore::open(data_dir).unwrap()),
+            vmm,
+            host: HostCapacity::probe(),
+            sandboxes_dir,
+            ram_dir: None,
+            busy: Default::default(),
+        }
+    }
+
     pub(crate) fn busy(&self) -> &crate::recovery::Busy {
         &self.busy
     }
@@ -402,15 +427,13 @@ impl Manager {
         };
         let meta_path = dir.join(SANDBOX_META);
         let meta_json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
-        warren_vmm::qemu::write_atomic(&meta_path, &meta_json).map_err(|source| {
-            CreateError::Io {
-                path: meta_path.clone(),
-                source,
-            }
+        process::write_atomic(&meta_path, &meta_json).map_err(|source| CreateError::Io {
+            path: meta_path.clone(),
+            source,
         })?;
 
         let disk = dir.join(DISK_OVERLAY);
-        create_overlay(&image.rootfs, "raw", &disk).await?;
+        warren_vmm::disk::create_overlay(&image.rootfs, "raw", &disk).await?;
 
         let config = self.vm_config(id, dir, &spec, image, &disk);
         let vm = self.vmm.launch(config).await?;
@@ -461,7 +484,7 @@ impl Manager {
                 Some(meta) => {
                     meta.ephemeral
                         && meta.owner_pid != std::process::id()
-                        && !pid_alive(meta.owner_pid)
+                        && !process::exists(meta.owner_pid)
                 }
                 // No metadata: a creation that died before writing it.
                 None => dir_age(&dir).is_some_and(|age| age > Duration::from_secs(600)),
@@ -469,7 +492,11 @@ impl Manager {
             if !orphan {
                 continue;
             }
-            kill_leftover_vm(&dir, id);
+            // A VM that survived it (and is really that sandbox's VM: the
+            // pid may have been reused).
+            if let Some(pid) = self.vmm.running_pid(&dir, id) {
+                self.vmm.kill_process(pid);
+            }
             // A memory daemon that died with its owner leaves a dead mount.
             let _ = nix::mount::umount2(&dir.join("memfs"), nix::mount::MntFlags::MNT_DETACH);
             if std::fs::remove_dir_all(&dir).is_ok() {
@@ -511,91 +538,6 @@ pub(crate) async fn finish_boot(sandbox: &Sandbox, id: &str) -> Result<(), Creat
 /// Name of the empty disk layer a pause prepares for the next resume.
 pub(crate) const RESUME_OVERLAY: &str = "resume.qcow2";
 
-/// Creates, as a complete file or not at all, an empty writable layer over
-/// `base` at `overlay` (temporary name, fsync, rename): a layer prepared
-/// ahead of its use must never be found half written.
-pub(crate) async fn create_overlay_durably(
-    base: &Path,
-    base_format: &str,
-    overlay: &Path,
-) -> Result<(), CreateError> {
-    let tmp = overlay.with_extension("tmp");
-    let created = async {
-        create_overlay(base, base_format, &tmp).await?;
-        let (from, to) = (tmp.clone(), overlay.to_path_buf());
-        tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&from)?.sync_all()?;
-            std::fs::rename(&from, &to)
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-        .map_err(|source| CreateError::Io {
-            path: overlay.to_path_buf(),
-            source,
-        })
-    }
-    .await;
-    if created.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    created
-}
-
-/// The backing file named in a qcow2 image's header (`None` if the file is
-/// not a readable qcow2 image with one). Read by hand because it is two
-/// fields at fixed offsets, and `qemu-img info` would cost the very
-/// process start this check saves.
-pub(crate) fn qcow2_backing_file(path: &Path) -> Option<PathBuf> {
-    use std::io::Read;
-    use std::os::unix::ffi::OsStringExt;
-    // The name lies in the first cluster (64 KiB by default).
-    let mut header = Vec::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(64 * 1024)
-        .read_to_end(&mut header)
-        .ok()?;
-    if header.get(..4)? != b"QFI\xfb" {
-        return None;
-    }
-    let offset = u64::from_be_bytes(header.get(8..16)?.try_into().ok()?);
-    let size = u32::from_be_bytes(header.get(16..20)?.try_into().ok()?);
-    let start = usize::try_from(offset).ok()?;
-    let name = header.get(start..start.checked_add(size as usize)?)?;
-    (!name.is_empty()).then(|| PathBuf::from(std::ffi::OsString::from_vec(name.to_vec())))
-}
-
-/// Creates a copy-on-write overlay over `base` (format `raw` or `qcow2`).
-pub(crate) async fn create_overlay(
-    base: &Path,
-    base_format: &str,
-    overlay: &Path,
-) -> Result<(), CreateError> {
-    let output = tokio::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", base_format, "-b"])
-        .arg(base)
-        .arg(overlay)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| {
-            CreateError::Disk(if e.kind() == std::io::ErrorKind::NotFound {
-                "qemu-img is not installed; run `apt-get install qemu-utils` (or ./dev.sh up)"
-                    .into()
-            } else {
-                format!("running qemu-img failed: {e}")
-            })
-        })?;
-    if !output.status.success() {
-        return Err(CreateError::Disk(format!(
-            "qemu-img create failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    Ok(())
-}
-
 /// Waits for the agent handshake, or the VM's death, or the timeout.
 pub(crate) async fn connect_agent(
     id: &str,
@@ -619,7 +561,7 @@ pub(crate) async fn connect_agent(
     // A dying VM closes the channel a moment before its exit is noticed:
     // give the exit a chance to explain the error.
     wait_for_exit(vm, Duration::from_millis(500)).await;
-    let console_tail = warren_vmm::qemu::tail_of(vm.console_log(), 1500);
+    let console_tail = process::tail_of(vm.console_log(), 1500);
     if let Some(exit) = vm.exit() {
         return Err(CreateError::BootFailed {
             id: id.to_string(),
@@ -655,36 +597,9 @@ async fn wait_for_exit(vm: &dyn Vm, limit: Duration) {
     waited.await.ok();
 }
 
-fn pid_alive(pid: u32) -> bool {
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None) {
-        Ok(()) => true,
-        Err(nix::errno::Errno::EPERM) => true,
-        Err(_) => false,
-    }
-}
-
 fn dir_age(dir: &Path) -> Option<Duration> {
     let modified = std::fs::metadata(dir).ok()?.modified().ok()?;
     SystemTime::now().duration_since(modified).ok()
-}
-
-/// Kills the VM recorded in a sandbox directory, if it still runs and is
-/// really that sandbox's VM (the pid may have been reused).
-fn kill_leftover_vm(dir: &Path, id: &str) {
-    let Some(pid) = std::fs::read_to_string(dir.join(warren_vmm::config::files::PID))
-        .ok()
-        .and_then(|text| text.trim().parse::<i32>().ok())
-    else {
-        return;
-    };
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let marker = format!("warren-{id}");
-    if cmdline
-        .split(|&b| b == 0)
-        .any(|arg| arg == marker.as_bytes())
-    {
-        warren_vmm::qemu::kill_vm_process(pid as u32);
-    }
 }
 
 /// Removes a directory when dropped, unless disarmed.
@@ -705,55 +620,5 @@ impl Drop for DirGuard {
         if let Some(dir) = self.0.take() {
             let _ = std::fs::remove_dir_all(dir);
         }
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    /// Makes a small empty qcow2 image at `path` with qemu-img.
-    pub(crate) fn make_qcow2(path: &Path) {
-        let status = std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(path)
-            .arg("1M")
-            .status()
-            .expect("qemu-img runs (./dev.sh test installs it)");
-        assert!(status.success());
-    }
-
-    #[tokio::test]
-    async fn a_prepared_layer_names_its_backing_file_and_garbage_names_none() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("base.qcow2");
-        make_qcow2(&base);
-        let overlay = dir.path().join(RESUME_OVERLAY);
-        create_overlay_durably(&base, "qcow2", &overlay)
-            .await
-            .unwrap();
-        assert_eq!(qcow2_backing_file(&overlay), Some(base.clone()));
-        assert!(!overlay.with_extension("tmp").exists());
-        assert_eq!(qcow2_backing_file(&base), None, "no backing file");
-
-        let garbage = dir.path().join("garbage");
-        std::fs::write(
-            &garbage,
-            b"QFI\xfb\0\0\0\x03\xff\xff\xff\xff\xff\xff\xff\xf0\0\0\0\x10",
-        )
-        .unwrap();
-        assert_eq!(qcow2_backing_file(&garbage), None);
-        assert_eq!(qcow2_backing_file(&dir.path().join("missing")), None);
-    }
-
-    #[tokio::test]
-    async fn a_layer_that_cannot_be_made_leaves_no_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let overlay = dir.path().join(RESUME_OVERLAY);
-        let made =
-            create_overlay_durably(&dir.path().join("no-such-base"), "qcow2", &overlay).await;
-        assert!(made.is_err());
-        assert!(!overlay.exists());
-        assert!(!overlay.with_extension("tmp").exists());
     }
 }

@@ -12,6 +12,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use warren_snapshot::DirtyReport;
+use warren_vmm::process;
 
 /// Environment variable naming the `warren-memfs` binary explicitly.
 pub const MEMFS_ENV: &str = "WARREN_MEMFS";
@@ -118,7 +119,7 @@ impl Daemon {
         match self {
             Self::Child(child) => child.try_wait().ok().flatten().map(|s| s.success()),
             // Its report file decides whether it ended well.
-            Self::Adopted(pid) => (!warren_vmm::qemu::process_alive(*pid)).then_some(true),
+            Self::Adopted(pid) => (!process::is_running(*pid)).then_some(true),
         }
     }
 
@@ -129,7 +130,7 @@ impl Daemon {
                 let _ = child.wait();
             }
             Self::Adopted(pid) => {
-                warren_vmm::qemu::kill_vm_process(*pid);
+                let _ = process::kill_group(*pid);
             }
         }
     }
@@ -139,7 +140,7 @@ impl Daemon {
 /// (pid, sandbox id): the reconciler's view of which daemons run.
 pub fn daemons_under(sandboxes: &Path) -> Vec<(u32, String)> {
     let prefix = format!("{}/", sandboxes.to_string_lossy());
-    warren_vmm::qemu::processes_running(|program| program.ends_with(MEMFS_NAME))
+    process::find_running(|program| program.ends_with(MEMFS_NAME))
         .into_iter()
         .filter_map(|(pid, args)| {
             let id = args
@@ -154,6 +155,13 @@ pub fn daemons_under(sandboxes: &Path) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// Ends a memory daemon found on the host without a [`MemFs`] handle
+/// (reconciler, recovery): SIGKILL to its process group, then a wait of a
+/// few seconds. Returns whether it is gone.
+pub fn end_daemon(pid: u32) -> bool {
+    process::kill_group(pid).is_ok()
+}
+
 /// The pid file of the daemon serving `mount`.
 fn pid_file(mount: &Path) -> PathBuf {
     mount.with_extension("pid")
@@ -162,15 +170,11 @@ fn pid_file(mount: &Path) -> PathBuf {
 /// The pid of a live `warren-memfs` serving `mount`, from its pid file and
 /// checked against its command line.
 pub fn running_daemon(mount: &Path) -> Option<u32> {
-    let pid = std::fs::read_to_string(pid_file(mount))
-        .ok()?
-        .trim()
-        .parse::<u32>()
-        .ok()?;
-    let args = warren_vmm::qemu::process_cmdline(pid)?;
-    let mount = mount.to_string_lossy();
-    let ours = args.windows(2).any(|w| w[0] == "--mount" && w[1] == *mount);
-    (ours && warren_vmm::qemu::process_alive(pid)).then_some(pid)
+    let mount_arg = mount.to_string_lossy();
+    process::live_pid_from_file(&pid_file(mount), |args| {
+        args.windows(2)
+            .any(|w| w[0] == "--mount" && w[1] == *mount_arg)
+    })
 }
 
 impl MemFs {
@@ -202,7 +206,7 @@ impl MemFs {
             args.push("--snapshot".into());
             args.push(dir.into());
         }
-        let child = warren_vmm::qemu::spawn::spawn(warren_vmm::qemu::spawn::SpawnRequest {
+        let child = process::spawn(process::SpawnRequest {
             binary: binary.to_path_buf(),
             args,
             log: log_file,
@@ -210,10 +214,7 @@ impl MemFs {
         })
         .map_err(MemFsError::Spawn)?;
         // Recorded so that a restarted warren can adopt (or end) it.
-        let _ = warren_vmm::qemu::write_atomic(
-            &pid_file(mount),
-            format!("{}\n", child.id()).as_bytes(),
-        );
+        let _ = process::write_pid_file(&pid_file(mount), child.id());
         let mut memfs = Self {
             child: Some(Daemon::Child(child)),
             mount: mount.to_path_buf(),
@@ -273,7 +274,7 @@ impl MemFs {
     }
 
     fn log_tail(&self) -> String {
-        warren_vmm::qemu::tail_of(&self.log, 1000)
+        process::tail_of(&self.log, 1000)
     }
 
     /// Flushes every dirty page of the mapping to the daemon and the daemon's

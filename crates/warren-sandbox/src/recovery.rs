@@ -174,7 +174,7 @@ impl Manager {
         }
         if meta.ephemeral
             && meta.owner_pid != std::process::id()
-            && warren_vmm::qemu::process_alive(meta.owner_pid)
+            && warren_vmm::process::is_running(meta.owner_pid)
         {
             return DirState::Foreign;
         }
@@ -274,7 +274,7 @@ impl Manager {
                     .rsplit_once('.')
                     .and_then(|(_, pid)| pid.parse::<u32>().ok());
                 match pid {
-                    Some(pid) => pid != std::process::id() && !warren_vmm::qemu::process_alive(pid),
+                    Some(pid) => pid != std::process::id() && !warren_vmm::process::is_running(pid),
                     None => true,
                 }
             } else {
@@ -298,7 +298,7 @@ impl Manager {
         let mut removed = Vec::new();
         let mount = dir.join("memfs");
         if let Some(pid) = crate::memfs::running_daemon(&mount) {
-            warren_vmm::qemu::kill_vm_process(pid);
+            crate::memfs::end_daemon(pid);
             removed.push(format!("warren-memfs (pid {pid})"));
         }
         let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
@@ -345,8 +345,8 @@ impl Manager {
                 DirState::Foreign => continue,
                 DirState::Corrupt(reason) => {
                     // A VM may still run from it: it cannot be managed.
-                    if let Some(pid) = warren_vmm::qemu::running_pid(&dir, &name) {
-                        warren_vmm::qemu::kill_vm_process(pid);
+                    if let Some(pid) = self.vmm().running_pid(&dir, &name) {
+                        self.vmm().kill_process(pid);
                     }
                     self.clear_runtime_files(&dir);
                     recovery
@@ -359,8 +359,8 @@ impl Manager {
             let header = match header {
                 Ok(header) => header,
                 Err(error) => {
-                    if let Some(pid) = warren_vmm::qemu::running_pid(&dir, &name) {
-                        warren_vmm::qemu::kill_vm_process(pid);
+                    if let Some(pid) = self.vmm().running_pid(&dir, &name) {
+                        self.vmm().kill_process(pid);
                     }
                     self.clear_runtime_files(&dir);
                     let reason = format!("its snapshot header is unreadable: {error}");
@@ -375,8 +375,8 @@ impl Manager {
                 // A pause was cut off after its device state and RAM were
                 // durable: finish it (the VM, if it still runs, is stopped
                 // and its state already saved).
-                if let Some(pid) = warren_vmm::qemu::running_pid(&dir, &name) {
-                    warren_vmm::qemu::kill_vm_process(pid);
+                if let Some(pid) = self.vmm().running_pid(&dir, &name) {
+                    self.vmm().kill_process(pid);
                 }
                 let (dir2, meta2, previous) = (dir.clone(), (*meta).clone(), header.clone());
                 let finished = tokio::task::spawn_blocking(move || {
@@ -394,7 +394,7 @@ impl Manager {
                     }
                 }
             }
-            if warren_vmm::qemu::running_pid(&dir, &name).is_some() {
+            if self.vmm().running_pid(&dir, &name).is_some() {
                 match self.reattach(&name, &dir, &meta, header.as_ref()).await {
                     Ok(sandbox) => {
                         tracing::info!(id = %name, "re-attached a running sandbox");
@@ -403,8 +403,8 @@ impl Manager {
                     }
                     Err(error) => {
                         tracing::warn!(id = %name, %error, "a VM from before the restart cannot be taken over; ending it");
-                        if let Some(pid) = warren_vmm::qemu::running_pid(&dir, &name) {
-                            warren_vmm::qemu::kill_vm_process(pid);
+                        if let Some(pid) = self.vmm().running_pid(&dir, &name) {
+                            self.vmm().kill_process(pid);
                         }
                     }
                 }
@@ -561,8 +561,10 @@ impl Manager {
     fn keep_console_log(&self, id: &str, dir: &Path) {
         let logs = self.data_dir().join("logs");
         let _ = std::fs::create_dir_all(&logs);
-        let tail =
-            warren_vmm::qemu::tail_of(&dir.join(warren_vmm::config::files::CONSOLE_LOG), 1 << 20);
+        let tail = warren_vmm::process::tail_of(
+            &dir.join(warren_vmm::config::files::CONSOLE_LOG),
+            1 << 20,
+        );
         let _ = std::fs::write(logs.join(format!("{id}.log")), tail);
     }
 
@@ -585,14 +587,14 @@ impl Manager {
             )
         };
 
-        for process in warren_vmm::qemu::vm_processes() {
+        for process in self.vmm().live_vms() {
             let ours = process
                 .cmdline
                 .contains(&format!("{sandboxes}/{}/", process.id));
             if !ours || owned(&process.id) || foreign(&process.id) {
                 continue;
             }
-            let gone = warren_vmm::qemu::kill_vm_process(process.pid);
+            let gone = self.vmm().kill_process(process.pid);
             fixes.push(Fix::new(
                 "orphan_vm",
                 &process.id,
@@ -607,7 +609,7 @@ impl Manager {
             if owned(&id) || foreign(&id) {
                 continue;
             }
-            warren_vmm::qemu::kill_vm_process(pid);
+            crate::memfs::end_daemon(pid);
             let _ = nix::mount::umount2(
                 &self.sandboxes_dir().join(&id).join("memfs"),
                 nix::mount::MntFlags::MNT_DETACH,
@@ -681,7 +683,7 @@ impl Manager {
         }
         fixes.extend(self.sweep_template_leftovers());
         if let Some(ram_dir) = self.volatile_ram_dir() {
-            for path in warren_vmm::qemu::volatile::sweep(ram_dir) {
+            for path in self.vmm().sweep_memory(ram_dir) {
                 let id = path
                     .file_stem()
                     .map(|stem| stem.to_string_lossy().into_owned())
@@ -707,4 +709,196 @@ fn unix_ms() -> u128 {
 fn dir_age(dir: &Path) -> Option<Duration> {
     let modified = std::fs::metadata(dir).ok()?.modified().ok()?;
     SystemTime::now().duration_since(modified).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Recovery's and the reconciler's decisions, against the fake backend
+    //! ([`crate::fake_vmm`]): no VM runs, so a VM "found" in a directory
+    //! can never be re-attached, which is the case these decisions are for.
+
+    use std::sync::Arc;
+
+    use warren_snapshot::{BlockMap, Generation};
+
+    use super::*;
+    use crate::fake_vmm::FakeVmm;
+    use crate::spec::SandboxSpec;
+
+    const ID: &str = "sb-test2";
+
+    fn setup() -> (tempfile::TempDir, Arc<FakeVmm>, Manager) {
+        let home = tempfile::tempdir().unwrap();
+        let vmm = Arc::new(FakeVmm::default());
+        let manager = Manager::with_vmm(home.path(), vmm.clone());
+        (home, vmm, manager)
+    }
+
+    /// A durable sandbox's directory with its metadata (of an owner that
+    /// is `owner_pid`) and the files a running VM leaves.
+    fn sandbox_dir(manager: &Manager, id: &str, ephemeral: bool, owner_pid: u32) -> PathBuf {
+        let dir = manager.sandboxes_dir().join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let meta = SandboxMeta {
+            id: id.into(),
+            spec: SandboxSpec::default(),
+            image_key: "key".into(),
+            created_unix_ms: 0,
+            owner_pid,
+            ephemeral,
+            kernel: PathBuf::new(),
+            initramfs: PathBuf::new(),
+            base_disk: PathBuf::new(),
+            base_disk_format: "raw".into(),
+            template: None,
+        };
+        std::fs::write(dir.join(SANDBOX_META), serde_json::to_vec(&meta).unwrap()).unwrap();
+        std::fs::write(dir.join(warren_vmm::config::files::PID), "4242\n").unwrap();
+        std::fs::write(dir.join(warren_vmm::config::files::AGENT_SOCKET), "").unwrap();
+        std::fs::write(dir.join(warren_vmm::config::files::CONSOLE_LOG), "booted\n").unwrap();
+        std::fs::write(dir.join(DISK_OVERLAY), "layer of the run").unwrap();
+        dir
+    }
+
+    /// Gives `dir` a committed snapshot (one all-zero generation).
+    fn snapshot(dir: &Path) {
+        let memory_bytes = 4 << 20;
+        let header = SnapshotHeader {
+            memory_bytes,
+            generations: vec![Generation::sparse(0, "mem.0")],
+            map: BlockMap::new_zero(memory_bytes / warren_snapshot::BLOCK_SIZE),
+            device_state: "state.0".into(),
+            disk: "disk.g0.qcow2".into(),
+            created_unix_ms: 0,
+            meta: serde_json::json!({}),
+        };
+        std::fs::write(dir.join("mem.0"), "").unwrap();
+        std::fs::write(dir.join("state.0"), "device state").unwrap();
+        std::fs::write(dir.join("disk.g0.qcow2"), "frozen layer").unwrap();
+        warren_snapshot::write_header_atomic(dir, &header).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_directory_without_metadata_is_quarantined_and_its_vm_ended() {
+        let (home, vmm, manager) = setup();
+        let dir = manager.sandboxes_dir().join(ID);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(warren_vmm::config::files::PID), "4242\n").unwrap();
+        vmm.run(&dir, ID, 4242);
+
+        let recovery = manager.recover().await;
+
+        assert_eq!(vmm.killed(), vec![4242], "a VM nobody can manage is ended");
+        assert_eq!(recovery.quarantined.len(), 1, "{recovery:?}");
+        assert_eq!(recovery.quarantined[0].kind, "quarantined");
+        assert!(!dir.exists());
+        let kept: Vec<_> = std::fs::read_dir(home.path().join(QUARANTINE_DIR))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(kept.len(), 1, "moved aside, never deleted");
+        assert!(!kept[0].path().join(warren_vmm::config::files::PID).exists());
+    }
+
+    #[tokio::test]
+    async fn a_vm_that_cannot_be_taken_over_is_ended_and_falls_back_to_its_snapshot() {
+        let (_home, vmm, manager) = setup();
+        let dir = sandbox_dir(&manager, ID, false, std::process::id());
+        snapshot(&dir);
+        vmm.run(&dir, ID, 4242);
+
+        let recovery = manager.recover().await;
+
+        assert_eq!(vmm.killed(), vec![4242]);
+        assert!(recovery.attached.is_empty());
+        assert_eq!(recovery.paused, vec![ID.to_string()], "{recovery:?}");
+        assert!(recovery.lost.is_empty());
+        for gone in [
+            warren_vmm::config::files::PID,
+            warren_vmm::config::files::AGENT_SOCKET,
+            DISK_OVERLAY,
+        ] {
+            assert!(
+                !dir.join(gone).exists(),
+                "{gone} of the lost run is removed"
+            );
+        }
+        for kept in [
+            HEADER_FILE,
+            "mem.0",
+            "state.0",
+            "disk.g0.qcow2",
+            SANDBOX_META,
+        ] {
+            assert!(dir.join(kept).exists(), "{kept} of the snapshot is kept");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sandbox_whose_vm_died_without_a_snapshot_is_lost_with_its_console_log_kept() {
+        let (home, vmm, manager) = setup();
+        let dir = sandbox_dir(&manager, ID, false, std::process::id());
+
+        let recovery = manager.recover().await;
+
+        assert!(vmm.killed().is_empty(), "nothing ran");
+        assert_eq!(recovery.lost, vec![ID.to_string()], "{recovery:?}");
+        assert!(recovery.paused.is_empty());
+        assert!(!dir.exists());
+        let log = home.path().join("logs").join(format!("{ID}.log"));
+        assert_eq!(std::fs::read_to_string(log).unwrap(), "booted");
+    }
+
+    #[tokio::test]
+    async fn an_ephemeral_sandbox_of_another_live_process_is_left_alone() {
+        let (_home, vmm, manager) = setup();
+        // Pid 1 runs and is not this process.
+        let dir = sandbox_dir(&manager, ID, true, 1);
+        vmm.run(&dir, ID, 4242);
+
+        let recovery = manager.recover().await;
+        let fixes = manager.reconcile(&|_| false);
+
+        assert!(vmm.killed().is_empty(), "{fixes:?}");
+        assert!(fixes.is_empty(), "{fixes:?}");
+        assert!(recovery.lost.is_empty() && recovery.paused.is_empty());
+        assert!(recovery.quarantined.is_empty());
+        assert!(dir.join(DISK_OVERLAY).exists());
+    }
+
+    #[tokio::test]
+    async fn the_reconciler_ends_only_the_vms_that_nothing_owns() {
+        let (_home, vmm, manager) = setup();
+        let orphan = "sb-orphan";
+        let live = "sb-live";
+        let busy = "sb-busy";
+        for id in [orphan, live, busy] {
+            let dir = sandbox_dir(&manager, id, false, std::process::id());
+            snapshot(&dir);
+        }
+        vmm.run(&manager.sandboxes_dir().join(orphan), orphan, 101);
+        vmm.run(&manager.sandboxes_dir().join(live), live, 102);
+        vmm.run(&manager.sandboxes_dir().join(busy), busy, 103);
+        // A VM of another data directory on the same host.
+        vmm.run(Path::new("/elsewhere/sandboxes/sb-other"), "sb-other", 104);
+
+        let _working = manager.mark_busy(busy);
+        let fixes = manager.reconcile(&|id| id == live);
+
+        assert_eq!(vmm.killed(), vec![101], "{fixes:?}");
+        let ended: Vec<_> = fixes.iter().filter(|f| f.kind == "orphan_vm").collect();
+        assert_eq!(ended.len(), 1, "{fixes:?}");
+        assert_eq!(ended[0].id, orphan);
+        // The orphan is paused on disk: only its runtime files went.
+        let dir = manager.sandboxes_dir().join(orphan);
+        assert!(dir.join(HEADER_FILE).exists());
+        assert!(!dir.join(warren_vmm::config::files::PID).exists());
+        assert!(
+            manager
+                .sandboxes_dir()
+                .join(live)
+                .join(warren_vmm::config::files::PID)
+                .exists()
+        );
+    }
 }

@@ -241,7 +241,7 @@ impl Sandbox {
 
     /// The guest console log so far (at most the last `max_bytes`).
     pub fn console_log(&self, max_bytes: u64) -> String {
-        warren_vmm::qemu::tail_of(self.vm().console_log(), max_bytes)
+        warren_vmm::process::tail_of(self.vm().console_log(), max_bytes)
     }
 
     /// Keeps the end of the console log (at most `max_bytes`) as
@@ -250,8 +250,8 @@ impl Sandbox {
     pub fn preserve_console_log(&self, dir: &Path, max_bytes: u64) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(dir)?;
         let target = dir.join(format!("{}.log", self.id()));
-        let text = warren_vmm::qemu::tail_of(self.vm().console_log(), max_bytes);
-        warren_vmm::qemu::write_atomic(&target, text.as_bytes())?;
+        let text = warren_vmm::process::tail_of(self.vm().console_log(), max_bytes);
+        warren_vmm::process::write_atomic(&target, text.as_bytes())?;
         Ok(target)
     }
 

@@ -28,11 +28,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use warren_snapshot::{Generation, HEADER_FILE, SnapshotHeader};
+use warren_vmm::disk::{self, create_overlay, create_overlay_durably, qcow2_backing_file};
+use warren_vmm::process;
 
 use crate::error::{CreateError, ExecError, Unavailable};
 use crate::manager::{
     DISK_OVERLAY, DirGuard, Manager, RESUME_OVERLAY, SANDBOX_META, SandboxMeta, connect_agent,
-    create_overlay, create_overlay_durably, qcow2_backing_file,
 };
 use crate::memfs::{MemFs, MemFsError, find_memfs_binary};
 use crate::sandbox::Sandbox;
@@ -328,27 +329,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("blocking snapshot task panicked")
 }
 
-async fn run_qemu_img(args: &[&std::ffi::OsStr]) -> Result<(), String> {
-    let output = tokio::process::Command::new("qemu-img")
-        .args(args)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| format!("running qemu-img failed: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "qemu-img {} failed ({}): {}",
-            args.first()
-                .map(|a| a.to_string_lossy())
-                .unwrap_or_default(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
-}
-
 impl Sandbox {
     /// Pauses the sandbox to disk: the guest flushes its filesystems, the
     /// vCPUs stop, the device state is saved, guest RAM already lives in
@@ -379,7 +359,7 @@ impl Sandbox {
         // A step failed while the VM should still exist: it runs on, unless
         // it is the VM that went away (then the exit watcher takes over).
         let failed = |detail: String, no_space: bool| {
-            if vm.exit().is_some() || !warren_vmm::qemu::process_alive(vm.pid()) {
+            if vm.exit().is_some() || !process::is_running(vm.pid()) {
                 PauseError::VmEnded {
                     id: id.clone(),
                     detail,
@@ -485,7 +465,7 @@ impl Sandbox {
                 state: state_name.clone(),
                 merge_cap: options.merge_cap.max(1),
             };
-            warren_vmm::qemu::write_atomic(
+            process::write_atomic(
                 &dir.join(PENDING_PAUSE_FILE),
                 &serde_json::to_vec(&pending).expect("pending pause serializes"),
             )
@@ -896,9 +876,10 @@ fn commit_pause(job: CommitPause) -> Result<CommittedPause, (String, bool)> {
         // The disk chain (one layer per resume) is flattened with it, so
         // neither chain grows without bound. A failure keeps the chain.
         if chain_meta.disk_layers.len() > 1 {
-            match read_meta(&dir)
-                .and_then(|meta| flatten_disk(&dir, &header.disk, &meta, generation))
-            {
+            match read_meta(&dir).and_then(|meta| {
+                flatten_disk(&dir, &header.disk, &meta, generation)
+                    .map_err(|e| crate::error::with_causes(&e))
+            }) {
                 Ok(flat) => {
                     header.disk = flat.clone();
                     chain_meta.disk_layers = vec![flat];
@@ -948,34 +929,14 @@ fn flatten_disk(
     top: &str,
     meta: &SandboxMeta,
     generation: u32,
-) -> Result<String, String> {
+) -> Result<String, disk::DiskError> {
     let name = format!("disk.g{generation}f.qcow2");
-    let tmp = dir.join(format!("{name}.tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    let output = std::process::Command::new("qemu-img")
-        .args(["convert", "-q", "-O", "qcow2", "-B"])
-        .arg(&meta.base_disk)
-        .args(["-F", meta.base_disk_format.as_str()])
-        .arg(dir.join(top))
-        .arg(&tmp)
-        .output()
-        .map_err(|e| format!("running qemu-img failed: {e}"))?;
-    if !output.status.success() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(format!(
-            "qemu-img convert failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
-    }
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, dir.join(&name)))
-        .and_then(|()| fsync_dir(dir))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            format!("keeping the flattened disk failed: {e}")
-        })?;
+    disk::flatten_durably(
+        &meta.base_disk,
+        &meta.base_disk_format,
+        &dir.join(top),
+        &dir.join(&name),
+    )?;
     Ok(name)
 }
 
@@ -985,7 +946,7 @@ fn flatten_disk(
 /// states no header references.
 pub(crate) fn tidy_paused_dir(dir: &Path, header: &SnapshotHeader) {
     let _ = std::fs::remove_file(dir.join(DISK_OVERLAY));
-    let _ = std::fs::remove_file(dir.join(warren_vmm::qemu::restore_kernel::RESTORE_KERNEL));
+    let _ = std::fs::remove_file(dir.join(warren_vmm::config::files::RESTORE_KERNEL));
     let _ = std::fs::remove_file(dir.join(RESUME_OVERLAY).with_extension("tmp"));
     let memory = warren_vmm::config::files::MEMORY;
     if !header.generations.iter().any(|g| g.file == memory) {
@@ -1141,7 +1102,9 @@ impl Manager {
             if take_prepared_overlay(dir, &frozen, &disk) {
                 Ok(())
             } else {
-                create_overlay(&frozen, "qcow2", &disk).await
+                create_overlay(&frozen, "qcow2", &disk)
+                    .await
+                    .map_err(CreateError::from)
             }
         };
         let (memfs, overlay) = tokio::join!(start_memfs, overlay);
@@ -1154,8 +1117,7 @@ impl Manager {
         config.memory_file = Some(memfs.memory_file());
         config.incoming = true;
         // The guest is restored, not booted: QEMU need not hold the kernel.
-        config.kernel = match warren_vmm::qemu::restore_kernel::restore_kernel(&config.kernel, dir)
-        {
+        config.kernel = match self.vmm().restore_kernel(&config.kernel, dir) {
             Ok(stub) => stub,
             Err(error) => {
                 let _ = std::fs::remove_file(&disk);
@@ -1293,23 +1255,16 @@ impl Manager {
         };
         let disk = staging.join("disk.qcow2");
         let frozen = header.resolve(&dir, &header.disk);
-        run_qemu_img(&[
-            "convert".as_ref(),
-            "-q".as_ref(),
-            "-O".as_ref(),
-            "qcow2".as_ref(),
-            "-B".as_ref(),
-            root_disk.as_os_str(),
-            "-F".as_ref(),
-            root_format.as_str().as_ref(),
-            frozen.as_os_str(),
-            disk.as_os_str(),
-        ])
-        .await
-        .map_err(|e| {
-            let no_space = text_says_no_space(&e);
-            SnapshotOpError::io("flattening the disk", e, no_space)
-        })?;
+        disk::flatten(&root_disk, &root_format, &frozen, &disk)
+            .await
+            .map_err(|e| {
+                let no_space = e.is_no_space();
+                SnapshotOpError::io(
+                    "flattening the disk",
+                    crate::error::with_causes(&e),
+                    no_space,
+                )
+            })?;
         let disk_bytes = warren_snapshot::allocated_bytes(&disk);
         let template_header = SnapshotHeader {
             memory_bytes: header.memory_bytes,
@@ -1337,7 +1292,7 @@ impl Manager {
         {
             let (staging, target, templates) = (staging.clone(), target.clone(), templates.clone());
             blocking(move || -> std::io::Result<()> {
-                warren_vmm::qemu::write_atomic(&staging.join(TEMPLATE_META), &json)?;
+                process::write_atomic(&staging.join(TEMPLATE_META), &json)?;
                 warren_snapshot::write_header_atomic(&staging, &template_header)
                     .map_err(std::io::Error::other)?;
                 for file in ["memory", "state", "disk.qcow2"] {
@@ -1476,7 +1431,7 @@ impl Manager {
             template: Some(name.to_string()),
         };
         let meta_json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
-        warren_vmm::qemu::write_atomic(&dir.join(SANDBOX_META), &meta_json).map_err(|e| {
+        process::write_atomic(&dir.join(SANDBOX_META), &meta_json).map_err(|e| {
             SnapshotOpError::io("writing the sandbox metadata", &e, is_no_space(&e))
         })?;
         // The clone's snapshot is the template's, by absolute path.
@@ -1595,7 +1550,7 @@ mod tests {
         let dir = dir.path();
         let frozen = |name: &str| {
             let path = dir.join(name);
-            crate::manager::tests::make_qcow2(&path);
+            warren_vmm::disk::create_empty(&path, 1 << 20).unwrap();
             path
         };
         let (older, newer) = (frozen("disk.g1.qcow2"), frozen("disk.g2.qcow2"));

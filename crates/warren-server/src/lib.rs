@@ -285,7 +285,7 @@ fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
 
 fn write_service_file(path: &Path, url: &str) {
     let body = serde_json::json!({"url": url, "pid": std::process::id()}).to_string();
-    if let Err(error) = warren_vmm::qemu::write_atomic(path, body.as_bytes()) {
+    if let Err(error) = warren_vmm::process::write_atomic(path, body.as_bytes()) {
         tracing::warn!(%error, path = %path.display(), "could not advertise the service to local clients");
     }
 }

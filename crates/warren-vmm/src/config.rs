@@ -82,4 +82,8 @@ pub mod files {
     pub const MEMORY: &str = "memory";
     /// Pid of the VMM process.
     pub const PID: &str = "vmm.pid";
+    /// The stub kernel of a VM that restores a snapshot
+    /// ([`Vmm::restore_kernel`](crate::Vmm::restore_kernel)); rewritten at
+    /// every restore, so a paused sandbox's directory need not keep it.
+    pub const RESTORE_KERNEL: &str = "kernel.restore";
 }

@@ -1,5 +1,7 @@
 //! Facts about the host that bound what a VM may ask for.
 
+use std::path::{Path, PathBuf};
+
 /// Host capacity relevant to sizing VMs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostCapacity {
@@ -59,6 +61,21 @@ pub fn process_memory(pid: u32) -> Option<ProcessMemory> {
         rss_bytes: field("Rss"),
         pss_bytes: field("Pss"),
     })
+}
+
+/// `/dev/shm` when it is a tmpfs: the default home of the RAM of running
+/// cold-booted VMs, which a disk file system would write back while they
+/// run (see `qemu::volatile` for the measurements).
+pub fn default_ram_root() -> Option<PathBuf> {
+    let root = PathBuf::from("/dev/shm");
+    is_tmpfs(&root).then_some(root)
+}
+
+/// Whether `path` is on a tmpfs (host memory): where a configured RAM
+/// directory must be.
+pub fn is_tmpfs(path: &Path) -> bool {
+    use nix::sys::statfs::{TMPFS_MAGIC, statfs};
+    statfs(path).is_ok_and(|stat| stat.filesystem_type() == TMPFS_MAGIC)
 }
 
 #[cfg(test)]

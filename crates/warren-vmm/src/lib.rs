@@ -1,25 +1,41 @@
 //! The VM backend of warren.
 //!
-//! The sandbox manager talks to VMs only through [`Vmm`] (launch) and [`Vm`]
-//! (observe, kill), so another hypervisor (Firecracker, Cloud Hypervisor)
-//! can be added without touching the layers above. The one implementation
-//! today is [`qemu::QemuVmm`], which runs Debian's `qemu-system-x86_64` with
-//! KVM where the host can do hardware virtualisation and TCG (software
-//! emulation) elsewhere.
+//! The sandbox manager launches, re-attaches, observes and ends VMs only
+//! through [`Vmm`] and [`Vm`], so another hypervisor (Firecracker, Cloud
+//! Hypervisor) can be added by implementing those two traits. The one
+//! implementation today is [`QemuVmm`], which runs Debian's
+//! `qemu-system-x86_64` with KVM where the host can do hardware
+//! virtualisation and TCG (software emulation) elsewhere. Its internals
+//! (`qemu::*`: command line, QMP, RAM placement) are not for other crates;
+//! what crash recovery needs of them (finding a VM from its pid file,
+//! listing the VMs that run, ending one, freeing leftover RAM, the stub
+//! kernel of a restore) is a method of [`Vmm`].
 //!
-//! Every VM lives in one directory that holds its sockets, its file-backed
-//! RAM, its console log and QEMU's own log. Killing a VM removes the
-//! process (its whole process group) and the runtime files; the caller owns
-//! the directory itself and whatever disks it put there.
+//! Two backend-neutral modules are public because the layers above need
+//! them for things that are not VMs:
+//!
+//! - [`process`]: process groups, pid files, liveness, kill, atomic writes
+//!   and log tails, shared by QEMU and the snapshot memory daemon
+//!   (`warren-memfs`), which the sandbox manager starts and ends itself;
+//! - [`disk`]: every `qemu-img` / qcow2 operation on the layers of a
+//!   sandbox's root disk (create, flatten, backing file).
+//!
+//! Every VM lives in one directory that holds its sockets, its pid file,
+//! its console log and QEMU's own log (and its RAM, unless that is in host
+//! memory). Killing a VM removes the process (its whole process group) and
+//! the runtime files; the caller owns the directory itself and whatever
+//! disks it put there.
 
 pub mod accel;
 pub mod config;
+pub mod disk;
 pub mod error;
 pub mod host;
+pub mod process;
 pub mod qemu;
 pub mod qmp;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -28,6 +44,7 @@ use tokio::sync::watch;
 pub use accel::{Accel, AccelChoice};
 pub use config::{DiskConfig, DiskFormat, VmConfig};
 pub use error::{KillError, LaunchError, SnapshotError};
+pub use qemu::QemuVmm;
 
 /// Starts VMs. One per hypervisor backend.
 #[async_trait]
@@ -48,6 +65,46 @@ pub trait Vmm: Send + Sync {
     /// are in `config.dir`). The VM keeps running untouched; the returned
     /// handle supervises and controls it like a launched one.
     async fn attach(&self, config: VmConfig) -> Result<Box<dyn Vm>, LaunchError>;
+
+    /// The pid of the VM process of sandbox `id` whose runtime files are in
+    /// `dir`, if it still runs: crash recovery's test of whether a VM from
+    /// before a restart is there to re-attach (or to end). The pid file is
+    /// checked against the process's command line (pids are reused) and a
+    /// zombie counts as gone.
+    fn running_pid(&self, dir: &Path, id: &str) -> Option<u32>;
+
+    /// Every VM process of this backend running on this host, of any data
+    /// directory: the reconciler's view of what really runs, whatever the
+    /// records say.
+    fn live_vms(&self) -> Vec<VmProcess>;
+
+    /// Ends a VM process found on the host without a [`Vm`] handle (its
+    /// whole process group, and whatever host memory only it held) and
+    /// waits a few seconds for it to go. Returns whether it is gone.
+    fn kill_process(&self, pid: u32) -> bool;
+
+    /// Frees the RAM files in `dir` (a host-memory RAM directory) that no
+    /// running VM uses any more, left by VMs that ended while warren was
+    /// not there. Returns the files removed.
+    fn sweep_memory(&self, dir: &Path) -> Vec<PathBuf>;
+
+    /// The kernel to launch a VM with that restores a snapshot
+    /// ([`VmConfig::incoming`]) rather than boots `kernel`: the backend may
+    /// write a cheaper stand-in into the VM directory `dir`
+    /// ([`config::files::RESTORE_KERNEL`]) or return `kernel` itself.
+    fn restore_kernel(&self, kernel: &Path, dir: &Path) -> std::io::Result<PathBuf>;
+}
+
+/// A VM process found on the host ([`Vmm::live_vms`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmProcess {
+    /// Its pid.
+    pub pid: u32,
+    /// The sandbox id it runs (from its [`process::vm_marker`]).
+    pub id: String,
+    /// Its full command line (joined by spaces), to tell which data
+    /// directory it belongs to.
+    pub cmdline: String,
 }
 
 /// A running (or exited) VM.

@@ -40,7 +40,7 @@ pub fn build_args(config: &VmConfig) -> Vec<OsString> {
     let path = |name: &str| dir.join(name).into_os_string();
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
-    push(&["-name", &format!("warren-{}", config.id)]);
+    push(&["-name", &crate::process::vm_marker(&config.id)]);
     push(&[
         "-nodefaults",
         "-no-user-config",

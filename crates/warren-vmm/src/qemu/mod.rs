@@ -7,11 +7,9 @@
 
 pub mod cmdline;
 pub mod restore_kernel;
-pub mod spawn;
 pub mod volatile;
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -28,6 +26,7 @@ use tokio::sync::watch;
 use crate::accel::Accel;
 use crate::config::{VmConfig, files};
 use crate::error::{KillError, LaunchError, SnapshotError};
+use crate::process;
 use crate::qmp::QmpClient;
 use crate::{SavedState, Vm, VmExit, Vmm};
 
@@ -162,7 +161,7 @@ impl Vmm for QemuVmm {
             config.memory_file = None;
         }
         tracing::debug!(id = %config.id, ?args, "launching qemu");
-        let child = spawn::spawn(spawn::SpawnRequest {
+        let child = process::spawn(process::SpawnRequest {
             binary: self.binary.clone(),
             args,
             log: vmm_log,
@@ -181,7 +180,7 @@ impl Vmm for QemuVmm {
         let mut vm = QemuVm::supervise(config, pid, Some(child))?;
         vm.volatile_memory = volatile_memory;
         let pid_path = vm.config.dir.join(files::PID);
-        if let Err(source) = write_atomic(&pid_path, format!("{pid}\n").as_bytes()) {
+        if let Err(source) = process::write_pid_file(&pid_path, pid) {
             let _ = vm.kill().await;
             return Err(LaunchError::Io {
                 path: pid_path,
@@ -215,73 +214,50 @@ impl Vmm for QemuVmm {
             }
         }
     }
+
+    fn running_pid(&self, dir: &Path, id: &str) -> Option<u32> {
+        running_pid(dir, id)
+    }
+
+    fn live_vms(&self) -> Vec<VmProcess> {
+        vm_processes()
+    }
+
+    fn kill_process(&self, pid: u32) -> bool {
+        kill_vm_process(pid)
+    }
+
+    fn sweep_memory(&self, dir: &Path) -> Vec<PathBuf> {
+        volatile::sweep(dir)
+    }
+
+    fn restore_kernel(&self, kernel: &Path, dir: &Path) -> std::io::Result<PathBuf> {
+        restore_kernel::restore_kernel(kernel, dir)
+    }
 }
 
 /// The pid of the QEMU process of VM `id` whose pid file is in `dir`, if it
-/// still runs. The pid is checked against the process's command line (pids
-/// are reused) and zombies count as gone.
+/// still runs ([`Vmm::running_pid`]). The pid is checked against the
+/// process's command line (pids are reused) and zombies count as gone.
 pub fn running_pid(dir: &Path, id: &str) -> Option<u32> {
-    let pid = std::fs::read_to_string(dir.join(files::PID))
-        .ok()?
-        .trim()
-        .parse::<u32>()
-        .ok()?;
-    let marker = format!("warren-{id}");
-    let ours = process_cmdline(pid)?.contains(&marker);
-    (ours && process_alive(pid)).then_some(pid)
+    let marker = process::vm_marker(id);
+    process::live_pid_from_file(&dir.join(files::PID), |args| args.contains(&marker))
 }
 
-/// The arguments of process `pid` (None if it is gone or unreadable).
-pub fn process_cmdline(pid: u32) -> Option<Vec<String>> {
-    let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    if bytes.is_empty() {
-        return None;
-    }
-    Some(
-        bytes
-            .split(|&b| b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect(),
-    )
-}
-
-/// Whether `pid` exists and is not a zombie (a process that outlived its
-/// parent is reaped by init, but not every container's init reaps).
-pub fn process_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the parenthesised command name, which may itself
-    // contain parentheses.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .is_some_and(|state| state != "Z" && state != "X")
-}
-
-/// A warren VM process found on this host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmProcess {
-    /// Its pid.
-    pub pid: u32,
-    /// The VM id from its `-name warren-<id>`.
-    pub id: String,
-    /// Its full command line (joined by spaces), to tell which data
-    /// directory it belongs to.
-    pub cmdline: String,
-}
+/// A VM process found on the host: [`crate::VmProcess`] at its old path.
+pub use crate::VmProcess;
+/// Whether `pid` runs: [`process::is_running`] under the name that
+/// warren-cli's restart test still uses.
+pub use crate::process::is_running as process_alive;
 
 /// Every live QEMU process on this host that runs a warren VM (any data
-/// directory): the reconciler's view of what really runs.
+/// directory): the reconciler's view of what really runs
+/// ([`Vmm::live_vms`]).
 pub fn vm_processes() -> Vec<VmProcess> {
-    processes_running(|program| program.contains("qemu-system"))
+    process::find_running(|program| program.contains("qemu-system"))
         .into_iter()
         .filter_map(|(pid, args)| {
-            let id = args
-                .windows(2)
-                .find(|w| w[0] == "-name")?
-                .get(1)?
-                .strip_prefix("warren-")?
+            let id = process::id_of_vm_marker(args.windows(2).find(|w| w[0] == "-name")?.get(1)?)?
                 .to_string();
             Some(VmProcess {
                 pid,
@@ -292,37 +268,17 @@ pub fn vm_processes() -> Vec<VmProcess> {
         .collect()
 }
 
-/// Live processes (pid, arguments) whose program (first argument) matches
-/// `program`: what really runs, for the reconciler.
-pub fn processes_running(program: impl Fn(&str) -> bool) -> Vec<(u32, Vec<String>)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| Some((pid, process_cmdline(pid)?)))
-        .filter(|(pid, args)| args.first().is_some_and(|a| program(a)) && process_alive(*pid))
-        .collect()
-}
-
 /// Ends a VM process found on the host (its whole process group) and waits
-/// up to a few seconds for it to vanish. Returns whether it is gone.
+/// up to a few seconds for it to vanish; its RAM, if held in host memory,
+/// goes with it ([`Vmm::kill_process`]). Returns whether it is gone.
 pub fn kill_vm_process(pid: u32) -> bool {
-    // Its RAM, if held in host memory, goes with it (nothing else frees it).
+    // Nothing else frees RAM in host memory once the process is gone.
     let ram = volatile::volatile_memory_of(pid);
-    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-    let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-    for _ in 0..500 {
-        if !process_alive(pid) {
-            if let Some(path) = ram {
-                let _ = std::fs::remove_file(path);
-            }
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let gone = process::kill_group(pid).is_ok();
+    if gone && let Some(path) = ram {
+        let _ = std::fs::remove_file(path);
     }
-    false
+    gone
 }
 
 /// One QEMU process.
@@ -637,31 +593,8 @@ fn exit_from(status: Option<std::process::ExitStatus>, requested: bool, vmm_log:
         signal: status.and_then(|s| s.signal()),
         at: SystemTime::now(),
         requested,
-        vmm_log_tail: tail_of(vmm_log, 2048),
+        vmm_log_tail: process::tail_of(vmm_log, 2048),
     }
-}
-
-/// The last `max` bytes of a log file, trimmed to whole lines.
-pub fn tail_of(path: &Path, max: u64) -> String {
-    let Ok(mut file) = File::open(path) else {
-        return String::new();
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(max);
-    if file.seek(SeekFrom::Start(start)).is_err() {
-        return String::new();
-    }
-    let mut bytes = Vec::new();
-    let _ = file.take(max).read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let text = if start > 0 {
-        text.split_once('\n')
-            .map(|(_, rest)| rest.to_string())
-            .unwrap_or(text)
-    } else {
-        text
-    };
-    text.trim().to_string()
 }
 
 /// Removes the files a running VM owns (not its disks or logs).
@@ -689,51 +622,4 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-}
-
-/// Writes a small file atomically: temp file, fsync, rename, fsync dir.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tail_keeps_whole_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        std::fs::write(&path, "first line\nsecond line\nthird\n").unwrap();
-        assert_eq!(tail_of(&path, 15), "third");
-        assert_eq!(tail_of(&path, 1000), "first line\nsecond line\nthird");
-        assert_eq!(tail_of(&dir.path().join("missing"), 10), "");
-    }
-
-    #[test]
-    fn atomic_write_replaces_contents() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state");
-        write_atomic(&path, b"one").unwrap();
-        write_atomic(&path, b"two").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
 }

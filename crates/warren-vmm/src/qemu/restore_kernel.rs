@@ -16,7 +16,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// File name of the stub in the VM directory.
-pub const RESTORE_KERNEL: &str = "kernel.restore";
+pub use crate::config::files::RESTORE_KERNEL;
 
 /// Offset of `setup_sects` in a bzImage (Linux boot protocol).
 const SETUP_SECTS: usize = 0x1f1;

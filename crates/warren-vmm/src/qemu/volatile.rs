@@ -13,17 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// `/dev/shm` when it is a tmpfs (the default home of volatile RAM).
-pub fn default_root() -> Option<PathBuf> {
-    let root = PathBuf::from("/dev/shm");
-    is_tmpfs(&root).then_some(root)
-}
-
-/// Whether `path` is on a tmpfs.
-pub fn is_tmpfs(path: &Path) -> bool {
-    use nix::sys::statfs::{TMPFS_MAGIC, statfs};
-    statfs(path).is_ok_and(|stat| stat.filesystem_type() == TMPFS_MAGIC)
-}
+pub use crate::host::{default_ram_root as default_root, is_tmpfs};
 
 /// Bytes a non-root writer may still allocate on the file system of `dir`.
 fn available_bytes(dir: &Path) -> Option<u64> {
@@ -69,7 +59,7 @@ fn is_volatile(path: &Path) -> bool {
 
 /// The RAM file of QEMU process `pid` if it is one of ours in host memory.
 pub fn volatile_memory_of(pid: u32) -> Option<PathBuf> {
-    memory_path_in(&super::process_cmdline(pid)?).filter(|path| is_volatile(path))
+    memory_path_in(&crate::process::cmdline(pid)?).filter(|path| is_volatile(path))
 }
 
 /// Removes RAM files in `dir` that no running QEMU uses (left behind by a
@@ -78,7 +68,7 @@ pub fn sweep(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let in_use: Vec<PathBuf> = super::processes_running(|program| program.contains("qemu"))
+    let in_use: Vec<PathBuf> = crate::process::find_running(|program| program.contains("qemu"))
         .into_iter()
         .filter_map(|(_, args)| memory_path_in(&args))
         .collect();
