@@ -57,7 +57,6 @@ pub enum LaunchError {
     /// The control protocol failed.
     #[error("the VMM's control socket failed: {0}")]
     Qmp(#[from] crate::qmp::QmpError),
-    /// Local file system error while preparing the VM.
     /// A VM to re-attach to is not running (or its pid now belongs to
     /// another process).
     #[error("the VM of {id} is not running: {detail}")]
@@ -67,6 +66,7 @@ pub enum LaunchError {
         /// What was found instead.
         detail: String,
     },
+    /// Local file system error while preparing the VM.
     #[error("preparing the VM directory failed at {path}: {source}")]
     Io {
         /// Path involved.
