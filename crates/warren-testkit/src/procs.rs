@@ -96,9 +96,13 @@ mod tests {
     fn a_child_mentioning_a_path_is_found_and_this_process_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("marker");
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
+        std::fs::write(&marker, b"").unwrap();
+        // A process that runs until killed and names the path (`sleep 30
+        // PATH` would exit at once on the bad interval, before it is seen).
+        let mut child = std::process::Command::new("tail")
+            .arg("-f")
             .arg(&marker)
+            .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
         // The child may not have exec'd yet.
@@ -114,8 +118,8 @@ mod tests {
         let _ = child.wait();
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].pid, child.id());
-        assert_eq!(found[0].program(), "sleep");
-        assert_eq!(found[0].arg_after("30"), Some(&*marker.to_string_lossy()));
+        assert_eq!(found[0].program(), "tail");
+        assert_eq!(found[0].arg_after("-f"), Some(&*marker.to_string_lossy()));
         assert!(found[0].mentions("marker"));
         assert!(host_processes().iter().all(|p| p.pid != std::process::id()));
     }
