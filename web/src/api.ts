@@ -1,115 +1,27 @@
 // A small client for the warren REST API v1 (docs/api.md). Same origin as
 // the console, so every path is root-absolute.
 
-export type SandboxState = 'running' | 'paused' | 'stopped';
+// The REST types are generated from the service's OpenAPI document
+// (`web/openapi.json`, kept current by warren-server's `openapi` test) into
+// `src/api-types.ts` by `npm run generate` (run by build, dev and typecheck).
+import type { components } from './api-types';
 
-export interface Sandbox {
-  id: string;
-  template: string;
-  state: SandboxState;
-  cpus: number;
-  memory_mib: number;
-  metadata: Record<string, string>;
-  env: Record<string, string>;
-  auto_pause: boolean;
-  /** While paused, any operation resumes it first (older servers omit it). */
-  auto_resume?: boolean;
-  timeout_secs: number;
-  created_at: string;
-  expires_at: string | null;
-  stopped_at: string | null;
-  stop_reason: string | null;
-}
+type Schemas = components['schemas'];
 
-export interface Template {
-  id: string;
-  name: string;
-  kind: string;
-  description?: string;
-  cpus: number | null;
-  memory_mib: number | null;
-  created_at?: string;
-}
-
+export type SandboxState = Schemas['SandboxState'];
+export type Sandbox = Schemas['Sandbox'];
+export type Template = Schemas['Template'];
 /** What a pause wrote (`POST /v1/sandboxes/{id}/pause`). */
-export interface PauseResult {
-  sandbox: Sandbox;
-  memory_bytes: number;
-  full: boolean;
-  chain_length: number;
-  merged: boolean;
-  duration_ms: number;
-}
-
+export type PauseResult = Schemas['PauseResult'];
 /** A snapshot template: clones are created with `template: name`. */
-export interface Snapshot {
-  name: string;
-  source_sandbox: string | null;
-  cpus: number;
-  memory_mib: number;
-  memory_bytes: number;
-  disk_bytes: number;
-  used_by: string[];
-  created_at: string;
-}
-
-export interface ExecResult {
-  exit_code: number | null;
-  signal: number | null;
-  timed_out: boolean;
-  stdout: string;
-  stderr: string;
-  truncated: boolean;
-}
-
-export interface FileInfo {
-  path: string;
-  name: string;
-  type: 'file' | 'dir' | 'symlink' | 'other';
-  size: number;
-  mode: number;
-  owner: string;
-  group: string;
-  modified_at: string;
-  symlink_target: string | null;
-}
-
-export interface SandboxEvent {
-  id: string;
-  sandbox_id: string | null;
-  kind: string;
-  actor: string | null;
-  at: string;
-  detail: unknown;
-}
-
-export interface Health {
-  status: string;
-  version: string;
-  accel: string;
-  sandboxes_running: number;
-}
-
-export interface CreateSandboxRequest {
-  template?: string;
-  cpus?: number;
-  memory_mib?: number;
-  timeout_secs?: number;
-  metadata?: Record<string, string>;
-  env?: Record<string, string>;
-  auto_pause?: boolean;
-  auto_resume?: boolean;
-}
-
-export interface ExecRequest {
-  cmd?: string;
-  argv?: string[];
-  env?: Record<string, string>;
-  cwd?: string;
-  user?: string;
-  timeout_secs?: number;
-  stdin?: string;
-}
+export type Snapshot = Schemas['Snapshot'];
+export type ExecResult = Schemas['ExecResult'];
+export type FileInfo = Schemas['FileInfo'];
+export type FileKind = Schemas['FileKind'];
+export type SandboxEvent = Schemas['Event'];
+export type Health = Schemas['Health'];
+export type CreateSandboxRequest = Schemas['CreateSandbox'];
+export type ExecRequest = Schemas['ExecRequest'];
 
 /** An error answered by the API (`{"code","message","hint"}`), or a network failure. */
 export class ApiError extends Error {
@@ -220,7 +132,7 @@ export class Api {
 
   // --- sandboxes ---
   async listSandboxes(state?: string): Promise<Sandbox[]> {
-    const r = await this.json<{ sandboxes: Sandbox[] }>('GET', '/v1/sandboxes', { query: { state } });
+    const r = await this.json<Schemas['SandboxList']>('GET', '/v1/sandboxes', { query: { state } });
     return r.sandboxes;
   }
   getSandbox(id: string): Promise<Sandbox> {
@@ -233,7 +145,7 @@ export class Api {
     await this.request('DELETE', `/v1/sandboxes/${enc(id)}`);
   }
   setTimeout(id: string, timeout_secs: number): Promise<Sandbox> {
-    return this.json('POST', `/v1/sandboxes/${enc(id)}/timeout`, { json: { timeout_secs } });
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/timeout`, { json: { timeout_secs } satisfies Schemas['SetTimeout'] });
   }
   pause(id: string): Promise<PauseResult> {
     return this.json('POST', `/v1/sandboxes/${enc(id)}/pause`);
@@ -246,22 +158,22 @@ export class Api {
     return res.text();
   }
   async events(id: string): Promise<SandboxEvent[]> {
-    const r = await this.json<{ events: SandboxEvent[] }>('GET', `/v1/sandboxes/${enc(id)}/events`);
+    const r = await this.json<Schemas['EventList']>('GET', `/v1/sandboxes/${enc(id)}/events`);
     return r.events;
   }
 
   // --- templates ---
   async templates(): Promise<Template[]> {
-    const r = await this.json<{ templates: Template[] }>('GET', '/v1/templates');
+    const r = await this.json<Schemas['TemplateList']>('GET', '/v1/templates');
     return r.templates;
   }
 
   // --- snapshots ---
   createSnapshot(id: string, name: string): Promise<Snapshot> {
-    return this.json('POST', `/v1/sandboxes/${enc(id)}/snapshots`, { json: { name } });
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/snapshots`, { json: { name } satisfies Schemas['CreateSnapshot'] });
   }
   async snapshots(): Promise<Snapshot[]> {
-    const r = await this.json<{ snapshots: Snapshot[] }>('GET', '/v1/snapshots');
+    const r = await this.json<Schemas['SnapshotList']>('GET', '/v1/snapshots');
     return r.snapshots;
   }
   async deleteSnapshot(name: string): Promise<void> {
@@ -275,7 +187,7 @@ export class Api {
 
   // --- files ---
   async listDir(id: string, path: string): Promise<FileInfo[]> {
-    const r = await this.json<{ entries: FileInfo[] }>('GET', `/v1/sandboxes/${enc(id)}/files/list`, {
+    const r = await this.json<Schemas['FileList']>('GET', `/v1/sandboxes/${enc(id)}/files/list`, {
       query: { path, depth: 0 },
     });
     return r.entries;
@@ -292,7 +204,7 @@ export class Api {
     return this.json('POST', `/v1/sandboxes/${enc(id)}/files`, { body: form });
   }
   mkdir(id: string, path: string): Promise<FileInfo> {
-    return this.json('POST', `/v1/sandboxes/${enc(id)}/files/mkdir`, { json: { path, parents: true } });
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/files/mkdir`, { json: { path, parents: true } satisfies Schemas['MakeDir'] });
   }
   async remove(id: string, path: string, recursive: boolean): Promise<void> {
     await this.request('DELETE', `/v1/sandboxes/${enc(id)}/files`, { query: { path, recursive } });

@@ -28,7 +28,7 @@ use warren_host::HostAgent;
 use warren_sandbox::Manager;
 
 pub use config::ServerConfig;
-pub use routes::openapi;
+pub use routes::{openapi, openapi_document};
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]

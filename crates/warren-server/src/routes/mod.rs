@@ -87,6 +87,18 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api_router().split_for_parts().1
 }
 
+/// The OpenAPI document as JSON, as `/openapi.json` serves it but without
+/// this host's limits (which [`router`] writes in at serve time). This is
+/// what `web/openapi.json` holds (checked by the `openapi` test), from
+/// which the web console's TypeScript types are generated.
+pub fn openapi_document() -> serde_json::Value {
+    document_of(&openapi())
+}
+
+fn document_of(openapi: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    serde_json::to_value(openapi).expect("OpenAPI serializes")
+}
+
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(
@@ -138,7 +150,7 @@ fn api_router() -> OpenApiRouter<AppState> {
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let (api, openapi) = api_router().split_for_parts();
-    let mut document = serde_json::to_value(&openapi).expect("OpenAPI serializes");
+    let mut document = document_of(&openapi);
     describe_host_limits(&mut document, &state);
     let openapi_json = document.to_string();
     // `/v1/health` is the same liveness answer under the API's prefix, for

@@ -88,7 +88,8 @@ class SandboxInfo:
     expires_at: datetime | None
     stopped_at: datetime | None
     stop_reason: str | None
-    """When stopped: ``killed``, ``timeout``, ``vm_exited`` or ``host_restart``."""
+    """When stopped: ``killed``, ``timeout``, ``vm_exited``, ``host_restart`` or
+    ``host_shutdown``."""
     auto_resume: bool = False
     """While paused, any operation (commands, files, terminals) resumes it
     first."""
