@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{BS, chain_content, pattern, with_blocks, write_sparse};
@@ -35,10 +36,17 @@ struct Daemon {
     child: Option<Child>,
     mount: PathBuf,
     stderr: Arc<Mutex<String>>,
+    /// The thread copying the daemon's stderr; joined once the daemon has
+    /// exited so that its last lines (the error it exits with) are in
+    /// `stderr` before a test reads it.
+    stderr_reader: Option<JoinHandle<()>>,
 }
 
+/// The daemon's stderr as it accumulates, and the thread that reads it to EOF.
+type StderrLog = (Arc<Mutex<String>>, JoinHandle<()>);
+
 impl Daemon {
-    fn spawn(args: &[&std::ffi::OsStr]) -> (Child, mpsc::Receiver<String>, Arc<Mutex<String>>) {
+    fn spawn(args: &[&std::ffi::OsStr]) -> (Child, mpsc::Receiver<String>, StderrLog) {
         let mut child = Command::new(BIN)
             .args(args)
             .env("RUST_LOG", "warn")
@@ -57,7 +65,7 @@ impl Daemon {
         let log = Arc::new(Mutex::new(String::new()));
         let mut stderr = child.stderr.take().unwrap();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = stderr.read(&mut buf) {
                 if n == 0 {
@@ -68,7 +76,7 @@ impl Daemon {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        (child, rx, log)
+        (child, rx, (log, reader))
     }
 
     fn start(
@@ -95,11 +103,12 @@ impl Daemon {
             args.push("--snapshot".as_ref());
             args.push(s.as_os_str());
         }
-        let (child, rx, stderr) = Self::spawn(&args);
+        let (child, rx, (stderr, reader)) = Self::spawn(&args);
         let mut d = Daemon {
             child: Some(child),
             mount: mount.to_path_buf(),
             stderr,
+            stderr_reader: Some(reader),
         };
         match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(line) if line == "ready" => d,
@@ -123,6 +132,9 @@ impl Daemon {
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 self.child = None;
+                if let Some(reader) = self.stderr_reader.take() {
+                    reader.join().unwrap();
+                }
                 return Some(status);
             }
             if started.elapsed() > timeout {
@@ -417,7 +429,7 @@ fn without_snapshot_memory_is_zero_and_sigterm_writes_the_report() {
 }
 
 fn expect_startup_failure(args: &[&std::ffi::OsStr]) -> String {
-    let (mut child, rx, log) = Daemon::spawn(args);
+    let (mut child, rx, (log, reader)) = Daemon::spawn(args);
     let started = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -431,7 +443,7 @@ fn expect_startup_failure(args: &[&std::ffi::OsStr]) -> String {
     };
     assert!(!status.success());
     assert!(rx.try_iter().all(|l| l != "ready"));
-    std::thread::sleep(Duration::from_millis(50));
+    reader.join().unwrap();
     log.lock().unwrap().clone()
 }
 
