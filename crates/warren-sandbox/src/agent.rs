@@ -132,11 +132,16 @@ impl AgentConnection {
     pub async fn connect(socket: PathBuf, first_timeout: Duration) -> Result<Self, ConnectError> {
         let link_slot: Arc<Mutex<Option<Arc<HostLink>>>> = Arc::new(Mutex::new(None));
         let connected_once = Arc::new(AtomicBool::new(false));
+        // Set when a handshake timed out: the one failure callers tell
+        // apart (the guest is still booting, or its agent is broken).
+        let timed_out: Arc<Mutex<Option<Duration>>> = Arc::default();
         let slot = link_slot.clone();
+        let timed_out_in = timed_out.clone();
         let connector = tower::service_fn(move |_: http::Uri| {
             let socket = socket.clone();
             let slot = slot.clone();
             let connected_once = connected_once.clone();
+            let timed_out = timed_out_in.clone();
             async move {
                 let timeout = if connected_once.load(Ordering::SeqCst) {
                     RECONNECT_HANDSHAKE
@@ -146,7 +151,12 @@ impl AgentConnection {
                 let stream = UnixStream::connect(&socket).await?;
                 let mut link = HostLink::establish(stream, timeout)
                     .await
-                    .map_err(std::io::Error::other)?;
+                    .map_err(|error| {
+                        if let LinkError::HandshakeTimeout(after) = error {
+                            *timed_out.lock().expect("timeout slot") = Some(after);
+                        }
+                        std::io::Error::other(error)
+                    })?;
                 let stream = link.take_stream().expect("fresh link has its stream");
                 *slot.lock().expect("link slot") = Some(Arc::new(link));
                 connected_once.store(true, Ordering::SeqCst);
@@ -162,7 +172,10 @@ impl AgentConnection {
             .max_frame_size(MAX_FRAME)
             .connect_with_connector(connector)
             .await
-            .map_err(|error| ConnectError(describe_transport_error(&error)))?;
+            .map_err(|error| match *timed_out.lock().expect("timeout slot") {
+                Some(after) => ConnectError::HandshakeTimeout(after),
+                None => ConnectError::Transport(describe_transport_error(&error)),
+            })?;
         let client = AgentClient::new(channel)
             .max_decoding_message_size(warren_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(warren_proto::MAX_MESSAGE_BYTES);
@@ -223,8 +236,15 @@ impl AgentConnection {
 
 /// The agent could not be reached.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct ConnectError(pub String);
+pub(crate) enum ConnectError {
+    /// The guest agent did not answer the link handshake in time.
+    #[error("the guest agent did not answer the handshake within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// The channel could not be set up (the innermost cause, as text:
+    /// tonic's transport error is not `Clone`).
+    #[error("{0}")]
+    Transport(String),
+}
 
 /// Walks a tonic transport error's sources to the message that matters.
 fn describe_transport_error(error: &(dyn std::error::Error + 'static)) -> String {

@@ -12,33 +12,58 @@
 //! The service layer (REST API, persistence) builds on this crate and keeps
 //! no VM logic of its own.
 
+// Every module is private; what other crates use is re-exported below.
+// The modules form layers, each using only the ones above it:
+//   dir, busy, id, spec, error, agent, exec, files  (no sandbox state)
+//   sandbox -> manager -> chain -> commit -> pause, resume -> template
+//   -> recovery (classify -> reattach, reconcile)
 mod agent;
-pub mod error;
-pub mod exec;
+mod busy;
+mod chain;
+mod commit;
+mod dir;
+mod error;
+mod exec;
 #[cfg(test)]
 mod fake_vmm;
-pub mod files;
+mod files;
 pub mod id;
-pub mod manager;
-pub mod memfs;
+mod manager;
+mod memfs;
+mod pause;
+// Public only for the path `recovery::Fix` that warren-host names; its
+// submodules are private and its items are also at the crate root.
 pub mod recovery;
-pub mod sandbox;
-pub mod snapshot;
+mod resume;
+mod sandbox;
 pub mod spec;
+mod template;
 
+pub use busy::BusyGuard;
+pub use chain::dir_allocated_bytes;
+pub use dir::{DataDir, SandboxDir, TemplateEntry};
 pub use error::{
     CreateError, DestroyError, ExecError, FileError, GuestError, GuestErrorKind, ManagerError,
-    Unavailable,
+    PauseError, SnapshotOpError, Unavailable,
 };
 pub use exec::{
     Command, ExitStatus, Output, Process, ProcessEvent, ProcessInfo, ProcessInput, PtySize,
 };
 pub use files::{FileInfo, FileType, TransferProgress, WriteOptions};
 pub use manager::{Manager, ManagerConfig, SandboxMeta, volatile_ram_dir_for};
+pub use memfs::{MEMFS_ENV, MemFs, MemFsError, daemons_under};
+pub use pause::{DEFAULT_MERGE_CAP, PauseOptions, PauseReport};
+pub use recovery::{Fix, Recovery};
+pub use resume::ResumeReport;
 pub use sandbox::{GuestInfo, PauseHold, Sandbox};
-pub use snapshot::{
-    PauseError, PauseOptions, PauseReport, ResumeReport, SnapshotOpError, TemplateMeta,
-};
 pub use spec::SandboxSpec;
+pub use template::{TemplateMeta, validate_template_name};
 pub use warren_image::{NoProgress, Progress};
 pub use warren_vmm::{Accel, AccelChoice};
+
+/// The snapshot names other crates spell `warren_sandbox::snapshot::...`
+/// (also at the crate root, where new code should name them).
+pub mod snapshot {
+    pub use crate::pause::DEFAULT_MERGE_CAP;
+    pub use crate::template::validate_template_name;
+}

@@ -8,16 +8,13 @@ use warren_image::{Image, ImageStore, Progress};
 use warren_vmm::host::HostCapacity;
 use warren_vmm::{Accel, AccelChoice, DiskConfig, DiskFormat, QemuVmm, Vm, VmConfig, Vmm, process};
 
-use crate::agent::AgentConnection;
+use crate::agent::{AgentConnection, ConnectError};
+use crate::busy::{Busy, BusyGuard};
+use crate::dir::{DataDir, SandboxDir, write_atomic};
 use crate::error::{CreateError, ManagerError};
 use crate::id::{is_valid_sandbox_id, new_sandbox_id};
 use crate::sandbox::Sandbox;
 use crate::spec::SandboxSpec;
-
-/// File name of a sandbox's metadata inside its directory.
-pub const SANDBOX_META: &str = "sandbox.json";
-/// File name of a sandbox's root disk overlay.
-pub const DISK_OVERLAY: &str = "disk.qcow2";
 
 /// How a manager runs VMs.
 #[derive(Debug, Clone)]
@@ -122,7 +119,7 @@ pub struct Manager {
     sandboxes_dir: PathBuf,
     /// Where running cold-booted VMs keep their RAM, if in memory.
     ram_dir: Option<PathBuf>,
-    busy: crate::recovery::Busy,
+    busy: Busy,
 }
 
 impl std::fmt::Debug for Manager {
@@ -179,6 +176,24 @@ pub struct SandboxMeta {
 }
 
 impl SandboxMeta {
+    /// Whether this is an ephemeral sandbox (one that dies with its owner)
+    /// of another warren process that is still alive, and so not this
+    /// process's to judge or clean. "Alive" is
+    /// [`process::is_running`]: a zombie owner has died (its VMs died with
+    /// it), even while its pid is not yet reaped. Recovery, the reconciler
+    /// and the start-up sweep all ask this one question.
+    pub fn owned_by_another_live_process(&self) -> bool {
+        self.ephemeral
+            && self.owner_pid != std::process::id()
+            && process::is_running(self.owner_pid)
+    }
+
+    /// Reads the metadata of the sandbox directory `dir`.
+    pub fn read(dir: &Path) -> std::io::Result<Self> {
+        let bytes = std::fs::read(SandboxDir::new(dir).meta())?;
+        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+    }
+
     /// The boot parts it runs on, as an [`Image`] (what [`Manager::vm_config`]
     /// takes), without asking the image store: a paused sandbox must come
     /// back on exactly the kernel and initramfs it booted.
@@ -201,7 +216,7 @@ fn default_base_format() -> String {
 impl Manager {
     /// Opens the data directory and picks the VM backend.
     pub fn new(config: ManagerConfig) -> Result<Self, ManagerError> {
-        let sandboxes_dir = config.data_dir.join("sandboxes");
+        let sandboxes_dir = DataDir::new(&config.data_dir).sandboxes();
         std::fs::create_dir_all(&sandboxes_dir).map_err(|source| ManagerError::DataDir {
             path: sandboxes_dir.clone(),
             source,
@@ -249,7 +264,7 @@ impl Manager {
     /// tests), with no RAM directory in host memory and no sweep at start.
     #[cfg(test)]
     pub(crate) fn with_vmm(data_dir: &Path, vmm: Arc<dyn Vmm>) -> Self {
-        let sandboxes_dir = data_dir.join("sandboxes");
+        let sandboxes_dir = DataDir::new(data_dir).sandboxes();
         std::fs::create_dir_all(&sandboxes_dir).unwrap();
         Self {
             config: ManagerConfig {
@@ -271,8 +286,21 @@ impl Manager {
         }
     }
 
-    pub(crate) fn busy(&self) -> &crate::recovery::Busy {
-        &self.busy
+    /// Marks `id` as being worked on until the guard is dropped; the
+    /// reconciler skips it meanwhile.
+    pub fn mark_busy(&self, id: &str) -> BusyGuard<'_> {
+        self.busy.mark(id)
+    }
+
+    /// Whether an operation on `id` is under way.
+    pub fn is_busy(&self, id: &str) -> bool {
+        self.busy.contains(id)
+    }
+
+    /// Deletes `path` (a directory or file of the data directory) so that a
+    /// crash cannot leave it half done: [`DataDir::trash`].
+    pub fn trash(&self, path: &Path) -> std::io::Result<()> {
+        DataDir::new(self.data_dir()).trash(path)
     }
 
     /// The accelerator sandboxes run with.
@@ -327,7 +355,7 @@ impl Manager {
         let name = name.to_string();
         tokio::task::spawn_blocking(move || images.ensure(&name, &agent, progress.as_ref()))
             .await
-            .map_err(|e| CreateError::Disk(format!("image task failed: {e}")))?
+            .map_err(CreateError::ImageTask)?
             .map_err(CreateError::from)
     }
 
@@ -425,14 +453,14 @@ impl Manager {
             base_disk_format: "raw".into(),
             template: None,
         };
-        let meta_path = dir.join(SANDBOX_META);
+        let meta_path = SandboxDir::new(dir).meta();
         let meta_json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
-        process::write_atomic(&meta_path, &meta_json).map_err(|source| CreateError::Io {
+        write_atomic(&meta_path, &meta_json).map_err(|source| CreateError::Io {
             path: meta_path.clone(),
             source,
         })?;
 
-        let disk = dir.join(DISK_OVERLAY);
+        let disk = SandboxDir::new(dir).disk();
         warren_vmm::disk::create_overlay(&image.rootfs, "raw", &disk).await?;
 
         let config = self.vm_config(id, dir, &spec, image, &disk);
@@ -477,14 +505,12 @@ impl Manager {
                 continue;
             }
             let dir = entry.path();
-            let meta = std::fs::read(dir.join(SANDBOX_META))
-                .ok()
-                .and_then(|bytes| serde_json::from_slice::<SandboxMeta>(&bytes).ok());
+            let meta = SandboxMeta::read(&dir).ok();
             let orphan = match &meta {
                 Some(meta) => {
                     meta.ephemeral
+                        && !meta.owned_by_another_live_process()
                         && meta.owner_pid != std::process::id()
-                        && !process::exists(meta.owner_pid)
                 }
                 // No metadata: a creation that died before writing it.
                 None => dir_age(&dir).is_some_and(|age| age > Duration::from_secs(600)),
@@ -498,8 +524,11 @@ impl Manager {
                 self.vmm.kill_process(pid);
             }
             // A memory daemon that died with its owner leaves a dead mount.
-            let _ = nix::mount::umount2(&dir.join("memfs"), nix::mount::MntFlags::MNT_DETACH);
-            if std::fs::remove_dir_all(&dir).is_ok() {
+            let _ = nix::mount::umount2(
+                &SandboxDir::new(&dir).memfs_mount(),
+                nix::mount::MntFlags::MNT_DETACH,
+            );
+            if self.trash(&dir).is_ok() {
                 tracing::info!(%id, "removed orphaned sandbox");
                 removed += 1;
             }
@@ -535,9 +564,6 @@ pub(crate) async fn finish_boot(sandbox: &Sandbox, id: &str) -> Result<(), Creat
     Ok(())
 }
 
-/// Name of the empty disk layer a pause prepares for the next resume.
-pub(crate) const RESUME_OVERLAY: &str = "resume.qcow2";
-
 /// Waits for the agent handshake, or the VM's death, or the timeout.
 pub(crate) async fn connect_agent(
     id: &str,
@@ -570,16 +596,14 @@ pub(crate) async fn connect_agent(
         });
     }
     match error {
-        Some(error) if error.0.contains("did not answer the handshake") => {
-            Err(CreateError::BootTimeout {
-                id: id.to_string(),
-                after: timeout,
-                console_tail,
-            })
-        }
-        Some(error) => Err(CreateError::Agent {
+        Some(ConnectError::HandshakeTimeout(_)) => Err(CreateError::BootTimeout {
             id: id.to_string(),
-            detail: error.0,
+            after: timeout,
+            console_tail,
+        }),
+        Some(error @ ConnectError::Transport(_)) => Err(CreateError::Agent {
+            id: id.to_string(),
+            detail: error.to_string(),
         }),
         None => Err(CreateError::Agent {
             id: id.to_string(),

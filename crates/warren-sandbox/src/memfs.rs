@@ -34,8 +34,8 @@ pub enum MemFsError {
         searched: Vec<PathBuf>,
     },
     /// It could not be started.
-    #[error("starting warren-memfs failed: {0}")]
-    Spawn(std::io::Error),
+    #[error("starting warren-memfs failed")]
+    Spawn(#[source] std::io::Error),
     /// It exited or did not mount in time.
     #[error("warren-memfs did not serve guest memory: {detail}{}", log_hint(log))]
     NotReady {
@@ -45,11 +45,12 @@ pub enum MemFsError {
         log: String,
     },
     /// Unmounting failed.
-    #[error("unmounting the guest memory at {path} failed: {source}")]
+    #[error("unmounting the guest memory at {path} failed")]
     Unmount {
         /// The mount point.
         path: PathBuf,
         /// OS error.
+        #[source]
         source: nix::Error,
     },
     /// It ended without a usable report of dirtied blocks.

@@ -13,6 +13,7 @@ use warren_vmm::Vm;
 use warren_vmm::host::{ProcessMemory, process_memory};
 
 use crate::agent::{AgentConnection, SandboxShared};
+use crate::dir::{DataDir, write_atomic};
 use crate::error::{DestroyError, ExecError};
 use crate::exec::{Command, Output, Process, ProcessInfo, status_to_exec_error_sync};
 use crate::spec::SandboxSpec;
@@ -149,7 +150,7 @@ impl Sandbox {
         if let Some(mut memfs) = self.memfs.lock().expect("memfs lock").take() {
             memfs.abort();
         }
-        let _ = std::fs::remove_file(self.dir.join(crate::manager::DISK_OVERLAY));
+        let _ = std::fs::remove_file(crate::dir::SandboxDir::new(&self.dir).disk());
     }
 
     /// Pid of the memory daemon of a resumed sandbox.
@@ -251,7 +252,7 @@ impl Sandbox {
         std::fs::create_dir_all(dir)?;
         let target = dir.join(format!("{}.log", self.id()));
         let text = warren_vmm::process::tail_of(self.vm().console_log(), max_bytes);
-        warren_vmm::process::write_atomic(&target, text.as_bytes())?;
+        write_atomic(&target, text.as_bytes())?;
         Ok(target)
     }
 
@@ -516,37 +517,18 @@ impl Drop for Sandbox {
     }
 }
 
-/// Removes a sandbox directory by moving it into the data directory's trash
-/// first (atomic), so a crash midway never leaves a half-deleted sandbox.
+/// Removes a sandbox directory (`<data>/sandboxes/<id>`) through its data
+/// directory's trash ([`DataDir::trash`]), so a crash midway never leaves a
+/// half-deleted sandbox.
 fn remove_dir(dir: &Path) -> Result<(), DestroyError> {
-    let trash = dir
+    let data = dir
         .parent()
         .and_then(Path::parent)
-        .map(|data| data.join(crate::recovery::TRASH_DIR));
-    if let (Some(trash), Some(name)) = (trash, dir.file_name()) {
-        let _ = std::fs::create_dir_all(&trash);
-        let target = trash.join(format!("{}.{}", name.to_string_lossy(), rand_suffix()));
-        if std::fs::rename(dir, &target).is_ok() {
-            return std::fs::remove_dir_all(&target).map_err(|source| DestroyError::Cleanup {
-                path: target,
-                source,
-            });
-        }
-    }
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(DestroyError::Cleanup {
+        .unwrap_or(Path::new("."));
+    DataDir::new(data)
+        .trash(dir)
+        .map_err(|source| DestroyError::Cleanup {
             path: dir.to_path_buf(),
             source,
-        }),
-    }
-}
-
-fn rand_suffix() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!("{}.{nanos}", std::process::id())
+        })
 }

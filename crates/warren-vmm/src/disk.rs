@@ -34,6 +34,20 @@ pub enum DiskError {
         /// Its error output, trimmed.
         stderr: String,
     },
+    /// `qemu-img` ran out of disk space (or quota). Its own variant because
+    /// callers report a full disk (HTTP 507, "free space") rather than a
+    /// broken image. `qemu-img` exits with status 1 for every failure and
+    /// names the OS error only in its message, so the message is read
+    /// here, once, where its output is parsed; nothing above looks at text.
+    #[error("qemu-img {operation} ran out of disk space ({status}): {stderr}")]
+    NoSpace {
+        /// The `qemu-img` subcommand.
+        operation: &'static str,
+        /// Its exit status.
+        status: ExitStatus,
+        /// Its error output, trimmed.
+        stderr: String,
+    },
     /// The image was made but could not be made durable (fsync, rename).
     #[error("keeping the disk image {path} failed")]
     Keep {
@@ -43,31 +57,6 @@ pub enum DiskError {
         #[source]
         source: std::io::Error,
     },
-}
-
-impl DiskError {
-    /// Whether the failure is a full disk (or an exhausted quota), which
-    /// callers report as such (HTTP 507) rather than as a broken snapshot.
-    /// `qemu-img` exits with status 1 for every failure and names the OS
-    /// error only in its message, so for [`DiskError::Failed`] this reads
-    /// that message: the one place the text of an error is looked at.
-    pub fn is_no_space(&self) -> bool {
-        match self {
-            Self::NotInstalled(_) | Self::Run(_) => false,
-            Self::Keep { source, .. } => {
-                matches!(
-                    source.raw_os_error(),
-                    Some(libc::ENOSPC) | Some(libc::EDQUOT)
-                )
-            }
-            Self::Failed { stderr, .. } => {
-                let lower = stderr.to_ascii_lowercase();
-                lower.contains("no space left")
-                    || lower.contains("enospc")
-                    || lower.contains("quota exceeded")
-            }
-        }
-    }
 }
 
 fn spawn_error(error: std::io::Error) -> DiskError {
@@ -80,14 +69,31 @@ fn spawn_error(error: std::io::Error) -> DiskError {
 
 fn check(operation: &'static str, output: Output) -> Result<(), DiskError> {
     if output.status.success() {
-        Ok(())
-    } else {
-        Err(DiskError::Failed {
-            operation,
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        })
+        return Ok(());
     }
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    let status = output.status;
+    Err(if says_no_space(&stderr) {
+        DiskError::NoSpace {
+            operation,
+            status,
+            stderr,
+        }
+    } else {
+        DiskError::Failed {
+            operation,
+            status,
+            stderr,
+        }
+    })
+}
+
+/// Whether `qemu-img`'s error output names ENOSPC or EDQUOT: it prints
+/// `strerror` ("No space left on device", "Disk quota exceeded") and has
+/// no other way of saying so (see [`DiskError::NoSpace`]).
+fn says_no_space(stderr: &str) -> bool {
+    let lower = stderr.to_ascii_lowercase();
+    lower.contains("no space left") || lower.contains("enospc") || lower.contains("quota exceeded")
 }
 
 async fn run(operation: &'static str, args: &[&OsStr]) -> Result<(), DiskError> {
@@ -309,7 +315,11 @@ mod tests {
             matches!(&error, DiskError::Failed { operation: "create", stderr, .. } if !stderr.is_empty()),
             "{error:?}"
         );
-        assert!(!error.is_no_space());
+        assert!(!matches!(error, DiskError::NoSpace { .. }));
+        assert!(says_no_space(
+            "qemu-img: error while writing: No space left on device"
+        ));
+        assert!(says_no_space("Disk quota exceeded"));
         assert!(!overlay.exists());
         assert!(!overlay.with_extension("tmp").exists());
     }
