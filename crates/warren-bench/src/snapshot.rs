@@ -274,7 +274,7 @@ async fn raw_qemu_restore(manager: &Manager, id: &str) -> Result<f64> {
     let state = header.resolve(&dir, &header.device_state);
     let frozen = header.resolve(&dir, &header.disk);
     let meta: warren_sandbox::SandboxMeta = serde_json::from_slice(&std::fs::read(
-        dir.join(warren_sandbox::manager::SANDBOX_META),
+        dir.join(warren_sandbox::SandboxDir::META),
     )?)?;
     let raw_dir = manager
         .sandboxes_dir()

@@ -83,7 +83,7 @@ impl Drop for KillVmsOf {
 }
 
 fn memfs_of(home: &Path) -> Vec<(u32, String)> {
-    warren_sandbox::memfs::daemons_under(&home.join("sandboxes"))
+    warren_sandbox::daemons_under(&home.join("sandboxes"))
 }
 
 async fn sh(client: &Client, id: &str, script: &str) -> String {
