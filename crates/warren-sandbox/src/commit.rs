@@ -28,7 +28,7 @@ pub(crate) struct PendingPause {
 
 /// Reads `dir`'s pending-pause record, if there is a readable one.
 pub(crate) fn pending_pause(dir: &Path) -> Option<PendingPause> {
-    let bytes = std::fs::read(SandboxDir::new(&dir).pending_pause()).ok()?;
+    let bytes = std::fs::read(SandboxDir::new(dir).pending_pause()).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
@@ -73,8 +73,8 @@ pub(crate) fn finish_interrupted_pause(
         let ram = match previous {
             None => RamSource::Full,
             Some(_) => {
-                let work = SandboxDir::new(&dir).memory_work(pending.generation);
-                match MemFs::adopt(&SandboxDir::new(&dir).memfs_mount(), &work) {
+                let work = SandboxDir::new(dir).memory_work(pending.generation);
+                match MemFs::adopt(&SandboxDir::new(dir).memfs_mount(), &work) {
                     Some(memfs) => RamSource::Daemon(memfs),
                     None => RamSource::Report,
                 }
@@ -94,7 +94,7 @@ pub(crate) fn finish_interrupted_pause(
         })
         .map(|committed| committed.header)
     })();
-    let _ = std::fs::remove_file(SandboxDir::new(&dir).pending_pause());
+    let _ = std::fs::remove_file(SandboxDir::new(dir).pending_pause());
     let _ = fsync_dir(dir);
     result
 }
@@ -420,7 +420,7 @@ mod tests {
             merge_cap: 10,
         };
         std::fs::write(
-            SandboxDir::new(&dir).pending_pause(),
+            SandboxDir::new(dir).pending_pause(),
             serde_json::to_vec(&pending).unwrap(),
         )
         .unwrap();
@@ -429,12 +429,12 @@ mod tests {
     /// The files a first pause leaves once its RAM and state are durable:
     /// RAM with two marked blocks, a device state, a disk layer, the record.
     fn interrupted_first_pause(dir: &Path) {
-        let ram = std::fs::File::create(SandboxDir::new(&dir).ram()).unwrap();
+        let ram = std::fs::File::create(SandboxDir::new(dir).ram()).unwrap();
         ram.set_len(u64::from(MIB) << 20).unwrap();
         ram.write_all_at(&[7u8; 4096], 3 * BLOCK_SIZE).unwrap();
         ram.write_all_at(&[9u8; 4096], 200 * BLOCK_SIZE).unwrap();
         std::fs::write(dir.join("state.0"), b"device state").unwrap();
-        std::fs::write(SandboxDir::new(&dir).disk(), b"disk layer").unwrap();
+        std::fs::write(SandboxDir::new(dir).disk(), b"disk layer").unwrap();
         record_pause(dir, 0);
     }
 

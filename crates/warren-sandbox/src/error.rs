@@ -360,7 +360,7 @@ pub enum SnapshotOpError {
         id: String,
         /// What is wrong.
         #[source]
-        source: StepCause,
+        source: Box<StepCause>,
     },
     /// The memory daemon failed.
     #[error(transparent)]
@@ -375,7 +375,7 @@ pub enum SnapshotOpError {
         what: String,
         /// The error.
         #[source]
-        source: StepCause,
+        source: Box<StepCause>,
         /// The disk is full (decided from `source`).
         no_space: bool,
     },
@@ -384,11 +384,11 @@ pub enum SnapshotOpError {
 impl SnapshotOpError {
     /// A failed file operation (`what`, as in "copying the device state").
     pub(crate) fn io(what: impl Into<String>, cause: impl Into<StepCause>) -> Self {
-        let source = cause.into();
+        let source: StepCause = cause.into();
         SnapshotOpError::Io {
             what: what.into(),
             no_space: source.no_space(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -396,7 +396,7 @@ impl SnapshotOpError {
     pub(crate) fn corrupt(id: &str, cause: impl Into<StepCause>) -> Self {
         SnapshotOpError::Corrupt {
             id: id.to_string(),
-            source: cause.into(),
+            source: Box::new(cause.into()),
         }
     }
 }
@@ -408,7 +408,7 @@ impl SnapshotOpError {
 pub struct StepError {
     what: String,
     #[source]
-    cause: StepCause,
+    cause: Box<StepCause>,
 }
 
 impl StepError {
@@ -416,7 +416,7 @@ impl StepError {
     pub fn new(what: impl Into<String>, cause: impl Into<StepCause>) -> Self {
         Self {
             what: what.into(),
-            cause: cause.into(),
+            cause: Box::new(cause.into()),
         }
     }
 

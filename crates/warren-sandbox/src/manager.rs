@@ -646,3 +646,75 @@ impl Drop for DirGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_vmm::FakeVmm;
+
+    fn meta(id: &str, ephemeral: bool, owner_pid: u32) -> SandboxMeta {
+        SandboxMeta {
+            id: id.into(),
+            spec: SandboxSpec::default(),
+            image_key: "key".into(),
+            created_unix_ms: 0,
+            owner_pid,
+            ephemeral,
+            kernel: PathBuf::new(),
+            initramfs: PathBuf::new(),
+            base_disk: PathBuf::new(),
+            base_disk_format: "raw".into(),
+            template: None,
+        }
+    }
+
+    /// A child that has exited but is not reaped: its pid is taken
+    /// ([`process::exists`]) but it does not run ([`process::is_running`]).
+    fn zombie() -> std::process::Child {
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let started = std::time::Instant::now();
+        while process::is_running(pid) {
+            assert!(started.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(process::exists(pid), "not reaped yet");
+        child
+    }
+
+    #[test]
+    fn an_ephemeral_sandbox_belongs_to_its_owner_only_while_the_owner_runs() {
+        let me = std::process::id();
+        assert!(!meta("sb-a", false, 1).owned_by_another_live_process());
+        assert!(!meta("sb-a", true, me).owned_by_another_live_process());
+        // Pid 1 runs and is not this process.
+        assert!(meta("sb-a", true, 1).owned_by_another_live_process());
+        let mut zombie = zombie();
+        assert!(
+            !meta("sb-a", true, zombie.id()).owned_by_another_live_process(),
+            "a zombie owner has died"
+        );
+        zombie.wait().unwrap();
+    }
+
+    #[test]
+    fn the_start_up_sweep_and_recovery_agree_on_whose_a_sandbox_is() {
+        let home = tempfile::tempdir().unwrap();
+        let manager = Manager::with_vmm(home.path(), Arc::new(FakeVmm::default()));
+        let mut zombie = zombie();
+        let data = DataDir::new(home.path());
+        for (id, owner) in [("sb-live", 1), ("sb-dead", zombie.id())] {
+            let dir = data.sandbox(id);
+            std::fs::create_dir_all(dir.path()).unwrap();
+            let json = serde_json::to_vec(&meta(id, true, owner)).unwrap();
+            write_atomic(&dir.meta(), &json).unwrap();
+        }
+
+        // The sweep removes the sandbox of the owner that died (a zombie
+        // counts as dead, as it does for recovery) and keeps the other's.
+        assert_eq!(manager.sweep_orphans(), 1);
+        assert!(data.sandbox("sb-live").path().exists());
+        assert!(!data.sandbox("sb-dead").path().exists());
+        zombie.wait().unwrap();
+    }
+}

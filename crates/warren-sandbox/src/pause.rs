@@ -300,7 +300,7 @@ impl Sandbox {
 /// here). Best effort: without it, the resume creates the layer itself.
 async fn prepare_resume_overlay(dir: &Path, header: &SnapshotHeader) {
     let frozen = header.resolve(dir, &header.disk);
-    let prepared = SandboxDir::new(&dir).resume_disk();
+    let prepared = SandboxDir::new(dir).resume_disk();
     if let Err(error) = create_overlay_durably(&frozen, "qcow2", &prepared).await {
         tracing::debug!(dir = %dir.display(), %error, "preparing the next disk layer failed");
     }

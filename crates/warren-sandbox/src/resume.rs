@@ -107,14 +107,14 @@ impl Manager {
         let image = meta.image();
         let binary = find_memfs_binary()?;
         let generation = header.next_generation_id();
-        let work = SandboxDir::new(&dir).memory_work(generation);
-        let mount = SandboxDir::new(&dir).memfs_mount();
+        let work = SandboxDir::new(dir).memory_work(generation);
+        let mount = SandboxDir::new(dir).memfs_mount();
         let memory_bytes = header.memory_bytes;
         let die_with_parent = self.ephemeral();
         // The memory daemon and a fresh writable disk layer over the frozen
         // one, side by side. Unlink first: a leftover `disk.qcow2` may be a
         // second name of a frozen layer.
-        let disk = SandboxDir::new(&dir).disk();
+        let disk = SandboxDir::new(dir).disk();
         let _ = std::fs::remove_file(&disk);
         let frozen = header.resolve(dir, &header.disk);
         let start_memfs = {
@@ -231,7 +231,7 @@ pub(crate) struct Restored {
 /// Moves the layer a pause prepared into place as `disk`, if there is one
 /// over `frozen`; a layer over anything else (an older snapshot's) goes.
 fn take_prepared_overlay(dir: &Path, frozen: &Path, disk: &Path) -> bool {
-    let prepared = SandboxDir::new(&dir).resume_disk();
+    let prepared = SandboxDir::new(dir).resume_disk();
     if !prepared.exists() {
         return false;
     }
@@ -291,21 +291,21 @@ mod tests {
             path
         };
         let (older, newer) = (frozen("disk.g1.qcow2"), frozen("disk.g2.qcow2"));
-        let disk = SandboxDir::new(&dir).disk();
+        let disk = SandboxDir::new(dir).disk();
 
         // A layer prepared over an older snapshot is dropped, not used.
-        create_overlay_durably(&older, "qcow2", &SandboxDir::new(&dir).resume_disk())
+        create_overlay_durably(&older, "qcow2", &SandboxDir::new(dir).resume_disk())
             .await
             .unwrap();
         assert!(!take_prepared_overlay(dir, &newer, &disk));
-        assert!(!SandboxDir::new(&dir).resume_disk().exists() && !disk.exists());
+        assert!(!SandboxDir::new(dir).resume_disk().exists() && !disk.exists());
 
-        create_overlay_durably(&newer, "qcow2", &SandboxDir::new(&dir).resume_disk())
+        create_overlay_durably(&newer, "qcow2", &SandboxDir::new(dir).resume_disk())
             .await
             .unwrap();
         assert!(take_prepared_overlay(dir, &newer, &disk));
         assert_eq!(qcow2_backing_file(&disk), Some(newer));
-        assert!(!SandboxDir::new(&dir).resume_disk().exists());
+        assert!(!SandboxDir::new(dir).resume_disk().exists());
         assert!(!take_prepared_overlay(dir, &older, &disk), "used once");
     }
 }
