@@ -9,7 +9,7 @@
 //! keeps acknowledged work: once the device state and the RAM are durable,
 //! `PAUSE-PENDING` is written before the VM is ended, and a restarted
 //! warren that finds it completes the commit
-//! ([`crate::commit::finish_interrupted_pause`]) instead of falling back.
+//! (`commit::finish_interrupted_pause`, which builds on this module) instead of falling back.
 
 use std::path::Path;
 use std::time::SystemTime;

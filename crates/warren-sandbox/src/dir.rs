@@ -6,7 +6,7 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `sandbox.json` | [`SandboxMeta`](crate::SandboxMeta): how it was made |
+//! | `sandbox.json` | `SandboxMeta` (the manager's): how it was made |
 //! | `memory` | guest RAM of a cold-booted VM (QEMU maps it shared) |
 //! | `memfs/memory` | guest RAM of a resumed VM, served by `warren-memfs` |
 //! | `memfs.pid`, `memfs.log` | that daemon's pid file and log |

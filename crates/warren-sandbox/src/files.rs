@@ -161,7 +161,9 @@ impl Sandbox {
     pub async fn exists(&self, path: &str) -> Result<bool, FileError> {
         match self.stat(path).await {
             Ok(_) => Ok(true),
-            Err(FileError::Guest(error)) if error.kind == crate::GuestErrorKind::NotFound => {
+            Err(FileError::Guest(error))
+                if error.kind == crate::error::GuestErrorKind::NotFound =>
+            {
                 Ok(false)
             }
             Err(other) => Err(other),

@@ -58,7 +58,7 @@ impl From<pb::InfoResponse> for GuestInfo {
 }
 
 /// Held by a transfer in flight: a pause waits for it (up to
-/// [`PauseOptions::drain`](crate::PauseOptions::drain)) before stopping the VM.
+/// `PauseOptions::drain`) before stopping the VM.
 #[derive(Debug)]
 pub struct PauseHold(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>);
 

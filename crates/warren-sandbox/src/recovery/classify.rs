@@ -177,7 +177,7 @@ impl Manager {
         &self,
         id: &str,
         dir: &Path,
-        spec: &crate::SandboxSpec,
+        spec: &crate::spec::SandboxSpec,
     ) -> Option<PathBuf> {
         let sandbox = SandboxDir::new(dir);
         if !spec.keep_disk || !sandbox.disk().is_file() {
