@@ -13,10 +13,13 @@
 //! no VM logic of its own.
 
 // Every module is private; what other crates use is re-exported below.
-// The modules form layers, each using only the ones above it:
-//   dir, busy, id, spec, error, agent, exec, files  (no sandbox state)
-//   sandbox -> manager -> chain -> commit -> pause, resume -> template
-//   -> recovery (classify -> reattach, reconcile)
+// The modules form layers, each using only the ones before it (no module
+// names its importer):
+//   dir, busy, id, spec, memfs     files and processes, no sandbox state
+//   error -> agent -> exec -> sandbox -> files
+//   manager (create, the Manager itself) -> chain (the committed snapshot)
+//   -> commit -> pause; resume -> template
+//   recovery: classify -> reattach, reconcile (over manager, commit, chain)
 mod agent;
 mod busy;
 mod chain;
