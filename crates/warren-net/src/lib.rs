@@ -15,15 +15,18 @@
 
 mod claims;
 mod cmd;
+mod egress;
 mod host;
 pub mod layout;
 mod netns;
 mod nft;
 mod policy;
 mod sandbox;
+pub mod sni;
 
 pub use claims::{Claim, ClaimError, Claims, DEFAULT_CLAIMS_DIR};
 pub use cmd::CommandError;
+pub use egress::Egress;
 pub use host::{HostNet, HostNetError, warren_namespaces};
 pub use netns::{EnterError, run_in};
 pub use nft::{PROXY_PORT, RESOLVER_PORT};

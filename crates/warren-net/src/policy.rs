@@ -121,6 +121,23 @@ impl NetworkPolicy {
         }
     }
 
+    /// The verdict for a connection to `ip` with no name, where `resolved`
+    /// is what the sandbox's resolver learned about `ip` (the verdict of a
+    /// named rule for a name that resolved to it): the same order as the
+    /// kernel's forward chain.
+    pub fn decide_unnamed(&self, ip: Ipv4Addr, resolved: Option<Verdict>) -> Verdict {
+        let in_nets = |list| self.nets(list).any(|n| n.contains(&ip));
+        if in_nets(RuleList::Allow) || resolved == Some(Verdict::Allow) {
+            Verdict::Allow
+        } else if in_nets(RuleList::Deny) || resolved == Some(Verdict::Deny) {
+            Verdict::Deny
+        } else if self.internet {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        }
+    }
+
     /// Which named rule a resolved `name` falls under, so the resolver can
     /// put the addresses it returns into the kernel's allow or deny set.
     /// `None` when no domain rule names it (its addresses then follow the
@@ -499,6 +516,21 @@ mod tests {
             NetworkPolicy::default().decide(ip("198.51.100.9"), None),
             Verdict::Allow
         );
+    }
+
+    #[test]
+    fn unnamed_connections_follow_addresses_then_what_the_resolver_learned() {
+        let p = policy(true, &["pypi.org", "203.0.113.0/24"], &["0.0.0.0/0"]);
+        let cdn = ip("198.51.100.9");
+        assert_eq!(p.decide_unnamed(cdn, None), Verdict::Deny);
+        assert_eq!(p.decide_unnamed(cdn, Some(Verdict::Allow)), Verdict::Allow);
+        assert_eq!(
+            p.decide_unnamed(ip("203.0.113.5"), Some(Verdict::Deny)),
+            Verdict::Allow
+        );
+        let open = policy(true, &[], &["evil.com"]);
+        assert_eq!(open.decide_unnamed(cdn, Some(Verdict::Deny)), Verdict::Deny);
+        assert_eq!(open.decide_unnamed(cdn, None), Verdict::Allow);
     }
 
     #[test]

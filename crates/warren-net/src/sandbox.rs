@@ -30,6 +30,15 @@ pub enum NetError {
         #[source]
         source: CommandError,
     },
+    /// A socket made in the namespace could not be handed to the runtime.
+    #[error("a socket in the network namespace of slot {slot}")]
+    Socket {
+        /// The slot.
+        slot: u32,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// Work inside the namespace failed.
     #[error("in the network namespace of slot {slot}")]
     Namespace {
@@ -199,6 +208,28 @@ impl SandboxNet {
     pub fn listen_tcp(&self, addr: SocketAddr) -> Result<TcpListener, NetError> {
         netns::run_in(&self.layout.netns(), move || TcpListener::bind(addr))
             .map_err(|e| self.namespace(e))
+    }
+
+    /// An outgoing TCP connection from the namespace (the proxy's
+    /// upstream side): its socket is made inside the namespace, then
+    /// connected on the runtime, so the connection leaves through the
+    /// namespace's veth and its rules, never the host's own routes.
+    pub async fn connect_out(&self, to: SocketAddr) -> Result<tokio::net::TcpStream, NetError> {
+        let socket = netns::run_in(&self.layout.netns(), move || {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(to),
+                socket2::Type::STREAM.cloexec(),
+                Some(socket2::Protocol::TCP),
+            )?;
+            socket.set_nonblocking(true)?;
+            Ok(socket)
+        })
+        .map_err(|e| self.namespace(e))?;
+        let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
+        socket.connect(to).await.map_err(|source| NetError::Socket {
+            slot: self.layout.slot.0,
+            source,
+        })
     }
 
     /// A UDP socket bound inside the namespace (the resolver).

@@ -245,6 +245,8 @@ fn the_guest_cannot_reach_the_host_metadata_or_another_sandbox() {
     std::thread::spawn(move || {
         for c in on_host.incoming() {
             let Ok(mut c) = c else { break };
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
             let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nhost");
         }
     });
@@ -255,6 +257,10 @@ fn the_guest_cannot_reach_the_host_metadata_or_another_sandbox() {
     std::thread::spawn(move || {
         for c in in_b.incoming() {
             let Ok(mut c) = c else { break };
+            // Read the request first: closing with it unread would reset
+            // the connection before the client reads the answer.
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
             let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nother");
         }
     });
@@ -324,4 +330,193 @@ fn a_sweep_removes_the_networks_of_gone_sandboxes_only() {
     drop(tap);
     drop(keep);
     assert!(host.sweep(|_| false).unwrap().is_empty());
+}
+
+/// A DNS server in the peer namespace answering `names` with A records
+/// (anything else: NXDOMAIN); the test's upstream for warren's resolver.
+fn dns_server(ns: &str, at: Ipv4Addr, names: Vec<(&'static str, Ipv4Addr)>) -> SocketAddr {
+    use hickory_proto::op::{Message, MessageType, ResponseCode};
+    use hickory_proto::rr::{RData, Record, rdata::A};
+    let addr = SocketAddr::from((at, 53));
+    let socket = run_in(ns, move || std::net::UdpSocket::bind(addr)).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let Ok(query) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut answer = Message::new();
+            answer.set_id(query.id());
+            answer.set_message_type(MessageType::Response);
+            answer.set_recursion_available(true);
+            answer.add_queries(query.queries().to_vec());
+            let qname = query.queries()[0].name().clone();
+            let wanted = qname.to_ascii().trim_end_matches('.').to_owned();
+            match names.iter().find(|(n, _)| *n == wanted) {
+                Some((_, ip)) => {
+                    answer.add_answer(Record::from_rdata(qname, 60, RData::A(A(*ip))));
+                }
+                None => {
+                    answer.set_response_code(ResponseCode::NXDomain);
+                }
+            }
+            let _ = socket.send_to(&answer.to_vec().unwrap(), from);
+        }
+    });
+    addr
+}
+
+/// Resolves `name` from inside `ns` through the sandbox's resolver (the
+/// gateway, as the guest's resolv.conf says), returning the A addresses.
+fn resolve_in(ns: &str, name: &str) -> Vec<Ipv4Addr> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut query = Message::new();
+    query.set_id(4242);
+    query.set_recursion_desired(true);
+    query.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    let bytes = query.to_vec().unwrap();
+    let answer = run_in(ns, move || {
+        let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.send_to(&bytes, (guest::GATEWAY, 53))?;
+        let mut buf = [0u8; 1500];
+        let n = s.recv(&mut buf)?;
+        Ok(buf[..n].to_vec())
+    })
+    .unwrap();
+    let answer = Message::from_vec(&answer).unwrap();
+    assert_eq!(answer.id(), 4242);
+    answer
+        .answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An HTTP GET with `Host: host` from inside `ns` to `to`.
+fn fetch_host(ns: &str, to: SocketAddr, host: &str) -> Option<String> {
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    run_in(ns, move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_millis(800))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(request.as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .ok()
+    .filter(|r| !r.is_empty())
+    .map(|r| r.rsplit("\r\n\r\n").next().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_rules_hold_through_the_resolver_and_the_http_host() {
+    if !usable() {
+        return;
+    }
+    let tag = format!("d{}", std::process::id() % 100000);
+    let mut scratch = Scratch {
+        namespaces: vec![],
+        links: vec![],
+    };
+    let peer_ns = peer(&mut scratch, &tag, 2, 8082);
+    let peer_ip = peer_addr(2);
+    // The same peer also serves HTTP on port 80 (a "CDN" address shared by
+    // an allowed and a denied name).
+    let web = run_in(&peer_ns, move || TcpListener::bind((peer_ip, 80))).unwrap();
+    std::thread::spawn(move || {
+        for c in web.incoming() {
+            let Ok(mut c) = c else { break };
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nweb");
+        }
+    });
+    let upstream = dns_server(
+        &peer_ns,
+        peer_ip,
+        vec![
+            ("pkgs.allowed.test", peer_ip),
+            ("evil.test", Ipv4Addr::new(198, 51, 100, 40)),
+        ],
+    );
+    let (host, _owner) = host_net(&tag);
+    let allow_only = policy(true, &["*.allowed.test"], &["0.0.0.0/0"]);
+    let net = Net(&host, host.create("sb-d", &allow_only).unwrap());
+    let egress = warren_net::Egress::start(&net, allow_only.clone(), upstream).unwrap();
+    let g = guest_standin(&mut scratch, &net, &tag);
+
+    let any_port = SocketAddr::from((peer_ip, 8082));
+    let g2 = g.clone();
+    let blocked = tokio::task::spawn_blocking(move || fetch(&g2, any_port))
+        .await
+        .unwrap();
+    assert_eq!(blocked, None, "nothing resolved yet: denied by 0.0.0.0/0");
+    let g2 = g.clone();
+    let resolved = tokio::task::spawn_blocking(move || resolve_in(&g2, "pkgs.allowed.test"))
+        .await
+        .unwrap();
+    assert_eq!(resolved, vec![peer_ip]);
+    let g2 = g.clone();
+    let after = tokio::task::spawn_blocking(move || fetch(&g2, any_port))
+        .await
+        .unwrap();
+    assert_eq!(
+        after.as_deref(),
+        Some("hello"),
+        "a resolved allowed name opens its address"
+    );
+    let g2 = g.clone();
+    let nx = tokio::task::spawn_blocking(move || resolve_in(&g2, "nothing.test"))
+        .await
+        .unwrap();
+    assert!(nx.is_empty());
+
+    // By Host on port 80: the name decides, whatever the address.
+    let web_addr = SocketAddr::from((peer_ip, 80));
+    let denying = policy(true, &[], &["evil.test"]);
+    net.apply_policy(&denying, host.range()).unwrap();
+    egress.set_policy(denying);
+    let g2 = g.clone();
+    let (good, bad) = tokio::task::spawn_blocking(move || {
+        (
+            fetch_host(&g2, web_addr, "fine.test"),
+            fetch_host(&g2, web_addr, "EVIL.test:80"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        good.as_deref(),
+        Some("web"),
+        "another name on the same address works"
+    );
+    assert_eq!(
+        bad, None,
+        "a denied name stays denied when reached by address"
+    );
+
+    let only = policy(false, &["pkgs.allowed.test"], &[]);
+    net.apply_policy(&only, host.range()).unwrap();
+    egress.set_policy(only);
+    let g2 = g.clone();
+    let (good, bad) = tokio::task::spawn_blocking(move || {
+        (
+            fetch_host(&g2, web_addr, "pkgs.allowed.test"),
+            fetch_host(&g2, web_addr, "other.test"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        good.as_deref(),
+        Some("web"),
+        "an allowed name works behind a shared address"
+    );
+    assert_eq!(bad, None, "internet off: another name on it does not");
+    drop(egress);
 }
