@@ -141,6 +141,17 @@ impl HostNet {
         Ok(SandboxNet::adopt(layout))
     }
 
+    /// The network this warren made for `sandbox`, found by its slot
+    /// claim (after a restart), if its namespace still exists.
+    pub fn find(&self, sandbox: &str) -> Result<Option<SandboxNet>, HostNetError> {
+        let claims = self.claims.list().map_err(HostNetError::Claim)?;
+        Ok(claims
+            .into_iter()
+            .find(|(_, c)| c.owner == self.owner && c.sandbox == sandbox)
+            .and_then(|(slot, _)| self.range.slot(slot.0))
+            .and_then(SandboxNet::adopt))
+    }
+
     /// Removes a sandbox's network and gives its slot back.
     pub fn destroy(&self, net: &SandboxNet) -> Result<(), HostNetError> {
         net.destroy().map_err(HostNetError::Sandbox)?;

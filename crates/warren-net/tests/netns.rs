@@ -315,6 +315,12 @@ fn a_sweep_removes_the_networks_of_gone_sandboxes_only() {
     );
     let gone = host.create("sb-gone", &NetworkPolicy::default()).unwrap();
     let tap = keep.open_tap().unwrap();
+    // A restarted warren finds a sandbox's network by its claim.
+    assert_eq!(
+        host.find("sb-keep").unwrap().map(|n| n.layout().slot),
+        Some(keep.layout().slot)
+    );
+    assert!(host.find("sb-none").unwrap().is_none());
     let removed = host.sweep(|id| id == "sb-keep").unwrap();
     assert_eq!(removed, vec![gone.layout().slot]);
     assert!(
