@@ -12,7 +12,7 @@ GUEST_TARGET=x86_64-unknown-linux-gnu
 GUEST_BIN="$REPO/target/$GUEST_TARGET/release/warren-guest"
 # Debian packages the host needs. qemu-utils must come from the same QEMU
 # release as qemu-system-x86: host_package_plan pins them together.
-HOST_PACKAGES=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs dpkg apt ca-certificates curl python3 python3-venv fuse3)
+HOST_PACKAGES=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs dpkg apt ca-certificates curl python3 python3-venv fuse3 iproute2 nftables)
 # Only the test suite needs a browser.
 TEST_PACKAGES=(chromium)
 

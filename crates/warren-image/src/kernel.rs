@@ -46,7 +46,8 @@ pub(crate) struct KernelRecipe {
 }
 
 /// The guest kernel: disk (virtio-blk), the agent channel (virtio-console,
-/// i.e. virtio-serial) and entropy (virtio-rng) over virtio-pci.
+/// i.e. virtio-serial), entropy (virtio-rng) and the network card
+/// (virtio-net, which needs the failover modules) over virtio-pci.
 pub(crate) const KERNEL: KernelRecipe = KernelRecipe {
     metapackage: "linux-image-cloud-amd64",
     modules: &[
@@ -58,6 +59,9 @@ pub(crate) const KERNEL: KernelRecipe = KernelRecipe {
         "virtio_blk",
         "virtio_console",
         "virtio_rng",
+        "failover",
+        "net_failover",
+        "virtio_net",
     ],
 };
 
@@ -436,6 +440,9 @@ mod tests {
                 ],
             ),
             module("virtio_console", &["virtio", "virtio_ring"]),
+            module("virtio_net", &["virtio_ring", "virtio", "net_failover"]),
+            module("net_failover", &["failover"]),
+            module("failover", &[]),
             module("virtio", &["virtio_ring"]),
             module("virtio_pci_legacy_dev", &[]),
             module("virtio_pci_modern_dev", &[]),
@@ -451,6 +458,8 @@ mod tests {
         assert_eq!(
             order,
             [
+                "failover",
+                "net_failover",
                 "virtio_pci_legacy_dev",
                 "virtio_pci_modern_dev",
                 "virtio_ring",
@@ -459,6 +468,7 @@ mod tests {
                 "virtio_blk",
                 "virtio_pci",
                 "virtio_console",
+                "virtio_net",
             ]
         );
         for m in debian_modules() {
@@ -468,7 +478,7 @@ mod tests {
                 assert!(dep_pos < pos, "{dep} must load before {}", m.name);
             }
         }
-        assert_eq!(order.len(), 8);
+        assert_eq!(order.len(), 11);
     }
 
     #[test]

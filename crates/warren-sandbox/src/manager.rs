@@ -386,6 +386,7 @@ impl Manager {
             die_with_parent: self.config.ephemeral,
             memory_file: None,
             incoming: false,
+            nic: None,
         }
     }
 

@@ -212,6 +212,7 @@ impl MemFs {
             args,
             log: log_file,
             die_with_parent,
+            inherit: Vec::new(),
         })
         .map_err(MemFsError::Spawn)?;
         // Recorded so that a restarted warren can adopt (or end) it.

@@ -1,6 +1,8 @@
 //! What a VM is launched with.
 
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::accel::Accel;
 
@@ -36,6 +38,29 @@ pub struct VmConfig {
     /// Kill the VM if this process dies (ephemeral sandboxes, tests). A
     /// service that must let VMs outlive a restart sets this to false.
     pub die_with_parent: bool,
+    /// The guest's network card, when the sandbox has a network. A VM
+    /// restored from a snapshot must have one exactly when the VM that was
+    /// paused had one (the device state holds it).
+    pub nic: Option<NicConfig>,
+}
+
+/// A virtio-net card on a TAP device that warren opened (inside the
+/// sandbox's network namespace): QEMU gets the descriptor, so it needs no
+/// privileges and stays in the host's namespace.
+#[derive(Debug, Clone)]
+pub struct NicConfig {
+    /// The open TAP device (with a virtio-net header), inherited by QEMU.
+    pub tap: Arc<OwnedFd>,
+    /// The guest MAC address, `xx:xx:xx:xx:xx:xx`.
+    pub mac: String,
+}
+
+impl NicConfig {
+    /// The descriptor number QEMU finds the TAP at (the same in the child,
+    /// which inherits it).
+    pub fn tap_fd(&self) -> RawFd {
+        self.tap.as_raw_fd()
+    }
 }
 
 /// A disk attached to the VM.

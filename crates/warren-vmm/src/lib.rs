@@ -42,7 +42,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 pub use accel::{Accel, AccelChoice};
-pub use config::{DiskConfig, DiskFormat, VmConfig};
+pub use config::{DiskConfig, DiskFormat, NicConfig, VmConfig};
 pub use error::{KillError, LaunchError, SnapshotError};
 pub use qemu::QemuVmm;
 

@@ -89,6 +89,9 @@ pub struct SpawnRequest {
     /// Deliver SIGKILL to the child when this process dies (ephemeral use);
     /// a durable process must outlive warren and leaves this false.
     pub die_with_parent: bool,
+    /// Descriptors the child inherits under the same numbers (a VM's TAP
+    /// device). Every other descriptor of warren's is close-on-exec.
+    pub inherit: Vec<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 type Job = (SpawnRequest, mpsc::Sender<std::io::Result<Child>>);
@@ -134,6 +137,27 @@ fn spawn_here(request: SpawnRequest) -> std::io::Result<Child> {
         // Own process group: a terminal's signals never reach it, and
         // killpg takes the whole process down.
         .process_group(0);
+    let inherit: Vec<libc::c_int> = request
+        .inherit
+        .iter()
+        .map(|fd| std::os::fd::AsRawFd::as_raw_fd(&**fd))
+        .collect();
+    if !inherit.is_empty() {
+        // SAFETY: fcntl is async-signal-safe, and `inherit` was built before
+        // fork, so the closure allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                for &fd in &inherit {
+                    // Clear close-on-exec in the child only: the parent's
+                    // descriptor stays close-on-exec for every other spawn.
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
     if request.die_with_parent {
         // SAFETY: prctl is async-signal-safe; nothing else runs in pre_exec.
         unsafe {
@@ -382,6 +406,7 @@ mod tests {
             args: vec!["60".into()],
             log,
             die_with_parent: true,
+            inherit: Vec::new(),
         })
         .unwrap();
         let pid = child.id();

@@ -14,6 +14,38 @@ pub struct BootConfig {
     pub hostname: String,
     /// Verbose logging to the console (`warren.debug=1`).
     pub debug: bool,
+    /// The network of `eth0` (`warren.net=ADDR/PREFIX,GATEWAY,DNS`), when
+    /// the sandbox has one: given by the host, the same in every sandbox,
+    /// so no DHCP wait and nothing to change after a resume or clone.
+    pub net: Option<GuestNet>,
+}
+
+/// `eth0`'s static configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestNet {
+    /// The guest's address.
+    pub address: std::net::Ipv4Addr,
+    /// Its prefix length (1..=30).
+    pub prefix_len: u8,
+    /// The default gateway.
+    pub gateway: std::net::Ipv4Addr,
+    /// The resolver `/etc/resolv.conf` names.
+    pub dns: std::net::Ipv4Addr,
+}
+
+impl GuestNet {
+    /// Parses `ADDR/PREFIX,GATEWAY,DNS`; `None` for anything else.
+    fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.split(',');
+        let (addr, prefix) = parts.next()?.split_once('/')?;
+        let net = GuestNet {
+            address: addr.parse().ok()?,
+            prefix_len: prefix.parse().ok().filter(|p| (1..=30).contains(p))?,
+            gateway: parts.next()?.parse().ok()?,
+            dns: parts.next()?.parse().ok()?,
+        };
+        parts.next().is_none().then_some(net)
+    }
 }
 
 impl Default for BootConfig {
@@ -23,6 +55,7 @@ impl Default for BootConfig {
             rootfstype: "ext4".into(),
             hostname: "warren".into(),
             debug: false,
+            net: None,
         }
     }
 }
@@ -71,6 +104,7 @@ pub fn parse(cmdline: &str) -> BootConfig {
             "warren.rootfstype" if !value.is_empty() => config.rootfstype = value.to_string(),
             "warren.hostname" if valid_hostname(value) => config.hostname = value.to_string(),
             "warren.debug" => config.debug = matches!(value, "1" | "true" | "yes" | "on"),
+            "warren.net" => config.net = GuestNet::parse(value),
             _ => {}
         }
     }
@@ -111,8 +145,32 @@ mod tests {
                 rootfstype: "ext2".into(),
                 hostname: "box-1".into(),
                 debug: true,
+                net: None,
             }
         );
+    }
+
+    #[test]
+    fn reads_the_network() {
+        let config = parse("warren.net=169.254.0.21/30,169.254.0.22,169.254.0.22");
+        assert_eq!(
+            config.net,
+            Some(GuestNet {
+                address: "169.254.0.21".parse().unwrap(),
+                prefix_len: 30,
+                gateway: "169.254.0.22".parse().unwrap(),
+                dns: "169.254.0.22".parse().unwrap(),
+            })
+        );
+        for bad in [
+            "warren.net=169.254.0.21,169.254.0.22,169.254.0.22",
+            "warren.net=169.254.0.21/31,169.254.0.22,169.254.0.22",
+            "warren.net=169.254.0.21/30,169.254.0.22",
+            "warren.net=169.254.0.21/30,169.254.0.22,1.1.1.1,x",
+            "warren.net=x/30,169.254.0.22,169.254.0.22",
+        ] {
+            assert_eq!(parse(bad).net, None, "{bad}");
+        }
     }
 
     #[test]

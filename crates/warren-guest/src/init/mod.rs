@@ -23,6 +23,8 @@ use crate::logging::{self, console, console_debug};
 const CMDLINE_ENV: &str = "WARREN_INIT_CMDLINE";
 /// How long to wait for the root disk's device node.
 const ROOT_DEVICE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the network card may take to appear after its module loads.
+const NIC_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a step of the init stage failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +102,12 @@ pub fn run() -> ! {
     }
     if let Err(error) = net::bring_up_loopback() {
         console(&format!("bringing up the loopback interface: {error}"));
+    }
+    if let Some(guest_net) = &config.net {
+        match net::configure_eth0(guest_net, NIC_TIMEOUT) {
+            Ok(()) => console_debug(&format!("eth0 is {guest_net:?}")),
+            Err(error) => console(&format!("configuring eth0: {error}")),
+        }
     }
     // One line in every console log, so a person reading it can tell the
     // guest came up (and how long the kernel and init took).

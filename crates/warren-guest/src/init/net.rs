@@ -1,6 +1,7 @@
-//! The loopback interface. Nothing else configures networking in the
-//! sandbox, and many programs (test servers, language tooling, databases)
-//! need `localhost` to work.
+//! The loopback interface (many programs, test servers, language tooling
+//! and databases among them, need `localhost`), and `eth0` when the host
+//! gave the sandbox a network: a static address from the kernel command
+//! line, so there is no DHCP wait.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -76,6 +77,81 @@ pub fn bring_up_loopback() -> Result<(), String> {
         }
         Err(e) => Err(format!("SIOCGIFADDR lo: {e}")),
     }
+}
+
+/// Waits for `eth0` (its driver binds asynchronously after the module
+/// loads), gives it the host's static address, brings it up, adds the
+/// default route and points `/etc/resolv.conf` at the host's resolver.
+pub fn configure_eth0(
+    net: &super::cmdline::GuestNet,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    while !std::path::Path::new("/sys/class/net/eth0").exists() {
+        if started.elapsed() > timeout {
+            return Err(format!(
+                "no eth0 after {} s (is virtio_net in the initramfs modules?)",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
+    let mut req = ifreq("eth0");
+    req.ifr_ifru.ifru_addr = sockaddr_in(net.address.octets());
+    ioctl(&sock, libc::SIOCSIFADDR, &mut req).map_err(|e| format!("SIOCSIFADDR eth0: {e}"))?;
+    let mask = u32::MAX << (32 - u32::from(net.prefix_len));
+    let mut req = ifreq("eth0");
+    req.ifr_ifru.ifru_netmask = sockaddr_in(mask.to_be_bytes());
+    ioctl(&sock, libc::SIOCSIFNETMASK, &mut req)
+        .map_err(|e| format!("SIOCSIFNETMASK eth0: {e}"))?;
+    let mut req = ifreq("eth0");
+    ioctl(&sock, libc::SIOCGIFFLAGS, &mut req).map_err(|e| format!("SIOCGIFFLAGS eth0: {e}"))?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    ioctl(&sock, libc::SIOCSIFFLAGS, &mut req).map_err(|e| format!("SIOCSIFFLAGS eth0 up: {e}"))?;
+
+    // SAFETY: rtentry is plain old data; all-zero is a valid value.
+    let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
+    route.rt_dst = sockaddr_in([0, 0, 0, 0]);
+    route.rt_genmask = sockaddr_in([0, 0, 0, 0]);
+    route.rt_gateway = sockaddr_in(net.gateway.octets());
+    route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+    // SAFETY: SIOCADDRT takes a `struct rtentry *`; rt_dev is null (the
+    // kernel picks the interface that reaches the gateway).
+    let rc = unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCADDRT as _,
+            &mut route as *mut libc::rtentry,
+        )
+    };
+    match Errno::result(rc) {
+        Ok(_) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(format!("SIOCADDRT default via {}: {e}", net.gateway)),
+    }
+    write_resolv_conf(net.dns).map_err(|e| format!("writing /etc/resolv.conf: {e}"))
+}
+
+/// Replaces `/etc/resolv.conf` (a file or a symlink into a resolver the
+/// image may have) by one naming `dns`, atomically.
+fn write_resolv_conf(dns: std::net::Ipv4Addr) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = "/etc/.resolv.conf.warren";
+    let mut file = std::fs::File::create(tmp)?;
+    writeln!(
+        file,
+        "# written by warren at boot: the sandbox's resolver\nnameserver {dns}"
+    )?;
+    file.sync_all()?;
+    std::fs::rename(tmp, "/etc/resolv.conf")
 }
 
 #[cfg(test)]

@@ -127,6 +127,16 @@ pub fn build_args(config: &VmConfig) -> Vec<OsString> {
         .into(),
     );
 
+    // Network: virtio-net on the TAP warren opened in the sandbox's
+    // namespace. No option ROM (nothing network-boots), no vhost (not
+    // present on every host, and TCG gains nothing from it).
+    if let Some(nic) = &config.nic {
+        args.push("-netdev".into());
+        args.push(format!("tap,id=net0,fd={},vhost=off", nic.tap_fd()).into());
+        args.push("-device".into());
+        args.push(format!("virtio-net-pci,netdev=net0,mac={},romfile=", nic.mac).into());
+    }
+
     // Entropy, so the guest's RNG is ready at once.
     args.push("-device".into());
     args.push("virtio-rng-pci".into());
@@ -192,7 +202,27 @@ mod tests {
             die_with_parent: true,
             memory_file: None,
             incoming: false,
+            nic: None,
         }
+    }
+
+    #[test]
+    fn a_nic_is_the_inherited_tap_and_no_nic_means_no_network_device() {
+        let line = joined(&build_args(&config(Accel::Tcg)));
+        assert!(!line.contains("netdev"), "{line}");
+        let tap: std::os::fd::OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let mut with = config(Accel::Tcg);
+        with.nic = Some(crate::config::NicConfig {
+            tap: std::sync::Arc::new(tap),
+            mac: "02:77:72:6e:00:15".into(),
+        });
+        let fd = with.nic.as_ref().unwrap().tap_fd();
+        let line = joined(&build_args(&with));
+        assert!(
+            line.contains(&format!("-netdev tap,id=net0,fd={fd},vhost=off")),
+            "{line}"
+        );
+        assert!(line.contains("virtio-net-pci,netdev=net0,mac=02:77:72:6e:00:15,romfile="));
     }
 
     fn joined(args: &[OsString]) -> String {

@@ -166,6 +166,7 @@ impl Vmm for QemuVmm {
             args,
             log: vmm_log,
             die_with_parent: config.die_with_parent,
+            inherit: config.nic.iter().map(|nic| nic.tap.clone()).collect(),
         })
         .map_err(|source| {
             if let Some(path) = &volatile_memory {
