@@ -14,6 +14,9 @@ use crate::sandbox::{self, NetError, SandboxNet};
 /// Why the host cannot give sandboxes a network.
 #[derive(Debug, thiserror::Error)]
 pub enum HostNetError {
+    /// This warren was started with networking off.
+    #[error("sandbox networking is turned off for this warren (WARREN_NET=off)")]
+    Disabled,
     /// Not root: namespaces and rules need CAP_NET_ADMIN and CAP_SYS_ADMIN.
     #[error(
         "sandbox networking needs root (CAP_NET_ADMIN); run warren as root, or create sandboxes with internet off"

@@ -26,6 +26,9 @@ pub enum CreateError {
     /// The VM did not start.
     #[error(transparent)]
     Launch(#[from] warren_vmm::LaunchError),
+    /// The sandbox's network could not be made.
+    #[error("giving the sandbox its network failed")]
+    Network(#[source] crate::network::NetworkError),
     /// The VM exited while booting.
     #[error(
         "sandbox {id} stopped while booting: the VM {exit}{}",

@@ -15,7 +15,8 @@
 // Every module is private; what other crates use is re-exported below.
 // The modules form layers, each using only the ones before it (no module
 // names its importer):
-//   dir, busy, id, spec, memfs     files and processes, no sandbox state
+//   dir, busy, id, spec, memfs, network   files, processes and host
+//                                  networks, no sandbox state
 //   error -> agent -> exec -> sandbox -> files
 //   manager (create, the Manager itself) -> chain (the committed snapshot)
 //   -> commit -> pause; resume -> template
@@ -33,6 +34,7 @@ mod files;
 pub mod id;
 mod manager;
 mod memfs;
+mod network;
 mod pause;
 // Public only for the path `recovery::Fix` that warren-host names; its
 // submodules are private and its items are also at the crate root.
@@ -53,8 +55,10 @@ pub use exec::{
     Command, ExitStatus, Output, Process, ProcessEvent, ProcessInfo, ProcessInput, PtySize,
 };
 pub use files::{FileInfo, FileType, TransferProgress, WriteOptions};
-pub use manager::{Manager, ManagerConfig, SandboxMeta, volatile_ram_dir_for};
+pub use manager::{Manager, ManagerConfig, SandboxMeta, parse_upstream, volatile_ram_dir_for};
 pub use memfs::{MEMFS_ENV, MemFs, MemFsError, daemons_under};
+pub use network::{NetworkConfig, NetworkError, Networking, SandboxNetwork, host_resolver};
+pub use warren_net::{NetworkPolicy, PolicyError};
 pub use pause::{DEFAULT_MERGE_CAP, PauseOptions, PauseReport};
 pub use recovery::{Fix, Recovery};
 pub use resume::ResumeReport;

@@ -13,6 +13,7 @@ use crate::busy::{Busy, BusyGuard};
 use crate::dir::{DataDir, SandboxDir, write_atomic};
 use crate::error::{CreateError, ManagerError};
 use crate::id::{is_valid_sandbox_id, new_sandbox_id};
+use crate::network::{NetworkConfig, Networking, SandboxNetwork};
 use crate::sandbox::Sandbox;
 use crate::spec::SandboxSpec;
 
@@ -40,12 +41,16 @@ pub struct ManagerConfig {
     /// (`$WARREN_RAM_DIR`; default `/dev/shm` when it is a tmpfs; `disk`
     /// keeps RAM in the sandbox directory). A pause copies it to disk.
     pub volatile_ram_root: Option<PathBuf>,
+    /// Sandbox networks (`None`: off, `WARREN_NET=off`; sandboxes are then
+    /// created without a network card).
+    pub network: Option<NetworkConfig>,
 }
 
 impl ManagerConfig {
     /// Reads `WARREN_HOME`, `WARREN_IMAGE_CACHE`, `WARREN_ACCEL`, `WARREN_QEMU`,
-    /// `WARREN_GUEST_AGENT`, `WARREN_BOOT_TIMEOUT` (seconds) and
-    /// `WARREN_RAM_DIR`.
+    /// `WARREN_GUEST_AGENT`, `WARREN_BOOT_TIMEOUT` (seconds),
+    /// `WARREN_RAM_DIR`, and for networks `WARREN_NET` (`off`),
+    /// `WARREN_NET_RANGE` (a CIDR) and `WARREN_DNS_UPSTREAM` (`IP[:PORT]`).
     pub fn from_env() -> Result<Self, String> {
         let accel = match std::env::var("WARREN_ACCEL") {
             Ok(value) => value.parse::<AccelChoice>()?,
@@ -68,8 +73,37 @@ impl ManagerConfig {
             boot_timeout,
             ephemeral: true,
             volatile_ram_root: volatile_ram_root_from_env()?,
+            network: network_from_env()?,
         })
     }
+}
+
+/// The network settings of [`ManagerConfig::from_env`].
+fn network_from_env() -> Result<Option<NetworkConfig>, String> {
+    if std::env::var("WARREN_NET").is_ok_and(|v| v == "off") {
+        return Ok(None);
+    }
+    let mut config = NetworkConfig::host_default();
+    if let Ok(range) = std::env::var("WARREN_NET_RANGE") {
+        let net = range
+            .parse()
+            .map_err(|_| format!("WARREN_NET_RANGE={range:?} is not a CIDR such as 10.231.0.0/16"))?;
+        config.range = warren_net::layout::HostRange::new(net)
+            .map_err(|e| format!("WARREN_NET_RANGE={range:?}: {e}"))?;
+    }
+    if let Ok(upstream) = std::env::var("WARREN_DNS_UPSTREAM") {
+        config.upstream = parse_upstream(&upstream).ok_or_else(|| {
+            format!("WARREN_DNS_UPSTREAM={upstream:?} is not an address such as 192.0.2.53 or 192.0.2.53:5353")
+        })?;
+    }
+    Ok(Some(config))
+}
+
+/// `IP` (port 53) or `IP:PORT`.
+pub fn parse_upstream(text: &str) -> Option<std::net::SocketAddr> {
+    text.parse()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(|ip| (ip, 53).into()))
 }
 
 /// `$WARREN_RAM_DIR`: unset means `/dev/shm` if it is a tmpfs, `disk` (or
@@ -120,6 +154,7 @@ pub struct Manager {
     /// Where running cold-booted VMs keep their RAM, if in memory.
     ram_dir: Option<PathBuf>,
     busy: Busy,
+    networking: Networking,
 }
 
 impl std::fmt::Debug for Manager {
@@ -241,6 +276,10 @@ impl Manager {
                 })?;
         }
         let vmm = Arc::new(qemu);
+        let networking = match &config.network {
+            Some(network) => Networking::init(network, &config.data_dir),
+            None => Networking::disabled(),
+        };
         let manager = Self {
             config,
             images,
@@ -249,6 +288,7 @@ impl Manager {
             sandboxes_dir,
             ram_dir,
             busy: Default::default(),
+            networking,
         };
         let swept = manager.sweep_orphans();
         if swept > 0 {
@@ -256,6 +296,17 @@ impl Manager {
                 swept,
                 "removed sandboxes left behind by processes that died"
             );
+        }
+        // Networks of sandboxes whose directory is gone (a `warren run`
+        // killed before it cleaned up); running ones keep theirs.
+        let sandboxes = manager.sandboxes_dir.clone();
+        match manager.networking.sweep(|id| sandboxes.join(id).exists()) {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed networks of sandboxes that are gone"),
+            Err(error) => tracing::warn!(
+                "sweeping sandbox networks failed: {}",
+                crate::error::with_causes(&error)
+            ),
         }
         Ok(manager)
     }
@@ -276,6 +327,7 @@ impl Manager {
                 boot_timeout: None,
                 ephemeral: false,
                 volatile_ram_root: None,
+                network: None,
             },
             images: Arc::new(ImageStore::open(data_dir).unwrap()),
             vmm,
@@ -283,6 +335,7 @@ impl Manager {
             sandboxes_dir,
             ram_dir: None,
             busy: Default::default(),
+            networking: Networking::disabled(),
         }
     }
 
@@ -464,7 +517,11 @@ impl Manager {
         let disk = SandboxDir::new(dir).disk();
         warren_vmm::disk::create_overlay(&image.rootfs, "raw", &disk).await?;
 
-        let config = self.vm_config(id, dir, &spec, image, &disk);
+        let mut config = self.vm_config(id, dir, &spec, image, &disk);
+        let network = self.attach_network(id, &spec, &mut config)?;
+        if network.is_some() {
+            config.kernel_args.push(crate::network::kernel_arg());
+        }
         let vm = self.vmm.launch(config).await?;
         let connected = connect_agent(id, vm.as_ref(), self.boot_timeout()).await;
         let agent = match connected {
@@ -475,6 +532,7 @@ impl Manager {
             }
         };
         let sandbox = Sandbox::new(id, dir.to_path_buf(), vm, agent, spec, image.key.clone());
+        sandbox.set_network(network);
         finish_boot(&sandbox, id).await?;
         Ok(sandbox)
     }
@@ -484,6 +542,31 @@ impl Manager {
     /// way outside the manager.
     pub fn volatile_ram_dir(&self) -> Option<&Path> {
         self.ram_dir.as_deref()
+    }
+
+    /// The host's sandbox networking.
+    pub fn networking(&self) -> &Networking {
+        &self.networking
+    }
+
+    /// Makes the network a sandbox's spec asks for, if any: the NIC for
+    /// its VM, and the network to hand to the [`Sandbox`] (dropping it
+    /// removes it, so an error on the way leaves nothing behind).
+    pub(crate) fn attach_network(
+        &self,
+        id: &str,
+        spec: &SandboxSpec,
+        config: &mut VmConfig,
+    ) -> Result<Option<SandboxNetwork>, CreateError> {
+        let Some(policy) = &spec.network else {
+            return Ok(None);
+        };
+        let (network, nic) = self
+            .networking
+            .attach(id, policy)
+            .map_err(CreateError::Network)?;
+        config.nic = Some(nic);
+        Ok(Some(network))
     }
 
     /// Whether VMs die with this process.

@@ -165,6 +165,15 @@ impl Manager {
                 .into());
             }
         };
+        // The snapshot has a network card exactly when its spec has a
+        // network; the card gets a new namespace (slot) of its own.
+        let network = match self.attach_network(id, &meta.spec, &mut config) {
+            Ok(network) => network,
+            Err(error) => {
+                let _ = std::fs::remove_file(&disk);
+                return Err(error.into());
+            }
+        };
         let vm = match self.vmm().launch(config).await {
             Ok(vm) => vm,
             Err(error) => {
@@ -203,6 +212,7 @@ impl Manager {
             meta.image_key.clone(),
         );
         sandbox.set_memfs(memfs);
+        sandbox.set_network(network);
         phase("agent connected");
         // The guest must not see the snapshot's time, nor (for a clone) the
         // template's identity. The agent in guest memory is the one that

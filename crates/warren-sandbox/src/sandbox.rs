@@ -79,6 +79,8 @@ pub struct Sandbox {
     memfs: std::sync::Mutex<Option<crate::memfs::MemFs>>,
     /// Left running for a later warren: dropping keeps VM and directory.
     detached: std::sync::atomic::AtomicBool,
+    /// Its network, while its VM runs (dropping it removes it).
+    network: std::sync::Mutex<Option<crate::network::SandboxNetwork>>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -120,7 +122,54 @@ impl Sandbox {
             created_at: SystemTime::now(),
             memfs: std::sync::Mutex::new(None),
             detached: std::sync::atomic::AtomicBool::new(false),
+            network: std::sync::Mutex::new(None),
         }
+    }
+
+    pub(crate) fn set_network(&self, network: Option<crate::network::SandboxNetwork>) {
+        *self.network.lock().expect("network lock") = network;
+    }
+
+    /// Removes its network (the VM is gone or going: a pause, a failed
+    /// resume); a resume makes a new one.
+    fn release_network(&self) {
+        drop(self.network.lock().expect("network lock").take());
+    }
+
+    /// Its egress policy while it has a network; `None` when it has no
+    /// network card (or is paused: the policy is then in its spec).
+    pub fn network_policy(&self) -> Option<warren_net::NetworkPolicy> {
+        self.network
+            .lock()
+            .expect("network lock")
+            .as_ref()
+            .map(|n| n.policy().clone())
+    }
+
+    /// Replaces its egress policy while it runs: the kernel's rules in one
+    /// transaction, then the record in its directory (so a resume and a
+    /// restarted warren keep it). New connections follow the new policy;
+    /// open ones stay open.
+    pub fn set_network_policy(
+        &self,
+        policy: warren_net::NetworkPolicy,
+    ) -> Result<(), crate::network::NetworkError> {
+        let mut guard = self.network.lock().expect("network lock");
+        let network = guard
+            .as_mut()
+            .ok_or(crate::network::NetworkError::NoNetwork)?;
+        network.set_policy(policy.clone())?;
+        crate::network::record_policy(&self.dir, &policy)
+    }
+
+    /// The namespace of its network, for connections into the guest (the
+    /// port proxy).
+    pub fn network_handle(&self) -> Option<warren_net::SandboxNet> {
+        self.network
+            .lock()
+            .expect("network lock")
+            .as_ref()
+            .map(|n| n.net().clone())
     }
 
     pub(crate) fn set_memfs(&self, memfs: crate::memfs::MemFs) {
@@ -135,6 +184,7 @@ impl Sandbox {
     /// handle must not remove it.
     pub(crate) fn mark_paused(&self) {
         self.shared.paused.store(true, Ordering::SeqCst);
+        self.release_network();
     }
 
     /// Whether this handle was paused (its VM is gone, its directory kept).
@@ -473,6 +523,9 @@ impl Sandbox {
     /// re-attaches it from its directory.
     pub fn detach(&self) {
         self.detached.store(true, Ordering::SeqCst);
+        if let Some(network) = self.network.lock().expect("network lock").take() {
+            network.leave_running();
+        }
         self.vm().detach();
         if let Some(memfs) = self.memfs.lock().expect("memfs lock").as_mut() {
             memfs.detach();

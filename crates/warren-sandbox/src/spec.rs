@@ -32,6 +32,11 @@ pub struct SandboxSpec {
     /// instead of deleting it with the sandbox.
     #[serde(default)]
     pub keep_disk: bool,
+    /// Its network and egress policy; `None`: no network card at all
+    /// (sandboxes recorded before networking existed, and clones of their
+    /// templates, which must resume with the devices they were paused with).
+    #[serde(default)]
+    pub network: Option<warren_net::NetworkPolicy>,
 }
 
 impl Default for SandboxSpec {
@@ -43,6 +48,7 @@ impl Default for SandboxSpec {
             env: BTreeMap::new(),
             metadata: BTreeMap::new(),
             keep_disk: false,
+            network: Some(warren_net::NetworkPolicy::default()),
         }
     }
 }

@@ -269,6 +269,24 @@ impl Manager {
         spec.env = request.env.clone();
         spec.metadata = request.metadata.clone();
         spec.keep_disk = request.keep_disk;
+        // The clone resumes the template's devices: a network card exactly
+        // when the template has one. With one, the request's policy (none
+        // asked for: offline); without one (a template from before
+        // networks), no network whatever the request says.
+        spec.network = match (&template.spec.network, &request.network) {
+            (None, wanted) => {
+                if wanted.is_some() {
+                    tracing::info!(template = name, "the template has no network card; the clone gets no network");
+                }
+                None
+            }
+            (Some(_), Some(policy)) => Some(policy.clone()),
+            (Some(_), None) => Some(warren_net::NetworkPolicy {
+                internet: false,
+                allow_out: Vec::new(),
+                deny_out: Vec::new(),
+            }),
+        };
         spec.validate(&self.host())
             .map_err(|e| SnapshotOpError::Create(CreateError::InvalidSpec(e)))?;
         let dir = self.sandboxes_dir().join(&id);

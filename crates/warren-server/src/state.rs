@@ -245,6 +245,7 @@ impl AppState {
             env: request.env.clone().unwrap_or_default(),
             metadata: request.metadata.clone().unwrap_or_default(),
             keep_disk: request.keep_disk.unwrap_or(false),
+            network: Some(Default::default()),
         };
         spec.validate(&self.host.capacity())
             .map_err(ApiError::invalid)?;

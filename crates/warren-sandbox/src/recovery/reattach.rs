@@ -120,6 +120,15 @@ impl Manager {
         if let Some(memfs) = memfs {
             sandbox.set_memfs(memfs);
         }
+        if let Some(policy) = &meta.spec.network {
+            // Its namespace outlived the old warren; the resolver and proxy
+            // did not, and are served again from this process.
+            match self.networking().readopt(id, policy) {
+                Ok(Some(network)) => sandbox.set_network(Some(network)),
+                Ok(None) => tracing::warn!(%id, "the sandbox's network namespace is gone; it runs without a network"),
+                Err(error) => tracing::warn!(%id, "re-adopting the sandbox's network failed: {}", crate::error::with_causes(&error)),
+            }
+        }
         let info = sandbox.info().await.map_err(ReattachError::Info)?;
         if info.protocol_version != warren_proto::PROTOCOL_VERSION {
             // Dropping the handle would end it; it is unusable anyway.

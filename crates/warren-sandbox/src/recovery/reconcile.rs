@@ -119,6 +119,18 @@ impl Manager {
                 }
             }
         }
+        match self.networking().sweep(&owned) {
+            Ok(0) => {}
+            Ok(removed) => fixes.push(Fix::new(
+                "orphan_network",
+                "",
+                format!("removed {removed} network namespace(s) of sandboxes that are not running"),
+            )),
+            Err(error) => tracing::warn!(
+                "sweeping sandbox networks failed: {}",
+                crate::error::with_causes(&error)
+            ),
+        }
         let swept = DataDir::new(self.data_dir()).sweep_trash();
         if swept > 0 {
             tracing::debug!(swept, "emptied the trash");
