@@ -209,6 +209,16 @@ pub enum HostError {
     /// Killing or deleting failed.
     #[error(transparent)]
     Destroy(#[from] DestroyError),
+    /// A failure reported by a host that is not in this process (a host
+    /// agent across the network, or a unit-test fake): what arrives over a
+    /// wire is its kind and its message, already with its causes.
+    #[error("{message}")]
+    Remote {
+        /// What kind of failure it is.
+        kind: HostErrorKind,
+        /// What failed and what to do, as the host said it.
+        message: String,
+    },
 }
 
 /// What kind of failure a [`HostError`] is: the part of it the control
@@ -329,6 +339,7 @@ impl HostError {
                 },
             },
             HostError::Destroy(_) => HostErrorKind::Internal,
+            HostError::Remote { kind, .. } => kind.clone(),
         }
     }
 
@@ -339,6 +350,10 @@ impl HostError {
     pub fn pause_released(&self) -> Option<bool> {
         match self {
             HostError::Pause(PauseError::Committed { previous_kept, .. }) => Some(*previous_kept),
+            HostError::Remote {
+                kind: HostErrorKind::PauseFailed { released },
+                ..
+            } => *released,
             _ => None,
         }
     }

@@ -9,8 +9,12 @@
 mod auth;
 pub mod config;
 mod console;
+#[cfg(test)]
+mod control_plane_tests;
 pub mod db;
 pub mod error;
+#[cfg(test)]
+mod fake_host;
 mod ids;
 mod metrics;
 pub mod model;
