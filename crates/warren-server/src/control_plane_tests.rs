@@ -303,7 +303,7 @@ async fn killing_an_id_the_host_no_longer_has_stops_the_record() {
     let row = p.row(&id).await;
     assert_eq!(row.state, "stopped");
     assert_eq!(row.stop_reason.as_deref(), Some("killed"));
-    assert_eq!(p.host.with(|s| s.kill_calls.clone()), [id.clone()]);
+    assert_eq!(p.host.with(|s| s.kill_calls.clone()), vec![id.clone()]);
     // Idempotent: a second kill succeeds and records nothing new.
     p.state
         .kill_sandbox(&p.caller, &id)
