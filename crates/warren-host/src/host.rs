@@ -379,3 +379,53 @@ fn create_kind(error: &CreateError) -> HostErrorKind {
 pub fn validate_template_name(name: &str) -> Result<(), HostError> {
     warren_sandbox::snapshot::validate_template_name(name).map_err(HostError::from)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a remote host sends is the kind and the message; the control
+    /// plane must decide the same on the far side as on the local error.
+    #[test]
+    fn an_error_kind_crosses_a_wire_and_decides_the_same() {
+        let local = HostError::OutOfMemoryToResume {
+            requested_mib: 512,
+            available_mib: 100,
+        };
+        let wire = serde_json::to_string(&local.kind()).expect("serializes");
+        assert_eq!(
+            wire,
+            r#"{"kind":"out_of_memory","requested_mib":512,"available_mib":100}"#
+        );
+        let remote = HostError::Remote {
+            kind: serde_json::from_str(&wire).expect("deserializes"),
+            message: local.to_string(),
+        };
+        assert_eq!(remote.kind(), local.kind());
+        assert_eq!(remote.to_string(), local.to_string());
+    }
+
+    #[test]
+    fn a_remote_pause_failure_says_whether_the_vm_was_released() {
+        let released = |kind| HostError::Remote {
+            kind,
+            message: "pausing failed".into(),
+        };
+        let kept = released(HostErrorKind::PauseFailed {
+            released: Some(true),
+        });
+        assert_eq!(kept.pause_released(), Some(true));
+        let running = released(HostErrorKind::PauseFailed { released: None });
+        assert_eq!(running.pause_released(), None);
+        assert_eq!(released(HostErrorKind::DiskFull).pause_released(), None);
+    }
+
+    #[test]
+    fn an_invalid_template_name_is_invalid_with_the_reason() {
+        let error = validate_template_name("../x").expect_err("invalid");
+        assert!(
+            matches!(error.kind(), HostErrorKind::Invalid { reason } if reason == error.to_string())
+        );
+        validate_template_name("python-ready").expect("valid");
+    }
+}
