@@ -5,7 +5,10 @@
 //! exist here: the live [`Sandbox`] handles, their exits, and the host's
 //! capacity. In `warren up` both run in one process and talk through this
 //! Rust API; a multi-host deployment puts a network service in between
-//! without changing either side's logic.
+//! without changing either side's logic: the service sees a host only
+//! through the [`Host`] trait, which [`HostAgent`] implements.
+
+mod host;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,11 +17,38 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 pub use warren_sandbox::recovery::Fix;
-use warren_sandbox::{
-    CreateError, DestroyError, Manager, PauseError, PauseOptions, PauseReport, Progress,
-    ResumeReport, Sandbox, SandboxSpec, SnapshotOpError,
+use warren_sandbox::{DestroyError, Manager, PauseError, PauseOptions, Progress, Sandbox};
+pub use warren_sandbox::{
+    ManagerConfig, ManagerError, PauseReport, ResumeReport, SandboxSpec, TemplateMeta,
 };
-use warren_vmm::VmExit;
+
+pub use host::{
+    Capacity, Host, HostError, HostErrorKind, UnavailableReason, validate_template_name,
+};
+
+/// The defaults of what a request leaves out (image, vCPUs, memory) and of
+/// how pauses merge the snapshot chain.
+pub mod defaults {
+    pub use warren_sandbox::snapshot::DEFAULT_MERGE_CAP;
+    pub use warren_sandbox::spec::{DEFAULT_IMAGE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS};
+}
+
+/// Whether a string can be a sandbox id at all (anything else is unknown
+/// without asking the host).
+pub fn is_valid_sandbox_id(id: &str) -> bool {
+    warren_sandbox::id::is_valid_sandbox_id(id)
+}
+
+/// The data plane: the live sandbox handle and what its exec, file and PTY
+/// calls take and return. This is the one seam of the host interface that
+/// is still the sandbox library's own types: a networked host needs typed
+/// streams in its place (see ARCHITECTURE.md, "The host seam").
+pub mod session {
+    pub use warren_sandbox::{
+        Command, ExecError, FileError, FileInfo, FileType, GuestErrorKind, Process, ProcessEvent,
+        Sandbox, Unavailable, WriteOptions,
+    };
+}
 
 /// Something that happened to a sandbox on this host without being asked.
 #[derive(Debug, Clone)]
@@ -27,8 +57,8 @@ pub enum HostEvent {
     VmExited {
         /// Sandbox id.
         id: String,
-        /// How it ended.
-        exit: VmExit,
+        /// How it ended, as users read it (the VM's exit description).
+        exit: String,
         /// It had a snapshot and is now paused at it (what ran since its
         /// last resume is lost) rather than gone.
         reverted: bool,
@@ -52,44 +82,10 @@ pub struct RecoverySummary {
     pub swept: usize,
 }
 
-/// Why the host refused to create a sandbox.
-#[derive(Debug, thiserror::Error)]
-pub enum HostCreateError {
-    /// Not enough memory left on this host for the request.
-    #[error(
-        "this host has {available_mib} MiB left for sandboxes and the request needs {requested_mib} MiB; delete or pause sandboxes, or ask for less memory"
-    )]
-    OutOfMemory {
-        /// What was asked for.
-        requested_mib: u64,
-        /// What is left.
-        available_mib: u64,
-    },
-    /// Creating failed.
-    #[error(transparent)]
-    Create(#[from] CreateError),
-}
-
-/// Why the host could not resume or clone a sandbox.
-#[derive(Debug, thiserror::Error)]
-pub enum HostResumeError {
-    /// Not enough memory left on this host.
-    #[error(
-        "this host has {available_mib} MiB left for sandboxes and resuming needs {requested_mib} MiB; delete or pause sandboxes first"
-    )]
-    OutOfMemory {
-        /// What is needed.
-        requested_mib: u64,
-        /// What is left.
-        available_mib: u64,
-    },
-    /// The snapshot operation failed.
-    #[error(transparent)]
-    Snapshot(#[from] SnapshotOpError),
-}
-
 /// The sandboxes live on this host.
 pub struct HostAgent {
+    /// This agent itself, for the tasks it spawns (exit watchers).
+    me: Weak<HostAgent>,
     manager: Manager,
     live: RwLock<HashMap<String, Arc<Sandbox>>>,
     events: broadcast::Sender<HostEvent>,
@@ -118,7 +114,8 @@ impl HostAgent {
         let (events, _) = broadcast::channel(256);
         let logs_dir = manager.data_dir().join("logs");
         prune_old_logs(&logs_dir);
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             manager,
             live: RwLock::new(HashMap::new()),
             events,
@@ -127,8 +124,21 @@ impl HostAgent {
         })
     }
 
+    /// Starts the sandbox manager of this host (its data directory, the
+    /// accelerator) and a host agent over it.
+    pub fn start(config: ManagerConfig) -> Result<Arc<Self>, ManagerError> {
+        Ok(Self::new(Manager::new(config)?))
+    }
+
+    /// This agent as an `Arc` (it only ever lives in one, see [`Self::new`]).
+    fn arc(&self) -> Arc<Self> {
+        self.me
+            .upgrade()
+            .expect("a host agent is borrowed only through its Arc")
+    }
+
     /// The end of a stopped sandbox's console log, if it was kept.
-    pub fn kept_console_log(&self, id: &str, max_bytes: u64) -> Option<String> {
+    fn kept_console_log(&self, id: &str, max_bytes: u64) -> Option<String> {
         if !warren_sandbox::id::is_valid_sandbox_id(id) {
             return None;
         }
@@ -137,15 +147,24 @@ impl HostAgent {
             .then(|| warren_vmm::process::tail_of(&path, max_bytes))
     }
 
+    /// The console log of a paused sandbox (kept in its directory).
+    fn paused_console_log(&self, id: &str, max_bytes: u64) -> Option<String> {
+        self.manager.is_paused(id).then(|| {
+            warren_vmm::process::tail_of(
+                &self
+                    .manager
+                    .sandboxes_dir()
+                    .join(id)
+                    .join(warren_vmm::config::files::CONSOLE_LOG),
+                max_bytes,
+            )
+        })
+    }
+
     fn keep_log(&self, sandbox: &Sandbox) {
         if let Err(error) = sandbox.preserve_console_log(&self.logs_dir, KEPT_LOG_BYTES) {
             tracing::warn!(id = %sandbox.id(), %error, "could not keep the console log");
         }
-    }
-
-    /// Subscribes to unrequested sandbox events.
-    pub fn subscribe(&self) -> broadcast::Receiver<HostEvent> {
-        self.events.subscribe()
     }
 
     /// Memory (MiB) promised to live sandboxes.
@@ -174,15 +193,15 @@ impl HostAgent {
     }
 
     /// Creates a sandbox and registers it.
-    pub async fn create(
+    pub async fn create_sandbox(
         self: &Arc<Self>,
         spec: SandboxSpec,
         progress: Arc<dyn Progress>,
-    ) -> Result<Arc<Sandbox>, HostCreateError> {
+    ) -> Result<Arc<Sandbox>, HostError> {
         let requested = u64::from(spec.memory_mib);
         let available = self.available_memory_mib();
         if requested > available {
-            return Err(HostCreateError::OutOfMemory {
+            return Err(HostError::OutOfMemory {
                 requested_mib: requested,
                 available_mib: available,
             });
@@ -191,7 +210,11 @@ impl HostAgent {
         // reconciler never mistakes it for an orphan in between.
         let id = warren_sandbox::id::new_sandbox_id();
         let _busy = self.manager.mark_busy(&id);
-        let sandbox = self.manager.create_with_id(id, spec, progress).await?;
+        let sandbox = self
+            .manager
+            .create_with_id(id, spec, progress)
+            .await
+            .map_err(HostError::Create)?;
         Ok(self.register(sandbox))
     }
 
@@ -229,7 +252,7 @@ impl HostAgent {
                 };
                 let _ = host.events.send(HostEvent::VmExited {
                     id,
-                    exit,
+                    exit: exit.to_string(),
                     reverted,
                     kept_disk,
                 });
@@ -237,34 +260,14 @@ impl HostAgent {
         });
     }
 
-    /// The live sandbox with this id.
+    /// The live sandbox with this id (the data plane's handle).
     pub fn get(&self, id: &str) -> Option<Arc<Sandbox>> {
         self.live.read().expect("registry lock").get(id).cloned()
     }
 
-    /// Ids of the live sandboxes.
-    pub fn ids(&self) -> Vec<String> {
-        self.live
-            .read()
-            .expect("registry lock")
-            .keys()
-            .cloned()
-            .collect()
-    }
-
-    /// Number of live sandboxes.
-    pub fn len(&self) -> usize {
-        self.live.read().expect("registry lock").len()
-    }
-
-    /// Whether no sandbox is live.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Kills a sandbox, or deletes it if it is paused. Returns false if it
     /// was neither live nor paused here.
-    pub async fn kill(&self, id: &str) -> Result<bool, DestroyError> {
+    async fn kill_sandbox(&self, id: &str) -> Result<bool, DestroyError> {
         let removed = self.live.write().expect("registry lock").remove(id);
         match removed {
             Some(sandbox) => {
@@ -288,7 +291,7 @@ impl HostAgent {
     /// was released (paused at the previous snapshot, or lost), unregisters
     /// it; a failure that leaves it running keeps it registered, and one
     /// where the VM died on its own is left to the exit watcher.
-    pub async fn pause(
+    pub async fn pause_sandbox(
         &self,
         id: &str,
         options: &PauseOptions,
@@ -313,30 +316,11 @@ impl HostAgent {
         result.map(Some)
     }
 
-    /// The console log of a paused sandbox (kept in its directory).
-    pub fn paused_console_log(&self, id: &str, max_bytes: u64) -> Option<String> {
-        self.manager.is_paused(id).then(|| {
-            warren_vmm::process::tail_of(
-                &self
-                    .manager
-                    .sandboxes_dir()
-                    .join(id)
-                    .join(warren_vmm::config::files::CONSOLE_LOG),
-                max_bytes,
-            )
-        })
-    }
-
-    /// Whether a sandbox is paused on this host.
-    pub fn is_paused(&self, id: &str) -> bool {
-        self.manager.is_paused(id)
-    }
-
-    fn check_memory(&self, memory_mib: u32) -> Result<(), HostResumeError> {
+    fn check_memory(&self, memory_mib: u32) -> Result<(), HostError> {
         let requested = u64::from(memory_mib);
         let available = self.available_memory_mib();
         if requested > available {
-            return Err(HostResumeError::OutOfMemory {
+            return Err(HostError::OutOfMemoryToResume {
                 requested_mib: requested,
                 available_mib: available,
             });
@@ -356,11 +340,11 @@ impl HostAgent {
     }
 
     /// Resumes a paused sandbox and registers it.
-    pub async fn resume(
+    pub async fn resume_sandbox(
         self: &Arc<Self>,
         id: &str,
         memory_mib: u32,
-    ) -> Result<(Arc<Sandbox>, ResumeReport), HostResumeError> {
+    ) -> Result<(Arc<Sandbox>, ResumeReport), HostError> {
         if let Some(live) = self.get(id) {
             return Ok((
                 live,
@@ -377,11 +361,11 @@ impl HostAgent {
     }
 
     /// Creates a sandbox from a snapshot template (a clone) and registers it.
-    pub async fn clone_template(
+    pub async fn clone_from_template(
         self: &Arc<Self>,
         name: &str,
-        request: &warren_sandbox::SandboxSpec,
-    ) -> Result<(Arc<Sandbox>, ResumeReport), HostResumeError> {
+        request: &SandboxSpec,
+    ) -> Result<(Arc<Sandbox>, ResumeReport), HostError> {
         let template = self.manager.template(name)?;
         self.check_memory(template.spec.memory_mib)?;
         let id = warren_sandbox::id::new_sandbox_id();
@@ -396,7 +380,7 @@ impl HostAgent {
     /// Start-up recovery (see [`Manager::recover`]): registers the VMs that
     /// outlived the previous warren and reports the rest. Runs before the
     /// API serves anything.
-    pub async fn recover(self: &Arc<Self>) -> RecoverySummary {
+    async fn recover_host(self: &Arc<Self>) -> RecoverySummary {
         let recovery = self.manager.recover().await;
         let mut attached = Vec::new();
         for sandbox in recovery.attached {
@@ -413,17 +397,9 @@ impl HostAgent {
     }
 
     /// One reconciler pass over this host (see [`Manager::reconcile`]).
-    pub fn reconcile(&self) -> Vec<Fix> {
+    fn reconcile_host(&self) -> Vec<Fix> {
         self.manager
             .reconcile(&|id| self.live.read().expect("registry lock").contains_key(id))
-    }
-
-    /// Lets every live sandbox run on after this process ends (service
-    /// shutdown with `keep`); the next start re-attaches them.
-    pub fn detach_all(&self) {
-        for sandbox in self.unregister_all() {
-            sandbox.detach();
-        }
     }
 
     fn unregister_all(&self) -> Vec<Arc<Sandbox>> {
@@ -434,9 +410,160 @@ impl HostAgent {
             .map(|(_, s)| s)
             .collect()
     }
+}
 
-    /// Kills every live sandbox (service shutdown).
-    pub async fn kill_all(&self) {
+/// The local host: the service's control plane talks to this host agent
+/// only through [`Host`], never through its [`Manager`], so that a host can
+/// later be served over the network with exactly this surface.
+#[async_trait::async_trait]
+impl Host for HostAgent {
+    fn accel(&self) -> String {
+        self.manager.accel().as_str().to_string()
+    }
+
+    fn capacity(&self) -> Capacity {
+        self.manager.host().into()
+    }
+
+    fn check_spec(&self, spec: &SandboxSpec) -> Result<(), HostError> {
+        spec.validate(&self.manager.host())
+            .map_err(|reason| HostError::InvalidSpec { reason })
+    }
+
+    fn available_memory_mib(&self) -> u64 {
+        HostAgent::available_memory_mib(self)
+    }
+
+    async fn prepare_image(&self, name: &str) -> Result<(), HostError> {
+        let progress = Arc::new(warren_image::TracingProgress);
+        self.manager
+            .prepare_image(name, progress)
+            .await
+            .map(drop)
+            .map_err(HostError::Create)
+    }
+
+    async fn create(&self, spec: SandboxSpec) -> Result<String, HostError> {
+        let live = self
+            .arc()
+            .create_sandbox(spec, Arc::new(warren_sandbox::NoProgress))
+            .await?;
+        Ok(live.id().to_string())
+    }
+
+    async fn clone_template(
+        &self,
+        name: &str,
+        spec: &SandboxSpec,
+    ) -> Result<(String, ResumeReport), HostError> {
+        let (live, report) = self.arc().clone_from_template(name, spec).await?;
+        Ok((live.id().to_string(), report))
+    }
+
+    async fn kill(&self, id: &str) -> Result<bool, HostError> {
+        Ok(self.kill_sandbox(id).await?)
+    }
+
+    async fn pause(&self, id: &str, merge_cap: usize) -> Result<Option<PauseReport>, HostError> {
+        let options = PauseOptions {
+            merge_cap,
+            ..PauseOptions::default()
+        };
+        Ok(self.pause_sandbox(id, &options).await?)
+    }
+
+    async fn resume(&self, id: &str, memory_mib: u32) -> Result<ResumeReport, HostError> {
+        let (_, report) = self.arc().resume_sandbox(id, memory_mib).await?;
+        Ok(report)
+    }
+
+    fn is_live(&self, id: &str) -> bool {
+        self.live.read().expect("registry lock").contains_key(id)
+    }
+
+    fn live_ids(&self) -> Vec<String> {
+        self.live
+            .read()
+            .expect("registry lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn live_count(&self) -> usize {
+        self.live.read().expect("registry lock").len()
+    }
+
+    fn is_paused(&self, id: &str) -> bool {
+        self.manager.is_paused(id)
+    }
+
+    fn paused_ids(&self) -> Vec<String> {
+        self.manager.paused_ids()
+    }
+
+    fn is_busy(&self, id: &str) -> bool {
+        self.manager.is_busy(id)
+    }
+
+    fn kept_disk(&self, id: &str) -> Option<PathBuf> {
+        self.manager.kept_disk(id)
+    }
+
+    fn console_log(&self, id: &str, max_bytes: u64) -> Option<String> {
+        match self.get(id) {
+            Some(live) => Some(live.console_log(max_bytes)),
+            // Paused: in its directory. Stopped: the end of its log was
+            // kept when it stopped.
+            None => self
+                .paused_console_log(id, max_bytes)
+                .or_else(|| self.kept_console_log(id, max_bytes)),
+        }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<HostEvent> {
+        self.events.subscribe()
+    }
+
+    async fn recover(&self) -> RecoverySummary {
+        self.arc().recover_host().await
+    }
+
+    async fn reconcile(&self) -> Vec<Fix> {
+        // Directory scans and process kills: off the async threads.
+        let me = self.arc();
+        tokio::task::spawn_blocking(move || me.reconcile_host())
+            .await
+            .unwrap_or_default()
+    }
+
+    async fn create_template(
+        &self,
+        sandbox_id: &str,
+        name: &str,
+    ) -> Result<TemplateMeta, HostError> {
+        Ok(self.manager.create_template(sandbox_id, name).await?)
+    }
+
+    fn template(&self, name: &str) -> Result<TemplateMeta, HostError> {
+        Ok(self.manager.template(name)?)
+    }
+
+    fn templates(&self) -> Vec<TemplateMeta> {
+        self.manager.templates()
+    }
+
+    fn delete_template(&self, name: &str) -> Result<(), HostError> {
+        Ok(self.manager.delete_template(name)?)
+    }
+
+    fn detach_all(&self) {
+        for sandbox in self.unregister_all() {
+            sandbox.detach();
+        }
+    }
+
+    async fn kill_all(&self) {
         for sandbox in self.unregister_all() {
             let killed = sandbox.kill().await;
             self.keep_log(&sandbox);
@@ -445,71 +572,9 @@ impl HostAgent {
             }
         }
     }
-}
 
-/// What the control plane asks of a host besides its live sandboxes:
-/// capacity, images and snapshot templates, and the facts recovery and the
-/// reconciler decide on. The service goes through these, never through the
-/// host's [`Manager`], so that a host can later be served over the network
-/// with exactly this surface.
-impl HostAgent {
-    /// The accelerator this host's VMs use (reported by `/health`).
-    pub fn accel(&self) -> warren_sandbox::Accel {
-        self.manager.accel()
-    }
-
-    /// This host's CPUs and memory (the bounds of a create request).
-    pub fn capacity(&self) -> warren_vmm::host::HostCapacity {
-        self.manager.host()
-    }
-
-    /// Builds an image if it is not built yet (the service does the default
-    /// one at start, so the first create does not wait for it).
-    pub async fn prepare_image(
-        &self,
-        name: &str,
-        progress: Arc<dyn Progress>,
-    ) -> Result<(), CreateError> {
-        self.manager.prepare_image(name, progress).await.map(drop)
-    }
-
-    /// Whether an operation holds the sandbox (the reconciler leaves it be).
-    pub fn is_busy(&self, id: &str) -> bool {
-        self.manager.is_busy(id)
-    }
-
-    /// Where the disk of a lost sandbox was kept, if it was.
-    pub fn kept_disk(&self, id: &str) -> Option<PathBuf> {
-        self.manager.kept_disk(id)
-    }
-
-    /// Sandboxes paused on this host's disk.
-    pub fn paused_ids(&self) -> Vec<String> {
-        self.manager.paused_ids()
-    }
-
-    /// Turns a paused sandbox into the snapshot template `name`.
-    pub async fn create_template(
-        &self,
-        sandbox_id: &str,
-        name: &str,
-    ) -> Result<warren_sandbox::TemplateMeta, SnapshotOpError> {
-        self.manager.create_template(sandbox_id, name).await
-    }
-
-    /// One snapshot template held by this host.
-    pub fn template(&self, name: &str) -> Result<warren_sandbox::TemplateMeta, SnapshotOpError> {
-        self.manager.template(name)
-    }
-
-    /// Every snapshot template held by this host.
-    pub fn templates(&self) -> Vec<warren_sandbox::TemplateMeta> {
-        self.manager.templates()
-    }
-
-    /// Deletes a snapshot template's files.
-    pub fn delete_template(&self, name: &str) -> Result<(), SnapshotOpError> {
-        self.manager.delete_template(name)
+    fn session(&self, id: &str) -> Option<Arc<Sandbox>> {
+        self.get(id)
     }
 }
 

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use warren_sandbox::ManagerConfig;
+use warren_host::ManagerConfig;
 
 /// Default listen address of `warren up`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
-use warren_sandbox::{CreateError, ExecError, FileError, GuestErrorKind, Unavailable};
+use warren_host::session::{ExecError, FileError, GuestErrorKind, Unavailable};
 
 /// The body of every error response.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -204,19 +204,6 @@ fn guest_error(kind: GuestErrorKind, message: String) -> ApiError {
                 .hint("free space in the sandbox (delete files) and retry")
         }
         GuestErrorKind::Internal => ApiError::internal(message),
-    }
-}
-
-impl From<CreateError> for ApiError {
-    fn from(error: CreateError) -> Self {
-        match error {
-            CreateError::InvalidSpec(message) => ApiError::invalid(message),
-            CreateError::Image(warren_image::ImageError::UnknownImage { name, available }) => {
-                ApiError::invalid(format!("no template or image named {name:?}"))
-                    .hint(format!("available: {}", available.join(", ")))
-            }
-            other => ApiError::internal(other.to_string()),
-        }
     }
 }
 

@@ -3,14 +3,18 @@
 //!
 //! `warren up` calls [`run`]: one process holding the control plane and the
 //! local host agent, with an embedded SQLite database under the data
-//! directory. The two talk only through [`warren_host::HostAgent`], so a
-//! later multi-host deployment can put a network between them.
+//! directory. The two talk only through the [`warren_host::Host`] trait, so
+//! a later multi-host deployment can put a network between them.
 
 mod auth;
 pub mod config;
 mod console;
+#[cfg(test)]
+mod control_plane_tests;
 pub mod db;
 pub mod error;
+#[cfg(test)]
+mod fake_host;
 mod ids;
 mod metrics;
 pub mod model;
@@ -26,8 +30,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use warren_host::HostAgent;
-use warren_sandbox::Manager;
+use warren_host::{Host, HostAgent};
 
 pub use config::ServerConfig;
 pub use routes::{openapi, openapi_document};
@@ -53,7 +56,7 @@ pub enum ServeError {
     },
     /// The sandbox manager could not start.
     #[error(transparent)]
-    Manager(#[from] warren_sandbox::ManagerError),
+    Manager(#[from] warren_host::ManagerError),
     /// The listen address is taken or not allowed.
     #[error(
         "cannot listen on {addr}: {source}; is warren already running? (choose another address with --listen)"
@@ -101,8 +104,7 @@ pub async fn run(
             source,
         })?;
 
-    let manager = Manager::new(config.manager.clone())?;
-    let host = HostAgent::new(manager);
+    let host: Arc<dyn Host> = HostAgent::start(config.manager.clone())?;
     let state = state::AppState::new(db.clone(), host.clone(), config.clone());
 
     seed_templates(&state)
@@ -126,9 +128,8 @@ pub async fn run(
     {
         let host = host.clone();
         tokio::spawn(async move {
-            let progress = Arc::new(warren_image::TracingProgress);
             if let Err(error) = host
-                .prepare_image(warren_sandbox::spec::DEFAULT_IMAGE, progress)
+                .prepare_image(warren_host::defaults::DEFAULT_IMAGE)
                 .await
             {
                 tracing::error!(%error, "building the default image failed; creating sandboxes will fail until it is fixed");

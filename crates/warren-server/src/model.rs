@@ -53,7 +53,7 @@ impl From<&SandboxRow> for Sandbox {
 }
 
 /// A file as the sandbox library reports it, in the API's shape.
-pub fn file_info(info: warren_sandbox::FileInfo) -> FileInfo {
+pub fn file_info(info: warren_host::session::FileInfo) -> FileInfo {
     let ms = info
         .modified
         .duration_since(std::time::UNIX_EPOCH)
@@ -63,10 +63,10 @@ pub fn file_info(info: warren_sandbox::FileInfo) -> FileInfo {
         path: info.path,
         name: info.name,
         kind: match info.file_type {
-            warren_sandbox::FileType::File => FileKind::File,
-            warren_sandbox::FileType::Dir => FileKind::Dir,
-            warren_sandbox::FileType::Symlink => FileKind::Symlink,
-            warren_sandbox::FileType::Other => FileKind::Other,
+            warren_host::session::FileType::File => FileKind::File,
+            warren_host::session::FileType::Dir => FileKind::Dir,
+            warren_host::session::FileType::Symlink => FileKind::Symlink,
+            warren_host::session::FileType::Other => FileKind::Other,
         },
         size: info.size,
         mode: info.mode,

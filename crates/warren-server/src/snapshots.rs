@@ -1,13 +1,11 @@
 //! Pause, resume, snapshot templates and clones in the control plane:
 //! records, locks, events and errors around the host agent's operations.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::http::StatusCode;
 use serde_json::json;
-use warren_host::HostResumeError;
-use warren_sandbox::{PauseError, PauseOptions, Sandbox as LiveSandbox, SnapshotOpError};
+use warren_host::{HostError, HostErrorKind, UnavailableReason};
 
 use crate::auth::Caller;
 use crate::db::{SandboxRow, TemplateRow, now_ms};
@@ -20,46 +18,39 @@ fn disk_full(message: String) -> ApiError {
         .hint("free space on the disk that holds warren's data directory, then retry")
 }
 
-impl From<SnapshotOpError> for ApiError {
-    fn from(error: SnapshotOpError) -> Self {
-        match &error {
-            SnapshotOpError::NotPaused(_) => ApiError::conflict(error.to_string()),
-            SnapshotOpError::NoTemplate(_) => ApiError::not_found(error.to_string()),
-            SnapshotOpError::TemplateExists(_) | SnapshotOpError::TemplateInUse { .. } => {
+impl From<HostError> for ApiError {
+    fn from(error: HostError) -> Self {
+        match error.kind() {
+            HostErrorKind::OutOfMemory { .. } => ApiError::capacity(error.to_string())
+                .hint("delete or pause other sandboxes, then retry"),
+            HostErrorKind::Invalid { reason } => ApiError::invalid(reason),
+            HostErrorKind::UnknownImage { name, available } => {
+                ApiError::invalid(format!("no template or image named {name:?}"))
+                    .hint(format!("available: {}", available.join(", ")))
+            }
+            HostErrorKind::NotPaused | HostErrorKind::TemplateConflict => {
                 ApiError::conflict(error.to_string())
             }
-            SnapshotOpError::InvalidName(_) => ApiError::invalid(error.to_string()),
-            SnapshotOpError::Io { no_space: true, .. } => disk_full(error.to_string()),
-            SnapshotOpError::Create(_) => match error {
-                SnapshotOpError::Create(create) => create.into(),
-                _ => unreachable!("matched above"),
-            },
-            _ => ApiError::internal(error.to_string()),
-        }
-    }
-}
-
-impl From<PauseError> for ApiError {
-    fn from(error: PauseError) -> Self {
-        if error.no_space() {
-            return disk_full(error.to_string());
-        }
-        match error {
-            PauseError::Unavailable(unavailable) => unavailable.into(),
-            PauseError::VmEnded { .. } => ApiError::conflict(error.to_string()).hint(
+            HostErrorKind::NoTemplate => ApiError::not_found(error.to_string()),
+            HostErrorKind::DiskFull => disk_full(error.to_string()),
+            HostErrorKind::Unavailable { reason } => {
+                let hint = match reason {
+                    UnavailableReason::Paused => {
+                        "the sandbox is paused (or being paused): resume it, then retry"
+                    }
+                    UnavailableReason::VmExited => {
+                        "get the sandbox again in a moment: it is paused at its last snapshot if it had one, else stopped"
+                    }
+                    UnavailableReason::Gone => "the sandbox is no longer running; create a new one",
+                };
+                ApiError::conflict(error.to_string()).hint(hint)
+            }
+            HostErrorKind::VmEndedDuringPause => ApiError::conflict(error.to_string()).hint(
                 "get the sandbox again in a moment: it is paused at its last snapshot if it had one, else stopped",
             ),
-            other => ApiError::internal(other.to_string()),
-        }
-    }
-}
-
-impl From<HostResumeError> for ApiError {
-    fn from(error: HostResumeError) -> Self {
-        match error {
-            HostResumeError::OutOfMemory { .. } => ApiError::capacity(error.to_string())
-                .hint("delete or pause other sandboxes, then retry"),
-            HostResumeError::Snapshot(error) => error.into(),
+            HostErrorKind::PauseFailed { .. } | HostErrorKind::Internal => {
+                ApiError::internal(error.to_string())
+            }
         }
     }
 }
@@ -71,14 +62,6 @@ pub(crate) fn template_lock_key(name: &str) -> String {
 }
 
 impl AppState {
-    /// Pause options from the configuration.
-    pub fn pause_options(&self) -> PauseOptions {
-        PauseOptions {
-            merge_cap: self.config.snapshot_merge_cap,
-            ..PauseOptions::default()
-        }
-    }
-
     /// Pauses a running sandbox (the caller holds its lock).
     pub(crate) async fn pause_locked(
         &self,
@@ -87,7 +70,7 @@ impl AppState {
     ) -> ApiResult<PauseResult> {
         let id = row.id.as_str();
         let started = Instant::now();
-        let outcome = self.host.pause(id, &self.pause_options()).await;
+        let outcome = self.host.pause(id, self.config.snapshot_merge_cap).await;
         match outcome {
             Ok(Some(report)) => {
                 self.db.set_state(id, "paused", None).await?;
@@ -127,16 +110,13 @@ impl AppState {
             Ok(None) => Err(ApiError::conflict(format!("sandbox {id}'s VM exited"))
                 .hint("get the sandbox again in a moment: it is paused at its last snapshot if it had one, else stopped")),
             Err(error) => {
-                match &error {
-                    PauseError::StillRunning { .. } | PauseError::VmEnded { .. } => {}
-                    PauseError::Committed { previous_kept, .. } => {
-                        if *previous_kept {
-                            self.db.set_state(id, "paused", None).await?;
-                        } else {
-                            self.stop_record(row, "pause_failed", "system").await;
-                        }
+                // The VM was released: the record follows where it ended.
+                match error.pause_released() {
+                    Some(true) => {
+                        self.db.set_state(id, "paused", None).await?;
                     }
-                    PauseError::Unavailable(_) => {}
+                    Some(false) => self.stop_record(row, "pause_failed", "system").await,
+                    None => {}
                 }
                 self.event(
                     &row.team_id,
@@ -167,16 +147,12 @@ impl AppState {
     }
 
     /// Resumes a paused sandbox (the caller holds its lock).
-    pub(crate) async fn resume_locked(
-        &self,
-        row: &SandboxRow,
-        actor: &str,
-    ) -> ApiResult<Arc<LiveSandbox>> {
+    pub(crate) async fn resume_locked(&self, row: &SandboxRow, actor: &str) -> ApiResult<()> {
         let id = row.id.as_str();
         let memory = u32::try_from(row.memory_mib).unwrap_or(u32::MAX);
-        let (live, report) = match self.host.resume(id, memory).await {
-            Ok(done) => done,
-            Err(HostResumeError::Snapshot(SnapshotOpError::NotPaused(_))) => {
+        let report = match self.host.resume(id, memory).await {
+            Ok(report) => report,
+            Err(error) if error.kind() == HostErrorKind::NotPaused => {
                 // The record says paused but the host has no snapshot.
                 self.stop_record(row, "snapshot_lost", "system").await;
                 return Err(ApiError::conflict(format!(
@@ -206,7 +182,7 @@ impl AppState {
             json!({"duration_ms": report.duration_ms, "chain_length": report.chain_length}),
         )
         .await;
-        Ok(live)
+        Ok(())
     }
 
     /// `POST /v1/sandboxes/{id}/resume`.
@@ -234,7 +210,7 @@ impl AppState {
         id: &str,
         name: &str,
     ) -> ApiResult<Snapshot> {
-        warren_sandbox::snapshot::validate_template_name(name)?;
+        warren_host::validate_template_name(name)?;
         let row = self.sandbox_row(caller, id).await?;
         let lock = self.lock_for(id);
         let _guard = lock.lock().await;
@@ -361,7 +337,8 @@ impl AppState {
             .delete_snapshot_template(&caller.team_id, name)
             .await?;
         match self.host.delete_template(name) {
-            Ok(()) | Err(SnapshotOpError::NoTemplate(_)) => {}
+            Ok(()) => {}
+            Err(error) if error.kind() == HostErrorKind::NoTemplate => {}
             Err(error) => {
                 tracing::warn!(name, %error, "removing a deleted snapshot's files failed; the reconciler retries");
             }

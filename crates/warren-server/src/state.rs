@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use warren_host::{Fix, HostAgent, HostCreateError, HostEvent, RecoverySummary};
-use warren_sandbox::{NoProgress, Sandbox as LiveSandbox, SandboxSpec};
+use warren_host::session::Sandbox as LiveSandbox;
+use warren_host::{Fix, Host, HostError, HostErrorKind, HostEvent, RecoverySummary, SandboxSpec};
 
 use crate::auth::Caller;
 use crate::config::{ServerConfig, ShutdownAction};
@@ -40,8 +40,9 @@ impl Deref for AppState {
 pub struct Shared {
     /// Persistence.
     pub db: Db,
-    /// The (local) host agent.
-    pub host: Arc<HostAgent>,
+    /// The host, through its interface (the local host agent in `warren
+    /// up`, a fake in unit tests).
+    pub host: Arc<dyn Host>,
     /// Configuration.
     pub config: ServerConfig,
     /// Metrics.
@@ -79,7 +80,7 @@ impl Drop for PendingCreate<'_> {
 
 impl AppState {
     /// Builds the state.
-    pub fn new(db: Db, host: Arc<HostAgent>, config: ServerConfig) -> Self {
+    pub fn new(db: Db, host: Arc<dyn Host>, config: ServerConfig) -> Self {
         Self(Arc::new(Shared {
             db,
             host,
@@ -139,7 +140,7 @@ impl AppState {
 
     /// A team's sandbox record, or 404.
     pub async fn sandbox_row(&self, caller: &Caller, id: &str) -> ApiResult<SandboxRow> {
-        if !warren_sandbox::id::is_valid_sandbox_id(id) {
+        if !warren_host::is_valid_sandbox_id(id) {
             return Err(ApiError::sandbox_not_found(id));
         }
         self.db
@@ -162,9 +163,12 @@ impl AppState {
             let _guard = lock.lock().await;
             row = self.db.sandbox(&caller.team_id, id).await?.unwrap_or(row);
             if row.state == "paused" {
-                let live = self.resume_locked(&row, "auto_resume").await?;
+                self.resume_locked(&row, "auto_resume").await?;
                 let row = self.db.sandbox(&caller.team_id, id).await?.unwrap_or(row);
-                return Ok((row, live));
+                return match self.host.session(id) {
+                    Some(live) => Ok((row, live)),
+                    None => Err(vm_exited(id)),
+                };
             }
         }
         match row.state.as_str() {
@@ -181,16 +185,11 @@ impl AppState {
                 .hint("create a new sandbox"));
             }
         }
-        match self.host.get(id) {
+        match self.host.session(id) {
             Some(live) if live.vm_exit().is_none() => Ok((row, live)),
-            _ => {
-                // The VM is gone and its exit is being processed (the
-                // sandbox falls back to its snapshot, or is stopped).
-                Err(
-                    ApiError::conflict(format!("sandbox {id}'s VM exited"))
-                        .hint("get the sandbox again in a moment: it is paused at its last snapshot if it had one, else stopped"),
-                )
-            }
+            // The VM is gone and its exit is being processed (the sandbox
+            // falls back to its snapshot, or is stopped).
+            _ => Err(vm_exited(id)),
         }
     }
 
@@ -234,21 +233,20 @@ impl AppState {
             image: template.image.clone(),
             vcpus: match template.cpus {
                 Some(cpus) if snapshot => u32::try_from(cpus).unwrap_or(1),
-                _ => request.cpus.unwrap_or(warren_sandbox::spec::DEFAULT_VCPUS),
+                _ => request.cpus.unwrap_or(warren_host::defaults::DEFAULT_VCPUS),
             },
             memory_mib: match template.memory_mib {
                 Some(memory) if snapshot => u32::try_from(memory).unwrap_or(0),
                 _ => request
                     .memory_mib
-                    .unwrap_or(warren_sandbox::spec::DEFAULT_MEMORY_MIB),
+                    .unwrap_or(warren_host::defaults::DEFAULT_MEMORY_MIB),
             },
             env: request.env.clone().unwrap_or_default(),
             metadata: request.metadata.clone().unwrap_or_default(),
             keep_disk: request.keep_disk.unwrap_or(false),
             network: Some(Default::default()),
         };
-        spec.validate(&self.host.capacity())
-            .map_err(ApiError::invalid)?;
+        self.host.check_spec(&spec)?;
         for (key, value) in &spec.metadata {
             if key.len() > 256 || value.len() > 4096 {
                 return Err(ApiError::invalid(
@@ -278,36 +276,26 @@ impl AppState {
         };
 
         let started = Instant::now();
-        let created = if snapshot {
-            match self.host.clone_template(&template_id, &spec).await {
-                Ok((live, _)) => Ok(live),
-                Err(warren_host::HostResumeError::OutOfMemory {
-                    requested_mib,
-                    available_mib,
-                }) => Err(HostCreateError::OutOfMemory {
-                    requested_mib,
-                    available_mib,
-                }),
-                Err(warren_host::HostResumeError::Snapshot(error)) => {
-                    self.metrics.creates.with_label_values(&["error"]).inc();
-                    return Err(error.into());
-                }
-            }
+        let created: Result<String, HostError> = if snapshot {
+            self.host
+                .clone_template(&template_id, &spec)
+                .await
+                .map(|(id, _)| id)
         } else {
-            self.host.create(spec.clone(), Arc::new(NoProgress)).await
+            self.host.create(spec.clone()).await
         };
-        let live = match created {
-            Ok(live) => live,
-            Err(HostCreateError::OutOfMemory { .. }) => {
-                self.metrics.creates.with_label_values(&["capacity"]).inc();
-                let err = self.host.available_memory_mib();
-                return Err(ApiError::capacity(format!(
-                    "this host cannot fit another {} MiB sandbox ({err} MiB left)",
-                    spec.memory_mib
-                ))
-                .hint("delete sandboxes, or ask for less memory"));
-            }
-            Err(HostCreateError::Create(error)) => {
+        let id = match created {
+            Ok(id) => id,
+            Err(error) => {
+                if let HostErrorKind::OutOfMemory { .. } = error.kind() {
+                    self.metrics.creates.with_label_values(&["capacity"]).inc();
+                    let left = self.host.available_memory_mib();
+                    return Err(ApiError::capacity(format!(
+                        "this host cannot fit another {} MiB sandbox ({left} MiB left)",
+                        spec.memory_mib
+                    ))
+                    .hint("delete sandboxes, or ask for less memory"));
+                }
                 self.metrics.creates.with_label_values(&["error"]).inc();
                 return Err(error.into());
             }
@@ -318,7 +306,7 @@ impl AppState {
             .observe(started.elapsed().as_secs_f64());
         let now = now_ms();
         let row = SandboxRow {
-            id: live.id().to_string(),
+            id: id.clone(),
             team_id: caller.team_id.clone(),
             template_id: template_id.clone(),
             state: "running".into(),
@@ -337,7 +325,7 @@ impl AppState {
             host: self.config.host_name.clone(),
         };
         if let Err(error) = self.db.insert_sandbox(&row).await {
-            let _ = self.host.kill(live.id()).await;
+            let _ = self.host.kill(&id).await;
             return Err(error.into());
         }
         self.metrics.creates.with_label_values(&["ok"]).inc();
@@ -521,10 +509,7 @@ impl AppState {
     /// snapshots that no record claims are removed. Sandboxes with an
     /// operation under way are skipped. Every fix is logged and returned.
     pub async fn reconcile(&self) -> Result<Vec<Fix>, sqlx::Error> {
-        let host = self.host.clone();
-        let mut fixes = tokio::task::spawn_blocking(move || host.reconcile())
-            .await
-            .unwrap_or_default();
+        let mut fixes = self.host.reconcile().await;
         let busy = |id: &str| self.host.is_busy(id);
 
         for row in self.db.sandboxes_in_state("running").await? {
@@ -532,7 +517,7 @@ impl AppState {
             let Ok(_guard) = lock.try_lock() else {
                 continue;
             };
-            if self.host.get(&row.id).is_some() || busy(&row.id) {
+            if self.host.is_live(&row.id) || busy(&row.id) {
                 continue;
             }
             let Some(row) = self.db.sandbox(&row.team_id, &row.id).await? else {
@@ -576,7 +561,7 @@ impl AppState {
             if busy(&row.id) {
                 continue;
             }
-            if self.host.get(&row.id).is_some() {
+            if self.host.is_live(&row.id) {
                 let expires_at = (row.timeout_secs > 0).then(|| now_ms() + row.timeout_secs * 1000);
                 self.db.set_state(&row.id, "running", expires_at).await?;
                 fixes.push(fix(
@@ -612,7 +597,7 @@ impl AppState {
                     claimed.insert(row.id);
                 }
             }
-            let mut unclaimed: Vec<String> = self.host.ids();
+            let mut unclaimed: Vec<String> = self.host.live_ids();
             unclaimed.extend(self.host.paused_ids());
             for id in unclaimed {
                 if claimed.contains(&id) || busy(&id) {
@@ -707,14 +692,14 @@ impl AppState {
         match self.config.on_shutdown {
             ShutdownAction::Keep => {
                 tracing::info!(
-                    count = self.host.len(),
+                    count = self.host.live_count(),
                     "leaving sandboxes running for the next start"
                 );
                 self.host.detach_all();
                 return;
             }
             ShutdownAction::Pause => {
-                for id in self.host.ids() {
+                for id in self.host.live_ids() {
                     let lock = self.lock_for(&id);
                     let _guard = lock.lock().await;
                     let Ok(rows) = self.db.sandboxes_in_state("running").await else {
@@ -741,7 +726,7 @@ impl AppState {
             ShutdownAction::Kill => {}
         }
         // Whatever still runs is killed.
-        for id in self.host.ids() {
+        for id in self.host.live_ids() {
             if let Ok(rows) = self.db.sandboxes_in_state("running").await
                 && let Some(row) = rows.iter().find(|r| r.id == id)
             {
@@ -776,6 +761,12 @@ pub struct Recovered {
     pub summary: RecoverySummary,
     /// Fixes of the first reconciler pass.
     pub fixes: Vec<Fix>,
+}
+
+fn vm_exited(id: &str) -> ApiError {
+    ApiError::conflict(format!("sandbox {id}'s VM exited")).hint(
+        "get the sandbox again in a moment: it is paused at its last snapshot if it had one, else stopped",
+    )
 }
 
 fn fix(kind: &str, id: &str, detail: &str) -> Fix {

@@ -275,8 +275,8 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        accel: state.host.accel().as_str().into(),
-        sandboxes_running: state.host.len() as u64,
+        accel: state.host.accel(),
+        sandboxes_running: state.host.live_count() as u64,
     })
 }
 

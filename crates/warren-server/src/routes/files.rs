@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use tokio_util::io::{ReaderStream, StreamReader};
 use utoipa::ToSchema;
-use warren_sandbox::WriteOptions;
+use warren_host::session::WriteOptions;
 
 use super::{ApiJson, ApiPath, ApiQuery, no_content};
 use crate::auth::Caller;
@@ -50,7 +50,7 @@ pub async fn download(
     // Once the 200 is sent, a pause must not cut the body short.
     let hold = live.hold_off_pause()?;
     let info = live.stat(&query.path).await?;
-    if info.file_type == warren_sandbox::FileType::Dir {
+    if info.file_type == warren_host::session::FileType::Dir {
         return Err(ApiError::conflict(format!("{} is a directory", info.path))
             .hint("list it with GET /v1/sandboxes/{id}/files/list"));
     }
@@ -70,7 +70,7 @@ pub async fn download(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    if info.file_type == warren_sandbox::FileType::File {
+    if info.file_type == warren_host::session::FileType::File {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(info.size));
     }
     let disposition = format!(

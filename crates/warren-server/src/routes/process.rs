@@ -15,7 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use warren_sandbox::{Command, ProcessEvent, Sandbox as LiveSandbox};
+use warren_host::session::{Command, Process, ProcessEvent, Sandbox as LiveSandbox};
 
 use super::{ApiJson, ApiPath, ApiQuery, json_status, no_content};
 use crate::auth::Caller;
@@ -314,7 +314,7 @@ async fn close_with(mut socket: WebSocket, error: ApiError) {
 /// Pumps a process's events to a socket as JSON, and the socket's input to
 /// the process. Ends (dropping, thus killing, a foreground process) when
 /// either side ends.
-async fn stream_process(socket: WebSocket, mut process: warren_sandbox::Process, announce: bool) {
+async fn stream_process(socket: WebSocket, mut process: Process, announce: bool) {
     let (mut sender, mut receiver) = socket.split();
     if announce
         && sender
@@ -613,7 +613,7 @@ enum PtyControl {
     Resize { cols: u16, rows: u16 },
 }
 
-async fn pty_session(socket: WebSocket, mut process: warren_sandbox::Process) {
+async fn pty_session(socket: WebSocket, mut process: Process) {
     let (mut sender, mut receiver) = socket.split();
     let mut input = process.input();
     let mut reader = tokio::spawn(async move {

@@ -330,21 +330,14 @@ pub async fn sandbox_logs(
             "tail_bytes is limited to 16 MiB (16777216)",
         ));
     }
-    let text = match state.host.get(&row.id) {
-        Some(live) => live.console_log(tail),
-        // Paused: in its directory. Stopped: the end of its log was kept
-        // when it stopped.
-        None => state
-            .host
-            .paused_console_log(&row.id, tail)
-            .or_else(|| state.host.kept_console_log(&row.id, tail))
-            .ok_or_else(|| {
-                ApiError::conflict(format!(
-                    "sandbox {id} is {} and its console log was not kept",
-                    row.state
-                ))
-            })?,
-    };
+    // Live, paused (in its directory) or stopped (its end was kept when
+    // it stopped).
+    let text = state.host.console_log(&row.id, tail).ok_or_else(|| {
+        ApiError::conflict(format!(
+            "sandbox {id} is {} and its console log was not kept",
+            row.state
+        ))
+    })?;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

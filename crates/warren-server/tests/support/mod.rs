@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
-use warren_sandbox::ManagerConfig;
+use warren_host::ManagerConfig;
 use warren_server::ServerConfig;
 
 /// A running service.
@@ -36,7 +36,7 @@ impl TestServer {
             data_dir: data_dir.to_path_buf(),
             database_url: None,
             max_sandboxes_per_team: max_sandboxes,
-            snapshot_merge_cap: warren_sandbox::snapshot::DEFAULT_MERGE_CAP,
+            snapshot_merge_cap: warren_host::defaults::DEFAULT_MERGE_CAP,
             host_name: "test-host".into(),
             on_shutdown: warren_server::config::ShutdownAction::Kill,
             reconcile_interval: warren_server::config::DEFAULT_RECONCILE_INTERVAL,
