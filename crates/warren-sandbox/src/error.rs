@@ -154,7 +154,7 @@ pub struct GuestError {
 /// status).
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    /// argv[0] is not an executable in the sandbox.
+    /// `argv[0]` is not an executable in the sandbox.
     #[error("{0}")]
     CommandNotFound(String),
     /// The command was malformed before it reached the guest.
