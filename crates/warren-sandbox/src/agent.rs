@@ -174,7 +174,7 @@ impl AgentConnection {
             .await
             .map_err(|error| match *timed_out.lock().expect("timeout slot") {
                 Some(after) => ConnectError::HandshakeTimeout(after),
-                None => ConnectError::Transport(describe_transport_error(&error)),
+                None => ConnectError::Transport(error),
             })?;
         let client = AgentClient::new(channel)
             .max_decoding_message_size(warren_proto::MAX_MESSAGE_BYTES)
@@ -235,24 +235,12 @@ impl AgentConnection {
 }
 
 /// The agent could not be reached.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnectError {
     /// The guest agent did not answer the link handshake in time.
     #[error("the guest agent did not answer the handshake within {0:?}")]
     HandshakeTimeout(Duration),
-    /// The channel could not be set up (the innermost cause, as text:
-    /// tonic's transport error is not `Clone`).
-    #[error("{0}")]
-    Transport(String),
-}
-
-/// Walks a tonic transport error's sources to the message that matters.
-fn describe_transport_error(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        message = inner.to_string();
-        source = inner.source();
-    }
-    message
+    /// The channel could not be set up.
+    #[error("the agent channel could not be set up")]
+    Transport(#[source] tonic::transport::Error),
 }

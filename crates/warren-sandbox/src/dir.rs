@@ -183,7 +183,7 @@ impl SandboxDir {
     /// Whether `name` is a file a running VM or memory daemon leaves that
     /// means nothing once they are gone: sockets, pid files, logs of the
     /// daemon, memory work files and their dirty reports, and the
-    /// temporary file of an interrupted [`write_atomic`].
+    /// temporary file of an interrupted `write_atomic`.
     pub fn is_runtime_file(name: &str) -> bool {
         name.ends_with(".sock")
             || name == files::PID

@@ -56,12 +56,13 @@ pub enum CreateError {
         console_tail: String,
     },
     /// The agent answered but is not usable (version mismatch, broken).
-    #[error("sandbox {id}: the guest agent is not usable: {detail}")]
+    #[error("sandbox {id}: the guest agent is not usable")]
     Agent {
         /// Sandbox id.
         id: String,
         /// What is wrong.
-        detail: String,
+        #[source]
+        source: Box<AgentProblem>,
     },
     /// Local file system failure.
     #[error("sandbox storage failed at {path}")]
@@ -72,6 +73,39 @@ pub enum CreateError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What is wrong with a guest agent that answered ([`CreateError::Agent`]).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentProblem {
+    /// The agent channel could not be set up.
+    #[error("the agent channel could not be set up")]
+    Channel(#[source] tonic::transport::Error),
+    /// The VM exited before its agent answered.
+    #[error("the VM exited while booting")]
+    VmExited,
+    /// A call the boot needs failed.
+    #[error("{what} failed")]
+    Call {
+        /// What was asked (as in "setting the guest clock").
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: ExecError,
+    },
+    /// The agent speaks another protocol.
+    #[error(
+        "guest agent protocol {guest} but host speaks {host}; rebuild the image (the guest agent changed)"
+    )]
+    Protocol {
+        /// The guest's protocol version.
+        guest: u32,
+        /// This warren's.
+        host: u32,
+    },
+    /// The restored VM did not load its device state.
+    #[error("restoring the device state failed")]
+    Restore(#[source] warren_vmm::SnapshotError),
 }
 
 fn console_hint(tail: &str) -> String {
@@ -157,7 +191,7 @@ pub struct GuestError {
 /// status).
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    /// argv[0] is not an executable in the sandbox.
+    /// `argv[0]` is not an executable in the sandbox.
     #[error("{0}")]
     CommandNotFound(String),
     /// The command was malformed before it reached the guest.

@@ -48,8 +48,8 @@ pub use busy::BusyGuard;
 pub use chain::dir_allocated_bytes;
 pub use dir::{DataDir, SandboxDir, TemplateEntry};
 pub use error::{
-    CreateError, DestroyError, ExecError, FileError, GuestError, GuestErrorKind, ManagerError,
-    PauseError, SnapshotOpError, Unavailable,
+    AgentProblem, CreateError, DestroyError, ExecError, FileError, GuestError, GuestErrorKind,
+    ManagerError, PauseError, SnapshotOpError, StepCause, StepError, Unavailable,
 };
 pub use exec::{
     Command, ExitStatus, Output, Process, ProcessEvent, ProcessInfo, ProcessInput, PtySize,

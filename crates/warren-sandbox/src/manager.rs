@@ -11,7 +11,7 @@ use warren_vmm::{Accel, AccelChoice, DiskConfig, DiskFormat, QemuVmm, Vm, VmConf
 use crate::agent::{AgentConnection, ConnectError};
 use crate::busy::{Busy, BusyGuard};
 use crate::dir::{DataDir, SandboxDir, write_atomic};
-use crate::error::{CreateError, ManagerError};
+use crate::error::{AgentProblem, CreateError, ManagerError};
 use crate::id::{is_valid_sandbox_id, new_sandbox_id};
 use crate::network::{NetworkConfig, Networking, SandboxNetwork};
 use crate::sandbox::Sandbox;
@@ -624,27 +624,28 @@ impl Manager {
 /// Checks the agent's protocol and sets the guest clock: the last steps of a
 /// boot, a resume and a clone alike.
 pub(crate) async fn finish_boot(sandbox: &Sandbox, id: &str) -> Result<(), CreateError> {
-    let info = sandbox.info().await.map_err(|e| CreateError::Agent {
+    let unusable = |source| CreateError::Agent {
         id: id.to_string(),
-        detail: e.to_string(),
+        source: Box::new(source),
+    };
+    let info = sandbox.info().await.map_err(|source| {
+        unusable(AgentProblem::Call {
+            what: "asking the guest agent what it is",
+            source,
+        })
     })?;
     if info.protocol_version != warren_proto::PROTOCOL_VERSION {
-        return Err(CreateError::Agent {
-            id: id.to_string(),
-            detail: format!(
-                "guest agent protocol {} but host speaks {}; rebuild the image (the guest agent changed)",
-                info.protocol_version,
-                warren_proto::PROTOCOL_VERSION
-            ),
-        });
+        return Err(unusable(AgentProblem::Protocol {
+            guest: info.protocol_version,
+            host: warren_proto::PROTOCOL_VERSION,
+        }));
     }
-    sandbox
-        .ensure_clock()
-        .await
-        .map_err(|e| CreateError::Agent {
-            id: id.to_string(),
-            detail: format!("setting the guest clock failed: {e}"),
-        })?;
+    sandbox.ensure_clock().await.map_err(|source| {
+        unusable(AgentProblem::Call {
+            what: "setting the guest clock",
+            source,
+        })
+    })?;
     Ok(())
 }
 
@@ -685,13 +686,13 @@ pub(crate) async fn connect_agent(
             after: timeout,
             console_tail,
         }),
-        Some(error @ ConnectError::Transport(_)) => Err(CreateError::Agent {
+        Some(ConnectError::Transport(error)) => Err(CreateError::Agent {
             id: id.to_string(),
-            detail: error.to_string(),
+            source: Box::new(AgentProblem::Channel(error)),
         }),
         None => Err(CreateError::Agent {
             id: id.to_string(),
-            detail: "the VM exited while booting".into(),
+            source: Box::new(AgentProblem::VmExited),
         }),
     }
 }

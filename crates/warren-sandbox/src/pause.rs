@@ -106,7 +106,7 @@ impl Sandbox {
     /// only the blocks written since the resume), and the VM process ends
     /// so its memory returns to the host. On success the handle is
     /// unusable (operations fail with "paused"); resume with
-    /// [`Manager::resume`].
+    /// [`Manager::resume`](crate::manager::Manager::resume).
     pub async fn pause(&self, options: &PauseOptions) -> Result<PauseReport, PauseError> {
         // One pause at a time; one that waited may find the sandbox paused.
         let _pause_running = self.shared().pause_running.lock().await;

@@ -9,7 +9,7 @@ use warren_vmm::disk::{create_overlay, qcow2_backing_file};
 
 use crate::chain::{blocking, dir_allocated_bytes};
 use crate::dir::SandboxDir;
-use crate::error::{CreateError, ExecError, SnapshotOpError};
+use crate::error::{AgentProblem, CreateError, ExecError, SnapshotOpError};
 use crate::manager::{Manager, SandboxMeta, connect_agent};
 use crate::memfs::{MemFs, find_memfs_binary};
 use crate::sandbox::Sandbox;
@@ -188,7 +188,7 @@ impl Manager {
                 .await
                 .map_err(|e| CreateError::Agent {
                     id: id.to_string(),
-                    detail: format!("restoring the device state failed: {e}"),
+                    source: Box::new(AgentProblem::Restore(e)),
                 })?;
             phase("device state restored, vCPUs running");
             connect_agent(id, vm.as_ref(), self.boot_timeout()).await
@@ -261,9 +261,9 @@ async fn set_clock_and_identity(
     id: &str,
     new_identity: bool,
 ) -> Result<(), CreateError> {
-    let failed = |what: &str, e: ExecError| CreateError::Agent {
+    let failed = |what: &'static str, source: ExecError| CreateError::Agent {
         id: id.to_string(),
-        detail: format!("{what} failed: {e}"),
+        source: Box::new(AgentProblem::Call { what, source }),
     };
     sandbox
         .ensure_clock()

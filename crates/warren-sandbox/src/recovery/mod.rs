@@ -16,9 +16,9 @@
 //! memory of a previous process, so it is as right after a `kill -9` as
 //! after a clean stop.
 //!
-//! The decisions are split by what they look at: [`classify`] reads a
-//! directory and holds the corrections both passes make, [`reattach`]
-//! takes over a VM that outlived its warren, [`reconcile`] ends what
+//! The decisions are split by what they look at: `classify` reads a
+//! directory and holds the corrections both passes make, `reattach`
+//! takes over a VM that outlived its warren, `reconcile` ends what
 //! nothing owns; this module runs start-up recovery over them.
 
 mod classify;
