@@ -30,6 +30,16 @@ impl TestEnv {
     /// Like [`TestEnv::new`], with the data directory inside `parent` (a
     /// small filesystem, for disk-full tests).
     pub fn at(parent: &Path) -> Self {
+        Self::configured(parent, |_| {})
+    }
+
+    /// Like [`TestEnv::new`], with the manager's configuration changed by
+    /// `adjust` first (a test's own DNS upstream, networking off).
+    pub fn with_config(adjust: impl FnOnce(&mut ManagerConfig)) -> Self {
+        Self::configured(&std::env::temp_dir(), adjust)
+    }
+
+    fn configured(parent: &Path, adjust: impl FnOnce(&mut ManagerConfig)) -> Self {
         let data_dir = tempfile::Builder::new()
             .prefix("wt")
             .tempdir_in(parent)
@@ -43,6 +53,7 @@ impl TestEnv {
                 .unwrap_or_else(warren_testkit::image_cache),
         );
         config.ephemeral = true;
+        adjust(&mut config);
         let manager = Manager::new(config).expect("manager");
         Self { manager, data_dir }
     }
@@ -80,6 +91,21 @@ impl TestEnv {
         );
         let ram = self.ram_files();
         assert!(ram.is_empty(), "guest RAM files left behind: {ram:?}");
+        let networks = self.networks();
+        assert!(networks.is_empty(), "sandbox networks left behind: {networks:?}");
+    }
+
+    /// Network slots this environment's data directory still claims (each
+    /// a namespace, veth, TAP and rules on the host).
+    pub fn networks(&self) -> Vec<String> {
+        let owner = self.data_dir.path().display().to_string();
+        warren_net::Claims::new(warren_net::DEFAULT_CLAIMS_DIR)
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, claim)| claim.owner == owner)
+            .map(|(slot, claim)| format!("slot {slot}: {}", claim.sandbox))
+            .collect()
     }
 
     /// Guest RAM files in host memory (the manager's volatile RAM directory).

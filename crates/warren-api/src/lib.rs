@@ -162,6 +162,45 @@ pub struct CreateSandbox {
     /// on the host under `<data>/kept/` instead of deleting it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_disk: Option<bool>,
+    /// Its network: internet on by default; egress allow and deny lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkPolicy>,
+}
+
+/// A sandbox's network policy. `allow_out` wins over `deny_out`, and both
+/// over `internet` (the default for what no rule names), so
+/// `deny_out: ["0.0.0.0/0"], allow_out: ["pypi.org"]` reaches pypi.org and
+/// nothing else. Rules are IPv4 addresses, CIDRs, domain names, or
+/// `*.domain` for every name under a domain (not the domain itself).
+/// Whatever the policy says, a sandbox never reaches the host, link-local
+/// and metadata addresses (169.254.0.0/16), or another sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPolicy {
+    /// Reach destinations no rule names (default true).
+    #[serde(default = "yes")]
+    pub internet: bool,
+    /// Destinations always reachable (at most 512).
+    #[serde(default)]
+    pub allow_out: Vec<String>,
+    /// Destinations blocked unless `allow_out` names them (at most 512).
+    #[serde(default)]
+    pub deny_out: Vec<String>,
+}
+
+impl Default for NetworkPolicy {
+    fn default() -> Self {
+        NetworkPolicy {
+            internet: true,
+            allow_out: Vec::new(),
+            deny_out: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A list of sandboxes.

@@ -45,9 +45,10 @@ pub fn is_valid_sandbox_id(id: &str) -> bool {
 /// streams in its place (see ARCHITECTURE.md, "The host seam").
 pub mod session {
     pub use warren_sandbox::{
-        Command, ExecError, FileError, FileInfo, FileType, GuestErrorKind, Process, ProcessEvent,
-        Sandbox, Unavailable, WriteOptions,
+        Command, ExecError, FileError, FileInfo, FileType, GuestErrorKind, NetworkError, Process,
+        ProcessEvent, Sandbox, Unavailable, WriteOptions,
     };
+    pub use warren_sandbox::{NetworkPolicy, PolicyError};
 }
 
 /// Something that happened to a sandbox on this host without being asked.

@@ -162,14 +162,23 @@ impl Sandbox {
         crate::network::record_policy(&self.dir, &policy)
     }
 
-    /// The namespace of its network, for connections into the guest (the
-    /// port proxy).
-    pub fn network_handle(&self) -> Option<warren_net::SandboxNet> {
-        self.network
+    /// A TCP connection to `port` of the guest, made from inside its
+    /// network namespace (how the port proxy reaches a server in it).
+    pub async fn connect_port(
+        &self,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, crate::network::NetworkError> {
+        let net = self
+            .network
             .lock()
             .expect("network lock")
             .as_ref()
             .map(|n| n.net().clone())
+            .ok_or(crate::network::NetworkError::NoNetwork)?;
+        let to = std::net::SocketAddr::from((warren_net::layout::guest::ADDRESS, port));
+        net.connect_out(to)
+            .await
+            .map_err(crate::network::NetworkError::Net)
     }
 
     pub(crate) fn set_memfs(&self, memfs: crate::memfs::MemFs) {

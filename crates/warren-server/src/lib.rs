@@ -18,7 +18,6 @@ mod fake_host;
 mod ids;
 mod metrics;
 pub mod model;
-#[allow(dead_code)] // wired to the ports routes once the host seam carries guest connections
 mod port_proxy;
 mod routes;
 mod snapshots;

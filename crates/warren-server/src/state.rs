@@ -244,7 +244,9 @@ impl AppState {
             env: request.env.clone().unwrap_or_default(),
             metadata: request.metadata.clone().unwrap_or_default(),
             keep_disk: request.keep_disk.unwrap_or(false),
-            network: Some(Default::default()),
+            network: Some(crate::routes::host_policy(
+                &request.network.clone().unwrap_or_default(),
+            )?),
         };
         self.host.check_spec(&spec)?;
         for (key, value) in &spec.metadata {

@@ -3,8 +3,11 @@
 
 mod admin;
 mod files;
+mod network;
 mod process;
 mod sandboxes;
+
+pub(crate) use network::host_policy;
 
 use std::time::Instant;
 
@@ -114,6 +117,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(sandboxes::resume_sandbox))
         .routes(routes!(sandboxes::sandbox_logs))
         .routes(routes!(sandboxes::sandbox_events))
+        .routes(routes!(network::get_network, network::set_network))
         .routes(routes!(process::exec))
         .routes(routes!(process::exec_ws))
         .routes(routes!(process::list_processes, process::start_process))
@@ -155,7 +159,13 @@ pub fn router(state: AppState) -> Router {
     let openapi_json = document.to_string();
     // `/v1/health` is the same liveness answer under the API's prefix, for
     // clients that put every call under `/v1` (documented beside `/health`).
+    // The port proxy takes every method and any path below the port, so it
+    // is not in the OpenAPI document (docs/api.md describes it).
+    let ports = axum::routing::any(network::port_request);
     api.route("/v1/health", get(admin::health))
+        .route("/v1/sandboxes/{id}/ports/{port}", ports.clone())
+        .route("/v1/sandboxes/{id}/ports/{port}/", ports.clone())
+        .route("/v1/sandboxes/{id}/ports/{port}/{*rest}", ports)
         .route(
             "/openapi.json",
             get(move || async move {
