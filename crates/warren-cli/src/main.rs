@@ -165,7 +165,7 @@ fn main() -> ExitCode {
     if let Commands::Bench { args } = &cli.command {
         // Before any thread starts: `exec` replaces this process.
         let error = bench::exec(&cli, args);
-        eprintln!("warren: {error:#}");
+        exit::report(&error);
         return ExitCode::from(run::EXIT_WARREN_FAILED as u8);
     }
     if cli.command.is_remote() {
@@ -209,7 +209,7 @@ fn main() -> ExitCode {
             ExitCode::from(code as u8)
         }
         Err(error) => {
-            eprintln!("warren: {error:#}");
+            exit::report(&error);
             ExitCode::from(run::EXIT_WARREN_FAILED as u8)
         }
     }

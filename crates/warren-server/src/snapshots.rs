@@ -14,6 +14,7 @@ use crate::db::{SandboxRow, TemplateRow, now_ms};
 use crate::error::{ApiError, ApiResult};
 use crate::model::{PauseResult, Sandbox, Snapshot};
 use crate::state::AppState;
+use warren_api::message::one_line;
 
 fn disk_full(message: String) -> ApiError {
     ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", message)
@@ -23,18 +24,18 @@ fn disk_full(message: String) -> ApiError {
 impl From<SnapshotOpError> for ApiError {
     fn from(error: SnapshotOpError) -> Self {
         match &error {
-            SnapshotOpError::NotPaused(_) => ApiError::conflict(error.to_string()),
-            SnapshotOpError::NoTemplate(_) => ApiError::not_found(error.to_string()),
+            SnapshotOpError::NotPaused(_) => ApiError::conflict(one_line(&error)),
+            SnapshotOpError::NoTemplate(_) => ApiError::not_found(one_line(&error)),
             SnapshotOpError::TemplateExists(_) | SnapshotOpError::TemplateInUse { .. } => {
-                ApiError::conflict(error.to_string())
+                ApiError::conflict(one_line(&error))
             }
-            SnapshotOpError::InvalidName(_) => ApiError::invalid(error.to_string()),
-            SnapshotOpError::Io { no_space: true, .. } => disk_full(error.to_string()),
+            SnapshotOpError::InvalidName(_) => ApiError::invalid(one_line(&error)),
+            SnapshotOpError::Io { no_space: true, .. } => disk_full(one_line(&error)),
             SnapshotOpError::Create(_) => match error {
                 SnapshotOpError::Create(create) => create.into(),
                 _ => unreachable!("matched above"),
             },
-            _ => ApiError::internal(error.to_string()),
+            _ => ApiError::internal(one_line(&error)),
         }
     }
 }
@@ -42,14 +43,14 @@ impl From<SnapshotOpError> for ApiError {
 impl From<PauseError> for ApiError {
     fn from(error: PauseError) -> Self {
         if error.no_space() {
-            return disk_full(error.to_string());
+            return disk_full(one_line(&error));
         }
         match error {
             PauseError::Unavailable(unavailable) => unavailable.into(),
-            PauseError::VmEnded { .. } => ApiError::conflict(error.to_string()).hint(
+            PauseError::VmEnded { .. } => ApiError::conflict(one_line(&error)).hint(
                 "get the sandbox again in a moment: it is paused at its last snapshot if it had one, else stopped",
             ),
-            other => ApiError::internal(other.to_string()),
+            other => ApiError::internal(one_line(&other)),
         }
     }
 }
@@ -57,7 +58,7 @@ impl From<PauseError> for ApiError {
 impl From<HostResumeError> for ApiError {
     fn from(error: HostResumeError) -> Self {
         match error {
-            HostResumeError::OutOfMemory { .. } => ApiError::capacity(error.to_string())
+            HostResumeError::OutOfMemory { .. } => ApiError::capacity(one_line(&error))
                 .hint("delete or pause other sandboxes, then retry"),
             HostResumeError::Snapshot(error) => error.into(),
         }
@@ -143,7 +144,7 @@ impl AppState {
                     Some(id),
                     "sandbox.pause_failed",
                     actor,
-                    json!({"error": error.to_string()}),
+                    json!({"error": one_line(&error)}),
                 )
                 .await;
                 Err(error.into())
@@ -190,7 +191,7 @@ impl AppState {
                     Some(id),
                     "sandbox.resume_failed",
                     actor,
-                    json!({"error": error.to_string()}),
+                    json!({"error": one_line(&error)}),
                 )
                 .await;
                 return Err(error.into());
