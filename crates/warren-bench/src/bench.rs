@@ -241,19 +241,10 @@ fn mib_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / 1048576.0 / elapsed.as_secs_f64().max(1e-9)
 }
 
-/// Incompressible-looking bytes (xorshift), so nothing on the path can
-/// cheat with zero pages or compression.
+/// Incompressible-looking bytes, so nothing on the path can cheat with zero
+/// pages or compression.
 fn pattern(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    warren_testkit::pattern(len, 0x9E37_79B9_7F4A_7C15)
 }
 
 /// Boots the same kernel, initramfs and disk with plain QEMU (the same
