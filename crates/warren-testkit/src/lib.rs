@@ -5,7 +5,8 @@
 //! ([`procs`]) and mounts ([`mounts`]), and test data that cannot be faked
 //! ([`bytes`]).
 //!
-//! This crate links no warren crate: it drives warren from the outside
+//! This crate links no warren crate (but `warren-mountinfo`, a decoder of
+//! the kernel's mount tables that knows nothing of warren): it drives warren from the outside
 //! (command line, `/health`, `/proc`), as a person or a script would, so
 //! tests built on it check what warren does rather than what it says.
 //! It is not an API boundary of warren; it changes with its tests.
