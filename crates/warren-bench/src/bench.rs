@@ -76,7 +76,7 @@ pub async fn boot(manager: Manager, args: BootBenchArgs) -> Result<Value> {
     let image = manager
         .prepare_image(
             &spec.image,
-            Arc::new(crate::progress::SpinnerProgress::new(false)),
+            Arc::new(warren_cmdline::SpinnerProgress::new(false)),
         )
         .await?;
 
@@ -442,7 +442,7 @@ pub async fn api(
         manager
             .prepare_image(
                 image,
-                Arc::new(crate::progress::SpinnerProgress::new(false)),
+                Arc::new(warren_cmdline::SpinnerProgress::new(false)),
             )
             .await
             .with_context(|| format!("preparing image {image}"))?;

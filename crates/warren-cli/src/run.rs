@@ -12,7 +12,7 @@ use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 use warren_sandbox::{Command, ExecError, GuestErrorKind, Manager, ProcessEvent, SandboxSpec};
 
-use crate::progress::SpinnerProgress;
+use warren_cmdline::SpinnerProgress;
 
 /// Exit status when warren itself failed (as `docker run` does).
 pub const EXIT_WARREN_FAILED: i32 = 125;
