@@ -237,7 +237,7 @@ impl QmpClient {
             let socket: &UnixStream = writer.as_ref();
             let raw = fd.as_raw_fd();
             let sent = loop {
-                socket.writable().await.map_err(|e| QmpError::Io(e))?;
+                socket.writable().await.map_err(QmpError::Io)?;
                 let result = socket.try_io(tokio::io::Interest::WRITABLE, || {
                     let fds = [raw];
                     let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
@@ -264,7 +264,7 @@ impl QmpClient {
                 // The fd went with the first bytes; send the rest plainly.
                 let mut rest = &line[sent..];
                 while !rest.is_empty() {
-                    socket.writable().await.map_err(|e| QmpError::Io(e))?;
+                    socket.writable().await.map_err(QmpError::Io)?;
                     match socket.try_write(rest) {
                         Ok(n) => rest = &rest[n..],
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -337,7 +337,7 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
 ) -> Result<Option<Value>, QmpError> {
     let mut line = Vec::new();
     loop {
-        let available = reader.fill_buf().await.map_err(|e| QmpError::Io(e))?;
+        let available = reader.fill_buf().await.map_err(QmpError::Io)?;
         if available.is_empty() {
             return Ok(None);
         }
