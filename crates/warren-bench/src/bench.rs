@@ -440,10 +440,7 @@ pub async fn api(
     eprintln!("warren bench api: preparing images");
     for image in [args.image.as_str(), args.list_template.as_str()] {
         manager
-            .prepare_image(
-                image,
-                Arc::new(warren_cmdline::SpinnerProgress::new(false)),
-            )
+            .prepare_image(image, Arc::new(warren_cmdline::SpinnerProgress::new(false)))
             .await
             .with_context(|| format!("preparing image {image}"))?;
     }
