@@ -13,7 +13,7 @@ use warren_proto::paths::PathError;
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// The path broke the path rules.
-    #[error("{0}")]
+    #[error(transparent)]
     Path(#[from] PathError),
     /// A system call on `path` failed; `op` says which operation
     /// ("reading", "writing", ...) for the message.
