@@ -1,21 +1,8 @@
 //! File operations against a real guest filesystem.
 
 use warren_sandbox::{Command, FileError, FileType, GuestErrorKind, WriteOptions};
+use warren_testkit::pattern;
 use warren_tests::{TestEnv, sha256_hex, within};
-
-/// Deterministic, incompressible bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_100_mib_file_round_trips_with_the_same_sha256() {

@@ -13,6 +13,7 @@
 //! service always sends as required (`schema(required = true)`).
 
 pub mod local;
+pub mod message;
 
 use std::collections::BTreeMap;
 

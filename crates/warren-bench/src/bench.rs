@@ -76,7 +76,7 @@ pub async fn boot(manager: Manager, args: BootBenchArgs) -> Result<Value> {
     let image = manager
         .prepare_image(
             &spec.image,
-            Arc::new(crate::progress::SpinnerProgress::new(false)),
+            Arc::new(warren_cmdline::SpinnerProgress::new(false)),
         )
         .await?;
 
@@ -241,19 +241,10 @@ fn mib_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / 1048576.0 / elapsed.as_secs_f64().max(1e-9)
 }
 
-/// Incompressible-looking bytes (xorshift), so nothing on the path can
-/// cheat with zero pages or compression.
+/// Incompressible-looking bytes, so nothing on the path can cheat with zero
+/// pages or compression.
 fn pattern(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    warren_testkit::pattern(len, 0x9E37_79B9_7F4A_7C15)
 }
 
 /// Boots the same kernel, initramfs and disk with plain QEMU (the same
@@ -449,10 +440,7 @@ pub async fn api(
     eprintln!("warren bench api: preparing images");
     for image in [args.image.as_str(), args.list_template.as_str()] {
         manager
-            .prepare_image(
-                image,
-                Arc::new(crate::progress::SpinnerProgress::new(false)),
-            )
+            .prepare_image(image, Arc::new(warren_cmdline::SpinnerProgress::new(false)))
             .await
             .with_context(|| format!("preparing image {image}"))?;
     }

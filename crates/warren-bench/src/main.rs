@@ -10,7 +10,6 @@
 
 mod bench;
 mod faults;
-mod progress;
 mod snapshot;
 
 use std::path::PathBuf;
@@ -18,7 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use warren_sandbox::{AccelChoice, Manager, ManagerConfig};
+use warren_sandbox::Manager;
 
 /// Failures of the benchmark itself (not of what it measures): the status
 /// `warren bench` always had.
@@ -28,13 +27,8 @@ const EXIT_BENCH_FAILED: u8 = 125;
 #[derive(Debug, Parser)]
 #[command(name = "warren bench", bin_name = "warren bench", version)]
 struct Cli {
-    /// Data directory (images; the manager's sandboxes). Default:
-    /// $WARREN_HOME, or /var/lib/warren as root.
-    #[arg(long, global = true, env = "WARREN_HOME")]
-    data_dir: Option<PathBuf>,
-    /// Accelerator: auto (KVM when usable, else TCG), kvm, or tcg.
-    #[arg(long, global = true, env = "WARREN_ACCEL", default_value = "auto")]
-    accel: String,
+    #[command(flatten)]
+    global: warren_cmdline::GlobalArgs,
     #[command(subcommand)]
     command: BenchCommand,
 }
@@ -102,20 +96,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn manager_config(cli: &Cli) -> Result<ManagerConfig> {
-    let mut config = ManagerConfig::from_env().map_err(anyhow::Error::msg)?;
-    if let Some(dir) = &cli.data_dir {
-        config.data_dir = dir.clone();
-    }
-    config.accel = cli
-        .accel
-        .parse::<AccelChoice>()
-        .map_err(anyhow::Error::msg)?;
-    Ok(config)
-}
-
 async fn dispatch(cli: Cli) -> Result<i32> {
-    let config = manager_config(&cli)?;
+    let config = cli.global.manager_config()?;
     match cli.command {
         BenchCommand::Boot(args) => {
             let manager = Manager::new(config).context("setting up warren")?;
@@ -130,10 +112,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         BenchCommand::Faults(args) => {
-            faults::faults(config, &warren_exe()?, &cli.accel, args).await
+            faults::faults(config, &warren_exe()?, &cli.global.accel, args).await
         }
         BenchCommand::Api(args) => {
-            let report = bench::api(config, &warren_exe()?, &cli.accel, args).await?;
+            let report = bench::api(config, &warren_exe()?, &cli.global.accel, args).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(0)
         }

@@ -82,7 +82,7 @@ pub async fn snapshot(manager: Manager, args: SnapshotBenchArgs) -> Result<Value
     manager
         .prepare_image(
             &base.image,
-            Arc::new(crate::progress::SpinnerProgress::new(false)),
+            Arc::new(warren_cmdline::SpinnerProgress::new(false)),
         )
         .await?;
     let warm = manager.create(base.clone(), Arc::new(NoProgress)).await?;

@@ -26,11 +26,8 @@ pub fn exec(cli: &crate::Cli, args: &[OsString]) -> Error {
         );
     }
     let mut command = std::process::Command::new(&bench);
-    if let Some(dir) = &cli.data_dir {
-        command.arg("--data-dir").arg(dir);
-    }
     command
-        .args(["--accel", &cli.accel])
+        .args(cli.global.to_args())
         .args(args)
         .env("WARREN_BENCH_WARREN", &warren);
     let error = command.exec();

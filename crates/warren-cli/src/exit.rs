@@ -70,32 +70,64 @@ pub fn for_error(error: &anyhow::Error, default: i32) -> i32 {
         .map_or(default, for_client_error)
 }
 
-/// Prints `warren: <message>` and, when there is one, the hint on its own
-/// line, to stderr.
+/// Prints `warren: <what failed>`, each cause once on its own
+/// `  caused by:` line, and, when there is one, the hint on its own line, to
+/// stderr.
 pub fn report(error: &anyhow::Error) {
-    let (message, hint) = describe(error);
-    eprintln!("warren: {message}");
-    if let Some(hint) = hint {
-        eprintln!("hint: {hint}");
-    }
+    eprint!("{}", render(error.as_ref(), "warren: ", "\n"));
 }
 
-/// The message (context and causes) and the hint of an error.
-pub fn describe(error: &anyhow::Error) -> (String, Option<String>) {
+/// [`report`] for an error that is not an `anyhow::Error` (the local
+/// commands' library errors), its first line led by `lead` (`"warren: "`,
+/// `"warren: warning: "`) and every line ended by `newline` (`"\r\n"`
+/// while the terminal is raw).
+pub fn report_std(error: &(dyn std::error::Error + 'static), lead: &str, newline: &str) {
+    eprint!("{}", render(error, lead, newline));
+}
+
+/// The whole report [`report`] prints, each line ended by `newline`.
+fn render(error: &(dyn std::error::Error + 'static), lead: &str, newline: &str) -> String {
+    let (parts, hint) = describe_chain(error);
+    let mut text = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        text.push_str(if i == 0 { lead } else { "  caused by: " });
+        text.push_str(part);
+        text.push_str(newline);
+    }
+    if let Some(hint) = hint {
+        text.push_str("hint: ");
+        text.push_str(&hint);
+        text.push_str(newline);
+    }
+    text
+}
+
+/// The message (context and causes, one line each) and the hint of an
+/// error.
+#[cfg(test)]
+fn describe(error: &anyhow::Error) -> (String, Option<String>) {
+    let (parts, hint) = describe_chain(error.as_ref());
+    (parts.join("\n  caused by: "), hint)
+}
+
+/// Each error of the chain once, outermost first, and the hint of the
+/// service's answer if the chain holds one. An API error ends the chain:
+/// its message already carries the service's causes.
+fn describe_chain(error: &(dyn std::error::Error + 'static)) -> (Vec<String>, Option<String>) {
     let mut parts: Vec<String> = Vec::new();
     let mut hint = None;
-    for cause in error.chain() {
-        if let Some(client) = cause.downcast_ref::<warren_client::Error>() {
-            parts.push(client.message());
-            hint = client.hint().map(cli_hint);
+    for cause in anyhow::Chain::new(error) {
+        if let Some(api) = cause
+            .downcast_ref::<warren_client::Error>()
+            .and_then(warren_client::Error::api)
+        {
+            parts.push(api.message.clone());
+            hint = api.hint.as_deref().map(cli_hint);
             break;
         }
-        let text = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
+        parts.push(cause.to_string());
     }
-    (parts.join(": "), hint)
+    (parts, hint)
 }
 
 /// The service's hints name API calls; at the command line, name the
@@ -185,10 +217,28 @@ mod tests {
             .unwrap_err();
         assert_eq!(for_error(&error, GENERIC), NOT_FOUND);
         let (message, hint) = describe(&error);
-        assert_eq!(message, "getting sb-x: not_found happened");
+        assert_eq!(message, "getting sb-x\n  caused by: not_found happened");
         assert_eq!(hint.as_deref(), Some("do something"));
         let plain = anyhow::anyhow!("boom");
         assert_eq!(for_error(&plain, 125), 125);
         assert_eq!(describe(&plain), ("boom".to_string(), None));
+    }
+
+    #[test]
+    fn the_report_prints_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("pausing sb-1 failed")]
+        struct Pause(#[source] std::io::Error);
+        let error =
+            anyhow::Error::new(Pause(std::io::Error::other("disk full"))).context("warren pause");
+        assert_eq!(
+            render(error.as_ref(), "warren: ", "\n"),
+            "warren: warren pause\n  caused by: pausing sb-1 failed\n  caused by: disk full\n"
+        );
+        let api = anyhow::Error::new(api(404, "not_found"));
+        assert_eq!(
+            render(api.as_ref(), "warren: ", "\r\n"),
+            "warren: not_found happened\r\nhint: do something\r\n"
+        );
     }
 }

@@ -5,7 +5,7 @@ mod cp;
 mod exec;
 mod exit;
 mod output;
-mod progress;
+
 mod remote;
 mod run;
 
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use warren_sandbox::{AccelChoice, Manager, ManagerConfig};
+use warren_sandbox::{Manager, ManagerConfig};
 
 /// Sandboxes for AI agents: real Linux microVMs that boot fast, run
 /// commands, move files, and go away cleanly.
@@ -26,14 +26,8 @@ use warren_sandbox::{AccelChoice, Manager, ManagerConfig};
     after_help = exit::HELP
 )]
 struct Cli {
-    /// Data directory (images, sandboxes; where API commands look for a
-    /// local `warren up`). Default: $WARREN_HOME, or /var/lib/warren as
-    /// root.
-    #[arg(long, global = true, env = "WARREN_HOME")]
-    data_dir: Option<std::path::PathBuf>,
-    /// Accelerator: auto (KVM when usable, else TCG), kvm, or tcg.
-    #[arg(long, global = true, env = "WARREN_ACCEL", default_value = "auto")]
-    accel: String,
+    #[command(flatten)]
+    global: warren_cmdline::GlobalArgs,
     #[command(subcommand)]
     command: Commands,
 }
@@ -165,7 +159,7 @@ fn main() -> ExitCode {
     if let Commands::Bench { args } = &cli.command {
         // Before any thread starts: `exec` replaces this process.
         let error = bench::exec(&cli, args);
-        eprintln!("warren: {error:#}");
+        exit::report(&error);
         return ExitCode::from(run::EXIT_WARREN_FAILED as u8);
     }
     if cli.command.is_remote() {
@@ -209,7 +203,7 @@ fn main() -> ExitCode {
             ExitCode::from(code as u8)
         }
         Err(error) => {
-            eprintln!("warren: {error:#}");
+            exit::report(&error);
             ExitCode::from(run::EXIT_WARREN_FAILED as u8)
         }
     }
@@ -226,21 +220,9 @@ impl Commands {
     }
 }
 
-fn manager_config(cli: &Cli) -> Result<ManagerConfig> {
-    let mut config = ManagerConfig::from_env().map_err(anyhow::Error::msg)?;
-    if let Some(dir) = &cli.data_dir {
-        config.data_dir = dir.clone();
-    }
-    config.accel = cli
-        .accel
-        .parse::<AccelChoice>()
-        .map_err(anyhow::Error::msg)?;
-    Ok(config)
-}
-
 async fn dispatch(cli: Cli) -> Result<i32> {
     if cli.command.is_remote() {
-        let client = remote::connect(cli.data_dir.as_deref())?;
+        let client = remote::connect(cli.global.data_dir.as_deref())?;
         return match cli.command {
             Commands::Create(args) => remote::create(&client, args).await,
             Commands::Ls(args) => remote::list(&client, args).await,
@@ -266,7 +248,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             }
         };
     }
-    let config = manager_config(&cli)?;
+    let config = cli.global.manager_config()?;
     match cli.command {
         Commands::Up(args) => up(config, args).await,
         Commands::Run(args) => {
@@ -312,7 +294,7 @@ async fn images(config: ManagerConfig, command: ImagesCommand) -> Result<i32> {
         }
         ImagesCommand::Build { name, verbose } => {
             let manager = Manager::new(config)?;
-            let progress = Arc::new(progress::SpinnerProgress::new(verbose));
+            let progress = Arc::new(warren_cmdline::SpinnerProgress::new(verbose));
             let image = manager.prepare_image(&name, progress.clone()).await;
             progress.clear();
             let image = image?;

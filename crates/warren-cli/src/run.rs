@@ -12,7 +12,7 @@ use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 use warren_sandbox::{Command, ExecError, GuestErrorKind, Manager, ProcessEvent, SandboxSpec};
 
-use crate::progress::SpinnerProgress;
+use warren_cmdline::SpinnerProgress;
 
 /// Exit status when warren itself failed (as `docker run` does).
 pub const EXIT_WARREN_FAILED: i32 = 125;
@@ -124,7 +124,7 @@ pub async fn run(manager: Manager, args: RunArgs) -> Result<i32> {
     let destroyed = sandbox.destroy().await;
     let status = status?;
     if let Err(error) = destroyed {
-        eprintln!("warren: warning: {error}");
+        crate::exit::report_std(&error, "warren: warning: ", "\n");
     }
     Ok(status)
 }
@@ -150,7 +150,7 @@ async fn run_piped(
     let mut process = match sandbox.exec(command).await {
         Ok(process) => process,
         Err(error) => {
-            eprintln!("warren: {error}");
+            crate::exit::report_std(&error, "warren: ", "\n");
             return Ok(exec_failure_status(&error));
         }
     };
@@ -193,7 +193,7 @@ async fn run_piped(
                 Ok(Some(ProcessEvent::Exited(status))) => break status.shell_code(),
                 Ok(None) => break EXIT_WARREN_FAILED,
                 Err(error) => {
-                    eprintln!("warren: {error}");
+                    crate::exit::report_std(&error, "warren: ", "\n");
                     break EXIT_WARREN_FAILED;
                 }
             },
@@ -222,7 +222,7 @@ async fn run_tty(
     let mut process = match sandbox.exec(command).await {
         Ok(process) => process,
         Err(error) => {
-            eprintln!("warren: {error}");
+            crate::exit::report_std(&error, "warren: ", "\n");
             return Ok(exec_failure_status(&error));
         }
     };
@@ -260,7 +260,8 @@ async fn run_tty(
                 Ok(None) => break EXIT_WARREN_FAILED,
                 Err(error) => {
                     drop(raw);
-                    eprintln!("\r\nwarren: {error}");
+                    eprint!("\r\n");
+                    crate::exit::report_std(&error, "warren: ", "\r\n");
                     stdin_task.abort();
                     return Ok(EXIT_WARREN_FAILED);
                 }

@@ -149,18 +149,9 @@ fn ids(list: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-/// Pseudo-random bytes (xorshift), so transfers cannot be faked by zeros.
+/// Pseudo-random bytes, so transfers cannot be faked by zeros.
 fn pattern(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    warren_testkit::pattern(len, 0x2545_F491_4F6C_DD1D)
 }
 
 /// Processes whose command line mentions `dir` and `name`.

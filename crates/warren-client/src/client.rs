@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
 use crate::discover::{Discovery, Endpoint, Origin};
-use crate::error::{ApiError, Error, api_error_from_body, chain};
+use crate::error::{ApiError, Error, api_error_from_body};
 use crate::types::*;
 use crate::ws::{self, ExecSession, PtySession};
 
@@ -145,9 +145,9 @@ impl Client {
             .tcp_nodelay(true)
             .user_agent(concat!("warren-client/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| Error::InvalidUrl {
+            .map_err(|source| Error::HttpClient {
                 url: endpoint.url.clone(),
-                reason: format!("cannot build an HTTP client: {}", chain(&e)),
+                source,
             })?;
         Ok(Self {
             http,
@@ -213,13 +213,13 @@ impl Client {
         if error.is_connect() {
             Error::Unreachable {
                 url: self.base.to_string(),
-                reason: chain(&error),
+                source: Box::new(error),
             }
         } else {
             Error::Http {
                 method: method.to_string(),
                 url: url.to_string(),
-                reason: chain(&error),
+                source: error,
             }
         }
     }
@@ -592,10 +592,11 @@ impl Client {
         if let Some(size) = download.size
             && size != done
         {
-            return Err(Error::Http {
-                method: "GET".into(),
+            return Err(Error::ShortDownload {
+                path: path.to_string(),
                 url: self.url(&["v1", "sandboxes", id, "files"]).to_string(),
-                reason: format!("the download of {path} ended after {done} of {size} bytes"),
+                done,
+                size,
             });
         }
         Ok(done)

@@ -62,32 +62,57 @@ pub enum Error {
     /// The service could not be reached at all (not running, wrong URL,
     /// firewall).
     #[error(
-        "cannot reach the warren service at {url}: {reason}; is `warren up` running there? (set WARREN_URL to point elsewhere)"
+        "cannot reach the warren service at {url}; is `warren up` running there? (set WARREN_URL to point elsewhere)"
     )]
     Unreachable {
         /// The URL that was tried.
         url: String,
         /// What the connection attempt reported.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The connection broke or the request could not be sent or read.
-    #[error("request {method} {url} failed: {reason}")]
+    #[error("request {method} {url} failed")]
     Http {
         /// HTTP method.
         method: String,
         /// The URL.
         url: String,
-        /// What failed (with its causes).
-        reason: String,
+        /// What failed.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A download ended before the size the service announced.
+    #[error("the download of {path} from {url} ended after {done} of {size} bytes; retry it")]
+    ShortDownload {
+        /// The file in the sandbox.
+        path: String,
+        /// The URL.
+        url: String,
+        /// Bytes received.
+        done: u64,
+        /// Bytes announced.
+        size: u64,
     },
     /// The WebSocket failed (handshake refused without an API error body,
     /// or the connection broke).
-    #[error("WebSocket {url} failed: {reason}")]
+    #[error("WebSocket {url} failed")]
     WebSocket {
         /// The URL.
         url: String,
         /// What failed.
-        reason: String,
+        #[source]
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+    /// The WebSocket closed before the session it carried ended.
+    #[error(
+        "WebSocket {url} failed: the connection closed before {what} (the sandbox may have stopped)"
+    )]
+    ClosedEarly {
+        /// The URL.
+        url: String,
+        /// What had not happened yet ("the process exited", ...).
+        what: &'static str,
     },
     /// The service sent something this client does not understand (a
     /// newer or older service, or a proxy in between).
@@ -112,6 +137,15 @@ pub enum Error {
         #[source]
         source: ConfigError,
     },
+    /// The HTTP client could not be built (TLS roots, resolver).
+    #[error("cannot build an HTTP client for {url}")]
+    HttpClient {
+        /// The service URL.
+        url: String,
+        /// What failed.
+        #[source]
+        source: reqwest::Error,
+    },
     /// The URL given for the service is not usable.
     #[error("invalid service URL {url:?}: {reason}")]
     InvalidUrl {
@@ -122,7 +156,7 @@ pub enum Error {
     },
     /// Reading or writing local data (a file being uploaded or the target
     /// of a download) failed.
-    #[error("{what}: {source}")]
+    #[error("{what} failed")]
     Io {
         /// What was being done.
         what: String,
@@ -155,7 +189,7 @@ impl Error {
     pub fn message(&self) -> String {
         match self {
             Error::Api(api) => api.message.clone(),
-            other => chain(other),
+            other => warren_api::message::one_line(other),
         }
     }
 
@@ -168,21 +202,6 @@ impl Error {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, Error::Unreachable { .. } | Error::NotConfigured(_))
     }
-}
-
-/// Flattens an error and its causes into one line.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Builds an [`ApiError`] from a non-2xx response body. Bodies that are not

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::client::Client;
-use crate::error::{ApiError, Error, api_error_from_body, chain, status_of_code};
+use crate::error::{ApiError, Error, api_error_from_body, status_of_code};
 use crate::types::{ExitStatus, PtySize, StreamExec};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -49,7 +49,7 @@ pub(crate) async fn connect(
         .into_client_request()
         .map_err(|e| Error::WebSocket {
             url: shown.clone(),
-            reason: chain(&e),
+            source: Box::new(e),
         })?;
     let auth = format!("Bearer {}", client.api_key())
         .parse()
@@ -75,20 +75,20 @@ pub(crate) async fn connect(
         {
             Err(Error::Unreachable {
                 url: client.base_url().to_string(),
-                reason: error.to_string(),
+                source: Box::new(error),
             })
         }
         Err(error) => Err(Error::WebSocket {
             url: shown,
-            reason: chain(&error),
+            source: Box::new(error),
         }),
     }
 }
 
-fn broken(url: &str, error: &tungstenite::Error) -> Error {
+fn broken(url: &str, error: tungstenite::Error) -> Error {
     Error::WebSocket {
         url: url.to_string(),
-        reason: chain(error),
+        source: Box::new(error),
     }
 }
 
@@ -149,7 +149,7 @@ async fn send_json(sink: &Sink, url: &str, message: &ClientMessage<'_>) -> Resul
         .await
         .send(Message::text(text))
         .await
-        .map_err(|e| broken(url, &e))
+        .map_err(|e| broken(url, e))
 }
 
 /// What a streamed process did.
@@ -327,7 +327,7 @@ impl ExecSession {
                 }
                 Some(Ok(Message::Close(_))) | None => return Ok(None),
                 Some(Ok(_)) => continue,
-                Some(Err(error)) => return Err(broken(&self.input.url, &error)),
+                Some(Err(error)) => return Err(broken(&self.input.url, error)),
             }
         }
     }
@@ -378,9 +378,9 @@ impl ExecSession {
                 Some(ServerMessage::Started { .. } | ServerMessage::Unknown) => continue,
                 None => {
                     self.finished = true;
-                    return Err(Error::WebSocket {
+                    return Err(Error::ClosedEarly {
                         url: self.input.url.to_string(),
-                        reason: "the connection closed before the process exited (the sandbox may have stopped)".into(),
+                        what: "the process exited",
                     });
                 }
             }
@@ -460,7 +460,7 @@ impl PtyInput {
             .await
             .send(Message::Binary(Bytes::copy_from_slice(data)))
             .await
-            .map_err(|e| broken(&self.url, &e))
+            .map_err(|e| broken(&self.url, e))
     }
 
     /// Resizes the terminal.
@@ -476,7 +476,7 @@ impl PtyInput {
             .await
             .send(Message::text(text))
             .await
-            .map_err(|e| broken(&self.url, &e))
+            .map_err(|e| broken(&self.url, e))
     }
 }
 
@@ -560,15 +560,15 @@ impl PtySession {
                 }
                 Some(Ok(Message::Close(_))) | None => {
                     self.finished = true;
-                    return Err(Error::WebSocket {
+                    return Err(Error::ClosedEarly {
                         url: self.input.url.to_string(),
-                        reason: "the connection closed before the shell exited (the sandbox may have stopped)".into(),
+                        what: "the shell exited",
                     });
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(error)) => {
                     self.finished = true;
-                    return Err(broken(&self.input.url, &error));
+                    return Err(broken(&self.input.url, error));
                 }
             }
         }

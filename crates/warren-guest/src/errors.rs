@@ -13,11 +13,11 @@ use warren_proto::paths::PathError;
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// The path broke the path rules.
-    #[error("{0}")]
+    #[error(transparent)]
     Path(#[from] PathError),
     /// A system call on `path` failed; `op` says which operation
     /// ("reading", "writing", ...) for the message.
-    #[error("{op} {path} failed: {source}")]
+    #[error("{op} {path} failed")]
     Io {
         /// Verb for messages: "reading", "creating", ...
         op: &'static str,
@@ -146,7 +146,7 @@ pub enum ExecError {
     #[error("permission denied executing {0}")]
     PermissionDenied(String),
     /// Spawning failed for another reason.
-    #[error("starting {program} failed: {source}")]
+    #[error("starting {program} failed")]
     Spawn {
         /// What was being run.
         program: String,
@@ -177,7 +177,12 @@ impl From<ExecError> for Status {
             },
             ExecError::Precondition(_) => Code::FailedPrecondition,
         };
-        Status::new(code, error.to_string())
+        // The host sees only the status message: it carries the cause.
+        let message = match &error {
+            ExecError::Spawn { source, .. } => format!("{error}: {source}"),
+            _ => error.to_string(),
+        };
+        Status::new(code, message)
     }
 }
 

@@ -89,7 +89,13 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    eprintln!("warren-guest agent: {error}");
+                    let mut message = format!("warren-guest agent: {error}");
+                    let mut source = std::error::Error::source(&error);
+                    while let Some(cause) = source {
+                        message.push_str(&format!("\n  caused by: {cause}"));
+                        source = cause.source();
+                    }
+                    eprintln!("{message}");
                     ExitCode::FAILURE
                 }
             }

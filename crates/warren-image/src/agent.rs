@@ -40,6 +40,7 @@ fn find_guest_agent_from(env: Option<OsString>, exe: &Path) -> Result<PathBuf, I
             Err(ImageError::GuestAgentUnusable {
                 path,
                 reason: format!("{GUEST_AGENT_ENV} names a file that does not exist"),
+                source: None,
             })
         };
     }
@@ -85,18 +86,25 @@ impl GuestAgent {
         let unusable = |reason: String| ImageError::GuestAgentUnusable {
             path: path.to_path_buf(),
             reason,
+            source: None,
         };
-        let meta =
-            std::fs::metadata(path).map_err(|e| unusable(format!("cannot stat it ({e})")))?;
+        let failed = |reason: &str, source: Box<dyn std::error::Error + Send + Sync>| {
+            ImageError::GuestAgentUnusable {
+                path: path.to_path_buf(),
+                reason: reason.to_string(),
+                source: Some(source),
+            }
+        };
+        let meta = std::fs::metadata(path).map_err(|e| failed("cannot stat it", e.into()))?;
         if !meta.is_file() {
             return Err(unusable("it is not a regular file".into()));
         }
         if !is_executable(path) {
             return Err(unusable("it is not executable".into()));
         }
-        let bytes = std::fs::read(path).map_err(|e| unusable(format!("cannot read it ({e})")))?;
+        let bytes = std::fs::read(path).map_err(|e| failed("cannot read it", e.into()))?;
         let elf = Elf::parse(&bytes)
-            .map_err(|e| unusable(format!("it is not an executable for the guest ({e})")))?;
+            .map_err(|e| failed("it is not an executable for the guest", e.into()))?;
         if elf.machine != EM_X86_64 {
             return Err(unusable(format!(
                 "it is built for another architecture (ELF machine {})",
@@ -105,7 +113,7 @@ impl GuestAgent {
         }
         if let Some(interp) = elf
             .interpreter()
-            .map_err(|e| unusable(format!("its ELF headers are malformed ({e})")))?
+            .map_err(|e| failed("its ELF headers are malformed", e.into()))?
         {
             return Err(unusable(format!(
                 "it is dynamically linked (interpreter {interp}), but it runs as /init with no libraries; link it statically"

@@ -380,15 +380,10 @@ fn parse_temp_name(rest: &str) -> Option<(&str, i32)> {
     crate::key::is_key(key).then_some((part_key, pid))
 }
 
-/// Whether a process with this pid exists (in our pid namespace).
+/// Whether a process with this pid exists (in our pid namespace); a pid
+/// that is not positive names no single process.
 fn pid_alive(pid: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    !matches!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-        Err(Errno::ESRCH)
-    )
+    u32::try_from(pid).is_ok_and(|pid| pid > 0 && warren_vmm::process::exists(pid))
 }
 
 fn open_lock_file(path: &Path) -> Result<File, ImageError> {

@@ -44,6 +44,9 @@ pub enum ImageError {
         path: PathBuf,
         /// What is wrong with it (missing, not executable, dynamically linked, ...).
         reason: String,
+        /// The error that showed it, when one did (reading it, parsing it).
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
     /// A host tool the build needs is not installed.
@@ -107,7 +110,7 @@ pub enum ImageError {
     Module(#[from] ModuleError),
 
     /// A file system operation failed.
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}", path.display())]
     Io {
         /// What was being done ("create", "read", "rename", ...).
         action: &'static str,
@@ -129,7 +132,7 @@ pub enum ImageError {
     },
 
     /// A cached part's manifest is unreadable.
-    #[error("manifest {} is invalid ({source}); delete its directory to have it rebuilt", path.display())]
+    #[error("manifest {} is invalid; delete its directory to have it rebuilt", path.display())]
     Manifest {
         /// The manifest file.
         path: PathBuf,

@@ -17,40 +17,14 @@ pub(crate) fn mounts_under(path: &Path) -> Vec<PathBuf> {
     let Ok(base) = path.canonicalize() else {
         return Vec::new();
     };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape(field)))
+    let mut found: Vec<PathBuf> = warren_mountinfo::current_mount_points()
+        .into_iter()
+        .map(PathBuf::from)
         .filter(|mount| mount.starts_with(&base) && mount != &base)
         .collect();
     found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
     found.dedup();
     found
-}
-
-/// Decodes the octal escapes (`\040` for a space, ...) of mountinfo fields.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && let Some(code) = bytes
-                .get(i + 1..i + 4)
-                .and_then(|o| std::str::from_utf8(o).ok())
-                .and_then(|o| u8::from_str_radix(o, 8).ok())
-        {
-            out.push(code);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Detaches everything mounted under `path`. Fails if something stays
@@ -84,13 +58,6 @@ pub(crate) fn detach_all_under(path: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::cache::remove_tree;
-
-    #[test]
-    fn unescapes_mountinfo_fields() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
-        assert_eq!(unescape("/plain"), "/plain");
-        assert_eq!(unescape("/odd\\"), "/odd\\");
-    }
 
     #[test]
     fn remove_tree_does_not_delete_through_bind_mounts() {

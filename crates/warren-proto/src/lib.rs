@@ -39,5 +39,14 @@ pub fn unix_time_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
+/// The wall clock in milliseconds since 1970 (0 before it): the one
+/// timestamp of records on both sides (process starts in the guest, snapshot
+/// and sandbox records on the host).
+pub fn unix_time_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Size of the data chunks of file transfers and process output.
 pub const CHUNK_BYTES: usize = 256 * 1024;

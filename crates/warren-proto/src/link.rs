@@ -60,7 +60,7 @@ const READ_QUEUE_FRAMES: usize = 512;
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// The transport failed.
-    #[error("agent channel I/O failed: {0}")]
+    #[error("agent channel I/O failed")]
     Io(#[from] std::io::Error),
     /// No valid HelloAck arrived in time.
     #[error(
@@ -84,6 +84,33 @@ pub enum LinkError {
         /// Ours.
         host: u32,
     },
+}
+
+impl LinkError {
+    /// The link error in `error`'s chain of sources, if there is one.
+    ///
+    /// Callers that dial through a transport (tonic's connector) get the
+    /// link error back wrapped in `std::io::Error::other` and the
+    /// transport's own errors; this finds it there (an `io::Error`'s
+    /// `source()` skips the error it wraps, so walking `source()` alone
+    /// would not), so they can tell a handshake timeout from other failures
+    /// by its variant instead of by its text.
+    pub fn find_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a LinkError> {
+        let mut next = Some(error);
+        while let Some(current) = next {
+            if let Some(link) = current.downcast_ref::<LinkError>() {
+                return Some(link);
+            }
+            next = match current
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+            {
+                Some(wrapped) => Some(wrapped as &(dyn std::error::Error + 'static)),
+                None => current.source(),
+            };
+        }
+        None
+    }
 }
 
 /// Raw channel throughput, measured without HTTP/2 or protobuf on top
@@ -1106,6 +1133,22 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(err, LinkError::HandshakeTimeout(_)), "{err}");
+    }
+
+    #[test]
+    fn a_link_error_is_found_through_the_io_errors_wrapping_it() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("transport failed")]
+        struct Transport(#[source] std::io::Error);
+        let wrapped = Transport(std::io::Error::other(LinkError::HandshakeTimeout(
+            Duration::from_secs(1),
+        )));
+        assert!(matches!(
+            LinkError::find_in(&wrapped),
+            Some(LinkError::HandshakeTimeout(_))
+        ));
+        let unrelated = Transport(std::io::Error::other("refused"));
+        assert!(LinkError::find_in(&unrelated).is_none());
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 use warren_host::session::{ExecError, FileError, GuestErrorKind, Unavailable};
+use warren_api::message::one_line;
 
 /// The body of every error response.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -112,7 +113,7 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        ApiError::internal(format!("database error: {error}"))
+        ApiError::internal(format!("database error: {}", one_line(&error)))
     }
 }
 
@@ -155,7 +156,7 @@ impl From<Unavailable> for ApiError {
                 "the sandbox is no longer running; create a new one"
             }
         };
-        ApiError::conflict(error.to_string()).hint(hint)
+        ApiError::conflict(one_line(&error)).hint(hint)
     }
 }
 
@@ -177,10 +178,10 @@ impl From<ExecError> for ApiError {
 impl From<FileError> for ApiError {
     fn from(error: FileError) -> Self {
         match error {
-            FileError::Path(path) => ApiError::invalid(path.to_string()),
+            FileError::Path(path) => ApiError::invalid(one_line(&path)),
             FileError::Guest(guest) => guest_error(guest.kind, guest.message),
             FileError::Local { source, .. } => {
-                ApiError::bad_request(format!("reading the upload failed: {source}"))
+                ApiError::bad_request(format!("reading the upload failed: {}", one_line(&source)))
             }
             FileError::Protocol(message) => ApiError::internal(message),
             FileError::Unavailable(unavailable) => unavailable.into(),

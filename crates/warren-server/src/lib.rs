@@ -38,7 +38,7 @@ pub use routes::{openapi, openapi_document};
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The data directory is unusable.
-    #[error("data directory {path}: {source}")]
+    #[error("the data directory {path} cannot be used; check that it exists and is writable")]
     DataDir {
         /// The directory.
         path: std::path::PathBuf,
@@ -46,7 +46,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     /// The database could not be opened or migrated.
-    #[error("database {url}: {source}")]
+    #[error("the database {url} could not be opened or migrated")]
     Database {
         /// URL (credentials stripped).
         url: String,
@@ -58,7 +58,7 @@ pub enum ServeError {
     Manager(#[from] warren_host::ManagerError),
     /// The listen address is taken or not allowed.
     #[error(
-        "cannot listen on {addr}: {source}; is warren already running? (choose another address with --listen)"
+        "cannot listen on {addr}; is warren already running? (choose another address with --listen)"
     )]
     Listen {
         /// The address.
@@ -67,8 +67,8 @@ pub enum ServeError {
         source: std::io::Error,
     },
     /// The HTTP server failed.
-    #[error("the HTTP server failed: {0}")]
-    Http(std::io::Error),
+    #[error("the HTTP server failed")]
+    Http(#[source] std::io::Error),
 }
 
 /// What a start of the service reports to its caller (printed by `warren up`).

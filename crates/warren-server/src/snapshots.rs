@@ -12,6 +12,7 @@ use crate::db::{SandboxRow, TemplateRow, now_ms};
 use crate::error::{ApiError, ApiResult};
 use crate::model::{PauseResult, Sandbox, Snapshot};
 use crate::state::AppState;
+use warren_api::message::one_line;
 
 fn disk_full(message: String) -> ApiError {
     ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", message)
@@ -21,7 +22,7 @@ fn disk_full(message: String) -> ApiError {
 impl From<HostError> for ApiError {
     fn from(error: HostError) -> Self {
         match error.kind() {
-            HostErrorKind::OutOfMemory { .. } => ApiError::capacity(error.to_string())
+            HostErrorKind::OutOfMemory { .. } => ApiError::capacity(one_line(&error))
                 .hint("delete or pause other sandboxes, then retry"),
             HostErrorKind::Invalid { reason } => ApiError::invalid(reason),
             HostErrorKind::UnknownImage { name, available } => {
@@ -29,10 +30,10 @@ impl From<HostError> for ApiError {
                     .hint(format!("available: {}", available.join(", ")))
             }
             HostErrorKind::NotPaused | HostErrorKind::TemplateConflict => {
-                ApiError::conflict(error.to_string())
+                ApiError::conflict(one_line(&error))
             }
-            HostErrorKind::NoTemplate => ApiError::not_found(error.to_string()),
-            HostErrorKind::DiskFull => disk_full(error.to_string()),
+            HostErrorKind::NoTemplate => ApiError::not_found(one_line(&error)),
+            HostErrorKind::DiskFull => disk_full(one_line(&error)),
             HostErrorKind::Unavailable { reason } => {
                 let hint = match reason {
                     UnavailableReason::Paused => {
@@ -43,13 +44,13 @@ impl From<HostError> for ApiError {
                     }
                     UnavailableReason::Gone => "the sandbox is no longer running; create a new one",
                 };
-                ApiError::conflict(error.to_string()).hint(hint)
+                ApiError::conflict(one_line(&error)).hint(hint)
             }
-            HostErrorKind::VmEndedDuringPause => ApiError::conflict(error.to_string()).hint(
+            HostErrorKind::VmEndedDuringPause => ApiError::conflict(one_line(&error)).hint(
                 "get the sandbox again in a moment: it is paused at its last snapshot if it had one, else stopped",
             ),
             HostErrorKind::PauseFailed { .. } | HostErrorKind::Internal => {
-                ApiError::internal(error.to_string())
+                ApiError::internal(one_line(&error))
             }
         }
     }
@@ -123,7 +124,7 @@ impl AppState {
                     Some(id),
                     "sandbox.pause_failed",
                     actor,
-                    json!({"error": error.to_string()}),
+                    json!({"error": one_line(&error)}),
                 )
                 .await;
                 Err(error.into())
@@ -166,7 +167,7 @@ impl AppState {
                     Some(id),
                     "sandbox.resume_failed",
                     actor,
-                    json!({"error": error.to_string()}),
+                    json!({"error": one_line(&error)}),
                 )
                 .await;
                 return Err(error.into());

@@ -107,7 +107,7 @@ pub struct SnapshotHeader {
 #[derive(Debug, Error)]
 pub enum FormatError {
     /// Reading or writing a file failed.
-    #[error("{op} {}: {source}", .path.display())]
+    #[error("{op} {} failed", .path.display())]
     Io {
         /// What was being done ("reading", "renaming to", ...).
         op: &'static str,
@@ -167,7 +167,7 @@ pub enum FormatError {
         computed: u32,
     },
     /// The body is not the expected JSON document.
-    #[error("{}: malformed body: {source}", at(.path))]
+    #[error("{}: malformed body", at(.path))]
     Malformed {
         /// The header file, if known.
         path: Option<PathBuf>,
@@ -183,7 +183,7 @@ pub enum FormatError {
         reason: String,
     },
     /// The block map does not cover memory exactly.
-    #[error("{}: invalid block map: {source}", at(.path))]
+    #[error("{}: invalid block map", at(.path))]
     InvalidMap {
         /// The header file, if known.
         path: Option<PathBuf>,

@@ -35,7 +35,7 @@ pub enum OpError {
         path: PathBuf,
     },
     /// Any other I/O failure.
-    #[error("{op} {}: {source}", .path.display())]
+    #[error("{op} {} failed", .path.display())]
     Io {
         /// What was being done.
         op: &'static str,
@@ -101,7 +101,7 @@ pub enum OpError {
         first: String,
     },
     /// A packed generation file is damaged (or not one).
-    #[error("packed generation {}: {source}", .path.display())]
+    #[error("packed generation {} is damaged (or not one)", .path.display())]
     BadPacked {
         /// The generation file.
         path: PathBuf,
@@ -109,7 +109,7 @@ pub enum OpError {
         source: crate::packed::PackedError,
     },
     /// A dirty report file is not valid JSON of a [`DirtyReport`].
-    #[error("dirty report {}: {source}", .path.display())]
+    #[error("dirty report {} is not valid JSON of a dirty report", .path.display())]
     BadReport {
         /// The report file.
         path: PathBuf,

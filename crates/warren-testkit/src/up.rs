@@ -26,7 +26,7 @@ pub const LOG_FILE: &str = "service.log";
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
     /// No free loopback port, or the log could not be opened.
-    #[error("preparing `warren up` in {home}: {source}")]
+    #[error("preparing `warren up` in {home} failed")]
     Prepare {
         /// The data directory.
         home: PathBuf,
@@ -34,7 +34,7 @@ pub enum UpError {
         source: std::io::Error,
     },
     /// The executable could not be started.
-    #[error("starting {exe} up: {source}")]
+    #[error("starting `{exe} up` failed")]
     Spawn {
         /// The `warren` executable.
         exe: PathBuf,

@@ -62,13 +62,13 @@ impl FromStr for AccelChoice {
 }
 
 /// Why KVM cannot be used; returned when KVM was forced.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum KvmUnavailable {
     /// /dev/kvm could not be opened read-write.
     #[error(
-        "/dev/kvm cannot be opened read-write ({0}); load the kvm module and check permissions, or use --accel tcg"
+        "/dev/kvm cannot be opened read-write; load the kvm module and check permissions, or use --accel tcg"
     )]
-    NoDevice(String),
+    NoDevice(#[source] std::io::Error),
     /// The CPU does not advertise hardware virtualisation.
     #[error(
         "the CPU advertises neither vmx nor svm (nested or paravirtual KVM cannot boot Linux guests reliably); use --accel tcg"
@@ -82,7 +82,7 @@ pub fn kvm_usable() -> Result<(), KvmUnavailable> {
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .map_err(|e| KvmUnavailable::NoDevice(e.to_string()))?;
+        .map_err(KvmUnavailable::NoDevice)?;
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     if cpu_flags_have_virtualisation(&cpuinfo) {
         Ok(())
@@ -140,6 +140,6 @@ mod tests {
 
     #[test]
     fn tcg_is_always_available() {
-        assert_eq!(resolve(AccelChoice::Tcg), Ok(Accel::Tcg));
+        assert_eq!(resolve(AccelChoice::Tcg).ok(), Some(Accel::Tcg));
     }
 }

@@ -41,7 +41,7 @@ pub enum LaunchError {
     #[error(transparent)]
     Kvm(#[from] KvmUnavailable),
     /// Spawning the process failed.
-    #[error("could not start {binary}: {source}")]
+    #[error("could not start {binary}")]
     Spawn {
         /// The binary.
         binary: String,
@@ -55,7 +55,7 @@ pub enum LaunchError {
     #[error("the VMM's control socket did not come up within {0:?}")]
     ControlTimeout(Duration),
     /// The control protocol failed.
-    #[error("the VMM's control socket failed: {0}")]
+    #[error("the VMM's control socket failed")]
     Qmp(#[from] crate::qmp::QmpError),
     /// A VM to re-attach to is not running (or its pid now belongs to
     /// another process).
@@ -67,7 +67,7 @@ pub enum LaunchError {
         detail: String,
     },
     /// Local file system error while preparing the VM.
-    #[error("preparing the VM directory failed at {path}: {source}")]
+    #[error("preparing the VM directory failed at {path}")]
     Io {
         /// Path involved.
         path: PathBuf,
@@ -88,7 +88,7 @@ pub enum KillError {
         timeout: Duration,
     },
     /// Sending the signal failed for a reason other than "already gone".
-    #[error("could not signal the VM process {pid}: {source}")]
+    #[error("could not signal the VM process {pid}")]
     Signal {
         /// Its pid.
         pid: u32,
@@ -107,7 +107,7 @@ pub enum SnapshotError {
     #[error(transparent)]
     Qmp(#[from] crate::qmp::QmpError),
     /// The state file could not be written or read.
-    #[error("device state file {path}: {source}")]
+    #[error("reading or writing the device state file {path} failed")]
     Io {
         /// The file.
         path: PathBuf,

@@ -24,11 +24,23 @@ const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What went wrong talking QMP.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum QmpError {
-    /// Socket error.
-    #[error("QMP socket error: {0}")]
-    Io(String),
+    /// The socket could not be connected.
+    #[error("cannot connect to the QMP socket {}; is the VMM running?", .path.display())]
+    Connect {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading from or writing to the connected socket failed.
+    #[error("the QMP socket failed")]
+    Io(#[source] std::io::Error),
+    /// A reply was not valid JSON.
+    #[error("the VMM sent invalid JSON on its QMP socket")]
+    InvalidJson(#[source] serde_json::Error),
     /// The connection closed (the VMM exited).
     #[error("QMP connection closed (the VMM exited?)")]
     Closed,
@@ -97,7 +109,10 @@ impl QmpClient {
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|e| QmpError::Io(format!("connect {}: {e}", path.display())))?;
+            .map_err(|source| QmpError::Connect {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let (read_half, write_half) = stream.into_split();
         let mut reader = BufReader::new(read_half);
 
@@ -165,8 +180,7 @@ impl QmpClient {
         }
         let (tx, rx) = oneshot::channel();
         self.inner.pending.lock().await.insert(id, tx);
-        let mut line =
-            serde_json::to_vec(&request).map_err(|e| QmpError::Protocol(e.to_string()))?;
+        let mut line = serde_json::to_vec(&request).expect("a JSON value always serializes");
         line.push(b'\n');
         let write = async {
             let mut writer = self.inner.writer.lock().await;
@@ -175,7 +189,7 @@ impl QmpClient {
         };
         if let Err(e) = write.await {
             self.inner.pending.lock().await.remove(&id);
-            return Err(QmpError::Io(e.to_string()));
+            return Err(QmpError::Io(e));
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result.map_err(|e| match e {
@@ -214,8 +228,7 @@ impl QmpClient {
         use std::os::fd::AsRawFd;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let request = json!({ "execute": "getfd", "arguments": { "fdname": name }, "id": id });
-        let mut line =
-            serde_json::to_vec(&request).map_err(|e| QmpError::Protocol(e.to_string()))?;
+        let mut line = serde_json::to_vec(&request).expect("a JSON value always serializes");
         line.push(b'\n');
         let (tx, rx) = oneshot::channel();
         self.inner.pending.lock().await.insert(id, tx);
@@ -224,10 +237,7 @@ impl QmpClient {
             let socket: &UnixStream = writer.as_ref();
             let raw = fd.as_raw_fd();
             let sent = loop {
-                socket
-                    .writable()
-                    .await
-                    .map_err(|e| QmpError::Io(e.to_string()))?;
+                socket.writable().await.map_err(QmpError::Io)?;
                 let result = socket.try_io(tokio::io::Interest::WRITABLE, || {
                     let fds = [raw];
                     let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
@@ -246,7 +256,7 @@ impl QmpClient {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(e) => {
                         self.inner.pending.lock().await.remove(&id);
-                        return Err(QmpError::Io(e.to_string()));
+                        return Err(QmpError::Io(e));
                     }
                 }
             };
@@ -254,14 +264,11 @@ impl QmpClient {
                 // The fd went with the first bytes; send the rest plainly.
                 let mut rest = &line[sent..];
                 while !rest.is_empty() {
-                    socket
-                        .writable()
-                        .await
-                        .map_err(|e| QmpError::Io(e.to_string()))?;
+                    socket.writable().await.map_err(QmpError::Io)?;
                     match socket.try_write(rest) {
                         Ok(n) => rest = &rest[n..],
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Err(QmpError::Io(e.to_string())),
+                        Err(e) => return Err(QmpError::Io(e)),
                     }
                 }
             }
@@ -330,10 +337,7 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
 ) -> Result<Option<Value>, QmpError> {
     let mut line = Vec::new();
     loop {
-        let available = reader
-            .fill_buf()
-            .await
-            .map_err(|e| QmpError::Io(e.to_string()))?;
+        let available = reader.fill_buf().await.map_err(QmpError::Io)?;
         if available.is_empty() {
             return Ok(None);
         }
@@ -354,7 +358,7 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
             }
             return serde_json::from_slice(trimmed)
                 .map(Some)
-                .map_err(|e| QmpError::Protocol(format!("invalid JSON from QMP: {e}")));
+                .map_err(QmpError::InvalidJson);
         }
     }
 }

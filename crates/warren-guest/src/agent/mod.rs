@@ -62,7 +62,7 @@ pub enum AgentError {
         timeout: Duration,
     },
     /// Opening or serving the transport failed.
-    #[error("{what}: {source}")]
+    #[error("{what} failed")]
     Io {
         /// What was being done.
         what: String,
@@ -70,7 +70,7 @@ pub enum AgentError {
         source: io::Error,
     },
     /// The gRPC server failed.
-    #[error("the gRPC server failed: {0}")]
+    #[error("the gRPC server failed")]
     Server(#[from] tonic::transport::Error),
 }
 

@@ -151,10 +151,7 @@ pub struct ProcInit {
 impl Proc {
     /// A record for a freshly spawned process.
     pub fn new(init: ProcInit) -> Self {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now = i64::try_from(warren_proto::unix_time_ms()).unwrap_or(i64::MAX);
         Self {
             pid: init.pid,
             argv: init.argv,

@@ -274,7 +274,7 @@ pub fn unmount_all() {
     let targets: Vec<String> = mounts
         .lines()
         .filter_map(|line| line.split_whitespace().nth(1))
-        .map(unescape_mount_path)
+        .map(warren_mountinfo::unescape)
         .filter(|target| !keep.contains(&target.as_str()))
         .collect();
     for target in targets.iter().rev() {
@@ -293,44 +293,10 @@ pub fn unmount_all() {
     }
 }
 
-/// `/proc/self/mounts` escapes spaces, tabs, newlines and backslashes as
-/// three-digit octal.
-fn unescape_mount_path(raw: &str) -> String {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let value = (bytes[i + 1] - b'0') as u32 * 64
-                + (bytes[i + 2] - b'0') as u32 * 8
-                + (bytes[i + 3] - b'0') as u32;
-            out.push(value as u8);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
-
-    #[test]
-    fn unescapes_mount_paths() {
-        assert_eq!(unescape_mount_path("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape_mount_path("/plain"), "/plain");
-        assert_eq!(unescape_mount_path("/x\\"), "/x\\");
-        assert_eq!(unescape_mount_path("/x\\04"), "/x\\04");
-    }
 
     #[test]
     fn fd_helpers_do_not_touch_open_fds() {

@@ -55,25 +55,9 @@ fn main() -> ExitCode {
     match run(&config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("warren-memfs: error: {}", describe(&e));
+            // Each cause once (no error type repeats its source).
+            eprintln!("warren-memfs: error: {e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line, skipping causes whose text an
-/// outer message already includes (our error types quote their source).
-fn describe(e: &anyhow::Error) -> String {
-    let mut msg = String::new();
-    for cause in e.chain() {
-        let s = cause.to_string();
-        if msg.contains(&s) {
-            continue;
-        }
-        if !msg.is_empty() {
-            msg.push_str(": ");
-        }
-        msg.push_str(&s);
-    }
-    msg
 }

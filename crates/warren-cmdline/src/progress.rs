@@ -1,5 +1,5 @@
-//! Terminal progress for long work (image builds the benchmarks wait
-//! for); the same spinner `warren images build` shows.
+//! Terminal progress for long work: the image builds `warren run`,
+//! `warren images build` and the benchmarks wait for.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -34,6 +34,13 @@ impl SpinnerProgress {
                 bar
             })
             .clone()
+    }
+
+    /// Removes the spinner (before command output starts).
+    pub fn clear(&self) {
+        if let Some(bar) = self.bar.lock().expect("progress lock").take() {
+            bar.finish_and_clear();
+        }
     }
 }
 
