@@ -35,7 +35,9 @@ struct Peer {
 impl Drop for Peer {
     fn drop(&mut self) {
         let _ = Host::new("ip").args(["netns", "delete", &self.ns]).status();
-        let _ = Host::new("ip").args(["link", "delete", &self.link]).status();
+        let _ = Host::new("ip")
+            .args(["link", "delete", &self.link])
+            .status();
     }
 }
 
@@ -46,7 +48,10 @@ fn serve(listener: TcpListener, body: &'static str) {
             let Ok(mut conn) = conn else { break };
             let mut buf = [0u8; 2048];
             let _ = conn.read(&mut buf);
-            let reply = format!("HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+            let reply = format!(
+                "HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
             let _ = conn.write_all(reply.as_bytes());
         }
     });
@@ -62,8 +67,12 @@ fn dns(ns: &str) -> SocketAddr {
     std::thread::spawn(move || {
         let mut buf = [0u8; 1500];
         while let Ok((n, from)) = socket.recv_from(&mut buf) {
-            let Ok(query) = Message::from_vec(&buf[..n]) else { continue };
-            let Some(q) = query.queries().first().cloned() else { continue };
+            let Ok(query) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let Some(q) = query.queries().first().cloned() else {
+                continue;
+            };
             let mut answer = Message::new();
             answer.set_id(query.id());
             answer.set_message_type(MessageType::Response);
@@ -89,7 +98,10 @@ fn peer() -> Peer {
         link: format!("wtvp{tag}"),
     };
     ip(&format!("netns add {}", peer.ns));
-    ip(&format!("link add {} type veth peer name eth0 netns {}", peer.link, peer.ns));
+    ip(&format!(
+        "link add {} type veth peer name eth0 netns {}",
+        peer.link, peer.ns
+    ));
     ip(&format!("addr add {PEER_HOST_SIDE}/28 dev {}", peer.link));
     ip(&format!("link set {} up", peer.link));
     ip(&format!("-n {} addr add {PEER}/28 dev eth0", peer.ns));
@@ -151,7 +163,10 @@ async fn a_sandbox_reaches_what_its_policy_allows_and_never_the_host() {
     serve(on_host, "the host");
 
     let sandbox = within(300, "create", env.sandbox()).await;
-    assert!(sandbox.network_policy().is_some(), "networks are on by default");
+    assert!(
+        sandbox.network_policy().is_some(),
+        "networks are on by default"
+    );
     let url = format!("http://{PEER}:8080/");
     assert_eq!(fetch(&sandbox, &url, None).await, "hello from the peer");
     assert_eq!(resolve(&sandbox, "peer.test").await, PEER.to_string());
@@ -188,8 +203,14 @@ async fn a_sandbox_reaches_what_its_policy_allows_and_never_the_host() {
         .set_network_policy(policy(true, &[], &["evil.cdn.test"]))
         .unwrap();
     let web = format!("http://{PEER}/");
-    assert_eq!(fetch(&sandbox, &web, Some("good.cdn.test")).await, "port 80");
-    assert_eq!(fetch(&sandbox, &web, Some("evil.cdn.test")).await, "blocked");
+    assert_eq!(
+        fetch(&sandbox, &web, Some("good.cdn.test")).await,
+        "port 80"
+    );
+    assert_eq!(
+        fetch(&sandbox, &web, Some("evil.cdn.test")).await,
+        "blocked"
+    );
 
     // A server in the guest, reached from the host through its namespace.
     sandbox
@@ -203,8 +224,12 @@ async fn a_sandbox_reaches_what_its_policy_allows_and_never_the_host() {
         if let Ok(stream) = sandbox.connect_port(8000).await {
             let mut stream = stream.into_std().unwrap();
             stream.set_nonblocking(false).unwrap();
-            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            stream
+                .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+                .unwrap();
             let _ = stream.read_to_string(&mut answer);
             break;
         }
@@ -217,7 +242,10 @@ async fn a_sandbox_reaches_what_its_policy_allows_and_never_the_host() {
         .await
         .expect("pause");
     assert!(report.memory_bytes > 0);
-    assert!(env.networks().is_empty(), "a paused sandbox holds no network");
+    assert!(
+        env.networks().is_empty(),
+        "a paused sandbox holds no network"
+    );
     let (resumed, _) = within(300, "resume", env.manager.resume(sandbox.id()))
         .await
         .expect("resume");
@@ -244,11 +272,17 @@ async fn a_sandbox_made_without_a_network_has_no_card_and_no_namespace() {
     assert_eq!(sandbox.network_policy(), None);
     assert!(env.networks().is_empty());
     let out = sandbox
-        .run(Command::shell("cat /sys/class/net/*/address | sort | tr '\\n' ' '"))
+        .run(Command::shell(
+            "cat /sys/class/net/*/address | sort | tr '\\n' ' '",
+        ))
         .await
         .unwrap();
     assert_eq!(out.stdout_text(), "00:00:00:00:00:00 ", "only loopback");
-    assert!(sandbox.set_network_policy(NetworkPolicy::default()).is_err());
+    assert!(
+        sandbox
+            .set_network_policy(NetworkPolicy::default())
+            .is_err()
+    );
     within(60, "destroy", sandbox.destroy()).await.unwrap();
     env.assert_clean();
 }

@@ -92,7 +92,10 @@ impl TestEnv {
         let ram = self.ram_files();
         assert!(ram.is_empty(), "guest RAM files left behind: {ram:?}");
         let networks = self.networks();
-        assert!(networks.is_empty(), "sandbox networks left behind: {networks:?}");
+        assert!(
+            networks.is_empty(),
+            "sandbox networks left behind: {networks:?}"
+        );
     }
 
     /// Network slots this environment's data directory still claims (each

@@ -273,9 +273,8 @@ async fn raw_qemu_restore(manager: &Manager, id: &str) -> Result<f64> {
     let memory = header.resolve(&dir, &header.generations[0].file);
     let state = header.resolve(&dir, &header.device_state);
     let frozen = header.resolve(&dir, &header.disk);
-    let meta: warren_sandbox::SandboxMeta = serde_json::from_slice(&std::fs::read(
-        dir.join(warren_sandbox::SandboxDir::META),
-    )?)?;
+    let meta: warren_sandbox::SandboxMeta =
+        serde_json::from_slice(&std::fs::read(dir.join(warren_sandbox::SandboxDir::META))?)?;
     let raw_dir = manager
         .sandboxes_dir()
         .join(format!("bench-restore-{}", std::process::id()));

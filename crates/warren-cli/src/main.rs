@@ -56,6 +56,9 @@ enum Commands {
     Logs(remote::LogsArgs),
     /// Set a sandbox's timeout: it is killed SECS from now (0 = never).
     Timeout(remote::TimeoutArgs),
+    /// Show a running sandbox's network policy, or replace it with the
+    /// given flags (new connections follow it at once).
+    Network(remote::NetworkCommandArgs),
     /// Pause a sandbox to disk (memory and disk): it then uses no RAM or
     /// CPU; prints what the pause wrote.
     Pause(remote::IdArgs),
@@ -232,6 +235,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             Commands::Cp(args) => cp::cp(&client, args).await,
             Commands::Logs(args) => remote::logs(&client, args).await,
             Commands::Timeout(args) => remote::timeout(&client, args).await,
+            Commands::Network(args) => remote::network(&client, args).await,
             Commands::Pause(args) => remote::pause(&client, args).await,
             Commands::Resume(args) => remote::resume(&client, args).await,
             Commands::Snapshot(args) => remote::snapshot(&client, args).await,

@@ -79,7 +79,39 @@ pub struct CreateArgs {
     #[arg(long)]
     pub keep_disk: bool,
     #[command(flatten)]
+    pub network: NetworkArgs,
+    #[command(flatten)]
     pub out: JsonFlag,
+}
+
+/// A network policy on the command line.
+#[derive(Debug, clap::Args)]
+pub struct NetworkArgs {
+    /// No internet: only what --allow-out names is reachable.
+    #[arg(long)]
+    pub no_internet: bool,
+    /// Always reachable: an IPv4 address, CIDR, domain or *.domain
+    /// (repeatable; wins over --deny-out).
+    #[arg(long, value_name = "RULE")]
+    pub allow_out: Vec<String>,
+    /// Blocked unless --allow-out names it: an address, CIDR, domain or
+    /// *.domain (repeatable; 0.0.0.0/0 blocks everything else).
+    #[arg(long, value_name = "RULE")]
+    pub deny_out: Vec<String>,
+}
+
+impl NetworkArgs {
+    fn given(&self) -> bool {
+        self.no_internet || !self.allow_out.is_empty() || !self.deny_out.is_empty()
+    }
+
+    fn policy(&self) -> warren_client::NetworkPolicy {
+        warren_client::NetworkPolicy {
+            internet: !self.no_internet,
+            allow_out: self.allow_out.clone(),
+            deny_out: self.deny_out.clone(),
+        }
+    }
 }
 
 /// `warren create`: prints the new sandbox's id.
@@ -96,6 +128,7 @@ pub async fn create(client: &Client, args: CreateArgs) -> Result<i32> {
         auto_pause: args.auto_pause.then_some(true),
         auto_resume: args.auto_resume.then_some(true),
         keep_disk: args.keep_disk.then_some(true),
+        network: args.network.given().then(|| args.network.policy()),
     };
     let spinner = spinner(format!(
         "creating a sandbox from template {}",
@@ -521,6 +554,47 @@ pub struct TimeoutArgs {
     pub seconds: u64,
     #[command(flatten)]
     pub out: JsonFlag,
+}
+
+/// `warren network`.
+#[derive(Debug, clap::Args)]
+pub struct NetworkCommandArgs {
+    /// Sandbox id.
+    pub id: String,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+/// `warren network ID [--no-internet] [--allow-out R]... [--deny-out R]...`.
+pub async fn network(client: &Client, args: NetworkCommandArgs) -> Result<i32> {
+    let policy = if args.network.given() {
+        client
+            .set_network(&args.id, &args.network.policy())
+            .await
+            .with_context(|| format!("changing the network of sandbox {}", args.id))?
+    } else {
+        client
+            .network(&args.id)
+            .await
+            .with_context(|| format!("getting the network of sandbox {}", args.id))?
+    };
+    if args.out.json {
+        print_json(&policy)?;
+    } else {
+        let list = |rules: &[String]| {
+            if rules.is_empty() {
+                "-".to_string()
+            } else {
+                rules.join(" ")
+            }
+        };
+        println!("internet   {}", if policy.internet { "on" } else { "off" });
+        println!("allow_out  {}", list(&policy.allow_out));
+        println!("deny_out   {}", list(&policy.deny_out));
+    }
+    Ok(0)
 }
 
 /// `warren timeout`.

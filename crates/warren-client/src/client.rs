@@ -385,6 +385,29 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/sandboxes/{id}/network`: the egress policy of a running
+    /// sandbox.
+    pub async fn network(&self, id: &str) -> Result<NetworkPolicy, Error> {
+        self.get_json(&["v1", "sandboxes", id, "network"], &[])
+            .await
+    }
+
+    /// `PUT /v1/sandboxes/{id}/network`: replaces the egress policy of a
+    /// running sandbox (new connections follow it at once); returns the
+    /// policy in force, rules in their normal form.
+    pub async fn set_network(
+        &self,
+        id: &str,
+        policy: &NetworkPolicy,
+    ) -> Result<NetworkPolicy, Error> {
+        self.send_json(
+            Method::PUT,
+            &["v1", "sandboxes", id, "network"],
+            Some(policy),
+        )
+        .await
+    }
+
     /// `POST /v1/admin/reconcile` (admin keys): runs the reconciler now
     /// and says what it fixed, so tools can check a host is consistent
     /// without waiting for the periodic pass.

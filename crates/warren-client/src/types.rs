@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 
 pub use warren_api::{
     ApiKey, CreateKey, CreateSandbox, CreateSnapshot, CreatedKey, Event, EventList, ExecRequest,
-    ExecResult, ExitStatus, FileInfo, FileKind, FileList, Health, KeyList, PauseResult,
-    ProcessEntry, ProcessList, ProcessStarted, ReconcileFix, ReconcileReport, Sandbox, SandboxList,
-    SandboxState, Snapshot, SnapshotList, StartProcess, Template, TemplateList, UnknownState,
+    ExecResult, ExitStatus, FileInfo, FileKind, FileList, Health, KeyList, NetworkPolicy,
+    PauseResult, ProcessEntry, ProcessList, ProcessStarted, ReconcileFix, ReconcileReport, Sandbox,
+    SandboxList, SandboxState, Snapshot, SnapshotList, StartProcess, Template, TemplateList,
+    UnknownState,
 };
 
 /// Filters of a sandbox listing.

@@ -58,7 +58,6 @@ pub use files::{FileInfo, FileType, TransferProgress, WriteOptions};
 pub use manager::{Manager, ManagerConfig, SandboxMeta, parse_upstream, volatile_ram_dir_for};
 pub use memfs::{MEMFS_ENV, MemFs, MemFsError, daemons_under};
 pub use network::{NetworkConfig, NetworkError, Networking, SandboxNetwork, host_resolver};
-pub use warren_net::{NetworkPolicy, PolicyError};
 pub use pause::{DEFAULT_MERGE_CAP, PauseOptions, PauseReport};
 pub use recovery::{Fix, Recovery};
 pub use resume::ResumeReport;
@@ -66,6 +65,7 @@ pub use sandbox::{GuestInfo, PauseHold, Sandbox};
 pub use spec::SandboxSpec;
 pub use template::{TemplateMeta, validate_template_name};
 pub use warren_image::{NoProgress, Progress};
+pub use warren_net::{NetworkPolicy, PolicyError};
 pub use warren_vmm::{Accel, AccelChoice};
 
 /// The snapshot names other crates spell `warren_sandbox::snapshot::...`

@@ -85,9 +85,9 @@ fn network_from_env() -> Result<Option<NetworkConfig>, String> {
     }
     let mut config = NetworkConfig::host_default();
     if let Ok(range) = std::env::var("WARREN_NET_RANGE") {
-        let net = range
-            .parse()
-            .map_err(|_| format!("WARREN_NET_RANGE={range:?} is not a CIDR such as 10.231.0.0/16"))?;
+        let net = range.parse().map_err(|_| {
+            format!("WARREN_NET_RANGE={range:?} is not a CIDR such as 10.231.0.0/16")
+        })?;
         config.range = warren_net::layout::HostRange::new(net)
             .map_err(|e| format!("WARREN_NET_RANGE={range:?}: {e}"))?;
     }
@@ -101,9 +101,11 @@ fn network_from_env() -> Result<Option<NetworkConfig>, String> {
 
 /// `IP` (port 53) or `IP:PORT`.
 pub fn parse_upstream(text: &str) -> Option<std::net::SocketAddr> {
-    text.parse()
-        .ok()
-        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(|ip| (ip, 53).into()))
+    text.parse().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| (ip, 53).into())
+    })
 }
 
 /// `$WARREN_RAM_DIR`: unset means `/dev/shm` if it is a tmpfs, `disk` (or

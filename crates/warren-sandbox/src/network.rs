@@ -58,7 +58,9 @@ pub fn host_resolver() -> SocketAddr {
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
     /// The host could not be prepared for sandbox networks at start-up.
-    #[error("this host cannot give sandboxes a network; create the sandbox with internet off and no allow_out rules, or fix the cause and restart warren")]
+    #[error(
+        "this host cannot give sandboxes a network; create the sandbox with internet off and no allow_out rules, or fix the cause and restart warren"
+    )]
     HostUnavailable(#[source] Arc<HostNetError>),
     /// Making or removing this sandbox's network failed.
     #[error("the sandbox's network")]
@@ -115,14 +117,18 @@ impl Networking {
     /// Prepares the host (see [`HostNet::init`]); a failure is logged and
     /// kept, and sandboxes without a network still work.
     pub fn init(config: &NetworkConfig, data_dir: &Path) -> Self {
-        let host = HostNet::init(config.range, &config.claims_dir, data_dir.display().to_string())
-            .map_err(|e| {
-                tracing::warn!(
-                    "sandbox networking is unavailable: {}",
-                    warren_net_chain(&e)
-                );
-                Arc::new(e)
-            });
+        let host = HostNet::init(
+            config.range,
+            &config.claims_dir,
+            data_dir.display().to_string(),
+        )
+        .map_err(|e| {
+            tracing::warn!(
+                "sandbox networking is unavailable: {}",
+                warren_net_chain(&e)
+            );
+            Arc::new(e)
+        });
         Networking {
             host,
             upstream: config.upstream,
@@ -169,7 +175,8 @@ impl Networking {
         };
         let tap = network.net.open_tap().map_err(NetworkError::Net)?;
         network.egress = Some(
-            Egress::start(&network.net, policy.clone(), self.upstream).map_err(NetworkError::Net)?,
+            Egress::start(&network.net, policy.clone(), self.upstream)
+                .map_err(NetworkError::Net)?,
         );
         let nic = NicConfig {
             tap: Arc::new(tap),
@@ -204,7 +211,8 @@ impl Networking {
             .apply_policy(policy, host.range())
             .map_err(NetworkError::Net)?;
         network.egress = Some(
-            Egress::start(&network.net, policy.clone(), self.upstream).map_err(NetworkError::Net)?,
+            Egress::start(&network.net, policy.clone(), self.upstream)
+                .map_err(NetworkError::Net)?,
         );
         Ok(Some(network))
     }
@@ -213,7 +221,10 @@ impl Networking {
     /// does not name (the reconciler's sweep). Returns how many.
     pub fn sweep(&self, keep: impl Fn(&str) -> bool) -> Result<usize, NetworkError> {
         match &self.host {
-            Ok(host) => host.sweep(keep).map(|s| s.len()).map_err(NetworkError::Host),
+            Ok(host) => host
+                .sweep(keep)
+                .map(|s| s.len())
+                .map_err(NetworkError::Host),
             Err(_) => Ok(0),
         }
     }
@@ -251,7 +262,11 @@ impl Drop for SandboxNetwork {
             return;
         }
         if let Err(e) = self.host.destroy(&self.net) {
-            tracing::warn!(sandbox = self.id, "removing the sandbox's network: {}", warren_net_chain(&e));
+            tracing::warn!(
+                sandbox = self.id,
+                "removing the sandbox's network: {}",
+                warren_net_chain(&e)
+            );
         }
     }
 }

@@ -276,7 +276,10 @@ impl Manager {
         spec.network = match (&template.spec.network, &request.network) {
             (None, wanted) => {
                 if wanted.is_some() {
-                    tracing::info!(template = name, "the template has no network card; the clone gets no network");
+                    tracing::info!(
+                        template = name,
+                        "the template has no network card; the clone gets no network"
+                    );
                 }
                 None
             }

@@ -5,8 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
-use warren_host::session::{ExecError, FileError, GuestErrorKind, Unavailable};
 use warren_api::message::one_line;
+use warren_host::session::{ExecError, FileError, GuestErrorKind, Unavailable};
 
 /// The body of every error response.
 #[derive(Debug, Clone, Serialize, ToSchema)]

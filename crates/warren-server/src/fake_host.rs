@@ -189,6 +189,7 @@ impl Host for FakeHost {
                     env: Default::default(),
                     metadata: Default::default(),
                     keep_disk: false,
+                    network: None,
                 },
             );
             Ok(())

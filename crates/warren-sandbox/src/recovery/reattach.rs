@@ -125,8 +125,12 @@ impl Manager {
             // did not, and are served again from this process.
             match self.networking().readopt(id, policy) {
                 Ok(Some(network)) => sandbox.set_network(Some(network)),
-                Ok(None) => tracing::warn!(%id, "the sandbox's network namespace is gone; it runs without a network"),
-                Err(error) => tracing::warn!(%id, "re-adopting the sandbox's network failed: {}", crate::error::with_causes(&error)),
+                Ok(None) => {
+                    tracing::warn!(%id, "the sandbox's network namespace is gone; it runs without a network")
+                }
+                Err(error) => {
+                    tracing::warn!(%id, "re-adopting the sandbox's network failed: {}", crate::error::with_causes(&error))
+                }
             }
         }
         let info = sandbox.info().await.map_err(ReattachError::Info)?;

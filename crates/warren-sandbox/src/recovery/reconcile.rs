@@ -119,7 +119,7 @@ impl Manager {
                 }
             }
         }
-        match self.networking().sweep(&owned) {
+        match self.networking().sweep(owned) {
             Ok(0) => {}
             Ok(removed) => fixes.push(Fix::new(
                 "orphan_network",
