@@ -213,7 +213,7 @@ async fn a_sandbox_reaches_what_its_policy_allows_and_never_the_host() {
     );
 
     // A server in the guest, reached from the host through its namespace.
-    sandbox
+    let _server = sandbox
         .exec(Command::shell(
             "cd /tmp && echo served > index.html && exec python3 -m http.server 8000 --bind 0.0.0.0",
         ))
@@ -221,16 +221,22 @@ async fn a_sandbox_reaches_what_its_policy_allows_and_never_the_host() {
         .expect("start the server");
     let mut answer = String::new();
     for _ in 0..100 {
-        if let Ok(stream) = sandbox.connect_port(8000).await {
-            let mut stream = stream.into_std().unwrap();
-            stream.set_nonblocking(false).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .unwrap();
-            stream
-                .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
-                .unwrap();
-            let _ = stream.read_to_string(&mut answer);
+        answer = match sandbox.connect_port(8000).await {
+            Ok(stream) => {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut stream = stream;
+                let mut text = String::new();
+                match stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").await {
+                    Ok(()) => match stream.read_to_string(&mut text).await {
+                        Ok(_) => text,
+                        Err(e) => format!("read: {e}"),
+                    },
+                    Err(e) => format!("write: {e}"),
+                }
+            }
+            Err(e) => format!("connect: {e}: {:?}", std::error::Error::source(&e)),
+        };
+        if answer.ends_with("served\n") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

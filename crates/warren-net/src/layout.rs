@@ -23,12 +23,25 @@ pub mod guest {
     /// The guest NIC's MAC (locally administered): fixed, so a restored
     /// guest's ARP cache and interface stay right.
     pub const MAC: [u8; 6] = [0x02, 0x77, 0x72, 0x6e, 0x00, 0x15];
+    /// The gateway's MAC (the TAP device's), fixed too: a resumed or
+    /// cloned guest's ARP cache still names it, and a new TAP with a new
+    /// random MAC would silently drop every frame the guest sends.
+    pub const GATEWAY_MAC: [u8; 6] = [0x02, 0x77, 0x72, 0x6e, 0x00, 0x16];
     /// The guest interface name the init configures.
     pub const INTERFACE: &str = "eth0";
 
     /// The MAC as QEMU's `mac=` wants it.
     pub fn mac_string() -> String {
-        MAC.iter()
+        colon_hex(&MAC)
+    }
+
+    /// The gateway's MAC as `ip link` wants it.
+    pub fn gateway_mac_string() -> String {
+        colon_hex(&GATEWAY_MAC)
+    }
+
+    fn colon_hex(mac: &[u8; 6]) -> String {
+        mac.iter()
             .map(|b| format!("{b:02x}"))
             .collect::<Vec<_>>()
             .join(":")

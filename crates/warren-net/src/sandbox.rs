@@ -122,6 +122,7 @@ impl SandboxNet {
              addr add {ns_addr}/30 dev {veth}\n\
              link set {veth} up\n\
              tuntap add dev {tap} mode tap vnet_hdr\n\
+             link set {tap} address {gw_mac}\n\
              addr add {gw}/{len} dev {tap}\n\
              link set {tap} up\n\
              route add default via {host_addr}\n",
@@ -129,6 +130,7 @@ impl SandboxNet {
             veth = device::VETH,
             tap = device::TAP,
             gw = guest::GATEWAY,
+            gw_mac = guest::gateway_mac_string(),
             len = guest::PREFIX_LEN,
             host_addr = self.layout.host_addr,
         );
