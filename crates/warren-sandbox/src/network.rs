@@ -165,14 +165,7 @@ impl Networking {
         let host = self.host()?;
         let net = host.create(id, policy).map_err(NetworkError::Host)?;
         // From here on, dropping `network` removes what was made.
-        let mut network = SandboxNetwork {
-            host: host.clone(),
-            net,
-            egress: None,
-            policy: policy.clone(),
-            id: id.to_owned(),
-            kept: false,
-        };
+        let mut network = SandboxNetwork::new(host, net, id, policy);
         let tap = network.net.open_tap().map_err(NetworkError::Net)?;
         network.egress = Some(
             Egress::start(&network.net, policy.clone(), self.upstream)
@@ -196,14 +189,7 @@ impl Networking {
         let Some(net) = host.find(id).map_err(NetworkError::Host)? else {
             return Ok(None);
         };
-        let mut network = SandboxNetwork {
-            host: host.clone(),
-            net,
-            egress: None,
-            policy: policy.clone(),
-            id: id.to_owned(),
-            kept: false,
-        };
+        let mut network = SandboxNetwork::new(host, net, id, policy);
         // The rules as recorded: whatever the namespace holds now may be
         // from before a policy change that was cut short.
         network
@@ -272,6 +258,17 @@ impl Drop for SandboxNetwork {
 }
 
 impl SandboxNetwork {
+    fn new(host: &HostNet, net: SandboxNet, id: &str, policy: &NetworkPolicy) -> Self {
+        SandboxNetwork {
+            host: host.clone(),
+            net,
+            egress: None,
+            policy: policy.clone(),
+            id: id.to_owned(),
+            kept: false,
+        }
+    }
+
     /// Stops serving its resolver and proxy but leaves namespace, rules
     /// and claim for the warren that re-adopts the running VM.
     pub fn leave_running(mut self) {

@@ -42,16 +42,21 @@ fn sockaddr_in(addr: [u8; 4]) -> libc::sockaddr {
     unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
 }
 
-/// Brings `lo` up and gives it 127.0.0.1/8 unless it already has an
-/// address (the kernel normally adds it when the interface comes up).
-pub fn bring_up_loopback() -> Result<(), String> {
-    let sock = socket(
+/// A datagram socket to send interface ioctls through.
+fn ioctl_socket() -> Result<OwnedFd, String> {
+    socket(
         AddressFamily::Inet,
         SockType::Datagram,
         SockFlag::SOCK_CLOEXEC,
         None,
     )
-    .map_err(|e| format!("socket: {e}"))?;
+    .map_err(|e| format!("socket: {e}"))
+}
+
+/// Brings `lo` up and gives it 127.0.0.1/8 unless it already has an
+/// address (the kernel normally adds it when the interface comes up).
+pub fn bring_up_loopback() -> Result<(), String> {
+    let sock = ioctl_socket()?;
     let mut req = ifreq("lo");
     ioctl(&sock, libc::SIOCGIFFLAGS, &mut req).map_err(|e| format!("SIOCGIFFLAGS lo: {e}"))?;
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
@@ -96,13 +101,7 @@ pub fn configure_eth0(
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let sock = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| format!("socket: {e}"))?;
+    let sock = ioctl_socket()?;
     let mut req = ifreq("eth0");
     req.ifr_ifru.ifru_addr = sockaddr_in(net.address.octets());
     ioctl(&sock, libc::SIOCSIFADDR, &mut req).map_err(|e| format!("SIOCSIFADDR eth0: {e}"))?;
