@@ -471,6 +471,7 @@ impl Manager {
         let _busy = self.mark_busy(&id);
         spec.validate(&self.host)
             .map_err(CreateError::InvalidSpec)?;
+        let spec = self.networking.fit(spec);
         let image = self.prepare_image(&spec.image, progress).await?;
         let dir = self.sandboxes_dir.join(&id);
         std::fs::create_dir(&dir).map_err(|source| CreateError::Io {

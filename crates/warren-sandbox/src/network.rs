@@ -140,6 +140,21 @@ impl Networking {
         self.host.is_ok()
     }
 
+    /// The spec a create goes ahead with: on a host without sandbox
+    /// networks, a sandbox whose policy reaches nothing anyway (internet
+    /// off, no `allow_out`) is made without a network card instead of
+    /// failing; any other policy still asks for one (and gets the error).
+    pub fn fit(&self, mut spec: crate::spec::SandboxSpec) -> crate::spec::SandboxSpec {
+        let offline = spec
+            .network
+            .as_ref()
+            .is_some_and(|p| !p.internet && p.allow_out.is_empty());
+        if offline && !self.available() {
+            spec.network = None;
+        }
+        spec
+    }
+
     fn host(&self) -> Result<&HostNet, NetworkError> {
         self.host
             .as_ref()
@@ -308,4 +323,35 @@ fn warren_net_chain(error: &dyn std::error::Error) -> String {
         source = e.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::SandboxSpec;
+
+    #[test]
+    fn without_host_networks_only_offline_sandboxes_go_ahead_without_a_card() {
+        let none = Networking::disabled();
+        let with = |internet, allow: &[&str]| SandboxSpec {
+            network: Some(
+                NetworkPolicy::parse(
+                    internet,
+                    &allow.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                    &[],
+                )
+                .unwrap(),
+            ),
+            ..SandboxSpec::default()
+        };
+        assert_eq!(none.fit(with(false, &[])).network, None);
+        assert!(
+            none.fit(with(true, &[])).network.is_some(),
+            "internet on still asks"
+        );
+        assert!(none.fit(with(false, &["pypi.org"])).network.is_some());
+        let err = none.attach("sb-x", &NetworkPolicy::default()).unwrap_err();
+        assert!(matches!(err, NetworkError::HostUnavailable(_)));
+        assert!(err.to_string().contains("internet off"), "{err}");
+    }
 }
