@@ -130,7 +130,7 @@ fn manifest<D: serde::de::DeserializeOwned>(file: &Path) -> Manifest<D> {
     serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
 
-const EXPECTED_MODULE_FILES: [&str; 8] = [
+const EXPECTED_MODULE_FILES: [&str; 11] = [
     "virtio_ring.ko",
     "virtio.ko",
     "virtio_pci_legacy_dev.ko",
@@ -139,6 +139,9 @@ const EXPECTED_MODULE_FILES: [&str; 8] = [
     "virtio_blk.ko",
     "virtio_console.ko",
     "virtio-rng.ko",
+    "failover.ko",
+    "net_failover.ko",
+    "virtio_net.ko",
 ];
 
 #[test]
@@ -265,7 +268,13 @@ fn tiny_kernel_and_initramfs_build_cache_and_boot() {
         Duration::from_secs(60),
     );
     assert!(booted.contains("/mnt/bin/busybox"), "{booted}");
-    for module in ["virtio_blk", "virtio_pci", "virtio_console", "virtio_rng"] {
+    for module in [
+        "virtio_blk",
+        "virtio_pci",
+        "virtio_console",
+        "virtio_rng",
+        "virtio_net",
+    ] {
         assert!(
             booted.contains(&format!("MODULE {module}")),
             "{module} not loaded:\n{booted}"
