@@ -2378,7 +2378,7 @@ impl Harness {
                 ));
             }
         }
-        let ram_dir = warren_sandbox::volatile_ram_dir_for(home).map_err(anyhow::Error::msg)?;
+        let ram_dir = warren_sandbox::volatile_ram_dir_for(home)?;
         for entry in ram_dir
             .iter()
             .flat_map(std::fs::read_dir)
@@ -3088,7 +3088,7 @@ impl Harness {
                 true,
             );
         }
-        let ram_dir = warren_sandbox::volatile_ram_dir_for(&home).map_err(anyhow::Error::msg)?;
+        let ram_dir = warren_sandbox::volatile_ram_dir_for(&home)?;
         for entry in ram_dir
             .iter()
             .flat_map(std::fs::read_dir)

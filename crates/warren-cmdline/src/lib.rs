@@ -33,14 +33,11 @@ impl GlobalArgs {
     /// The manager configuration of the environment, with these flags
     /// applied over it.
     pub fn manager_config(&self) -> Result<ManagerConfig> {
-        let mut config = ManagerConfig::from_env().map_err(anyhow::Error::msg)?;
+        let mut config = ManagerConfig::from_env()?;
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
         }
-        config.accel = self
-            .accel
-            .parse::<AccelChoice>()
-            .map_err(anyhow::Error::msg)?;
+        config.accel = self.accel.parse::<AccelChoice>()?;
         Ok(config)
     }
 

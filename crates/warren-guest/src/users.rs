@@ -53,19 +53,25 @@ pub struct Group {
     pub members: Vec<String>,
 }
 
+/// The colon-separated records of a passwd-style file that have exactly
+/// `fields` fields and a name; comments, blank and malformed lines are
+/// skipped rather than failing the whole file, like libc.
+fn records(text: &str, fields: usize) -> impl Iterator<Item = Vec<&str>> {
+    text.lines().filter_map(move |line| {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        let record: Vec<&str> = line.split(':').collect();
+        (record.len() == fields && !record[0].is_empty()).then_some(record)
+    })
+}
+
 /// Parses `/etc/passwd` text. Malformed lines (wrong field count, non
 /// numeric ids) are skipped rather than failing the whole file, like libc.
 pub fn parse_passwd(text: &str) -> Vec<User> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim_end_matches('\r');
-            if line.is_empty() || line.starts_with('#') {
-                return None;
-            }
-            let fields: Vec<&str> = line.split(':').collect();
-            if fields.len() != 7 || fields[0].is_empty() {
-                return None;
-            }
+    records(text, 7)
+        .filter_map(|fields| {
             Some(User {
                 name: fields[0].to_string(),
                 uid: fields[2].parse().ok()?,
@@ -79,16 +85,8 @@ pub fn parse_passwd(text: &str) -> Vec<User> {
 
 /// Parses `/etc/group` text; malformed lines are skipped.
 pub fn parse_group(text: &str) -> Vec<Group> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim_end_matches('\r');
-            if line.is_empty() || line.starts_with('#') {
-                return None;
-            }
-            let fields: Vec<&str> = line.split(':').collect();
-            if fields.len() != 4 || fields[0].is_empty() {
-                return None;
-            }
+    records(text, 4)
+        .filter_map(|fields| {
             Some(Group {
                 name: fields[0].to_string(),
                 gid: fields[2].parse().ok()?,

@@ -192,11 +192,8 @@ pub enum HostError {
         available_mib: u64,
     },
     /// The spec does not fit this host's bounds.
-    #[error("{reason}")]
-    InvalidSpec {
-        /// What is wrong and what to ask for instead.
-        reason: String,
-    },
+    #[error(transparent)]
+    InvalidSpec(warren_sandbox::SpecError),
     /// Creating the sandbox failed.
     #[error(transparent)]
     Create(#[from] CreateError),
@@ -310,8 +307,8 @@ impl HostError {
                 requested_mib: *requested_mib,
                 available_mib: *available_mib,
             },
-            HostError::InvalidSpec { reason } => HostErrorKind::Invalid {
-                reason: reason.clone(),
+            HostError::InvalidSpec(reason) => HostErrorKind::Invalid {
+                reason: reason.to_string(),
             },
             HostError::Create(error) => create_kind(error),
             HostError::Snapshot(error) => match error {
@@ -362,7 +359,10 @@ impl HostError {
 fn create_kind(error: &CreateError) -> HostErrorKind {
     match error {
         CreateError::InvalidSpec(reason) => HostErrorKind::Invalid {
-            reason: reason.clone(),
+            reason: reason.to_string(),
+        },
+        CreateError::InvalidId(_) => HostErrorKind::Invalid {
+            reason: error.to_string(),
         },
         CreateError::Image(warren_image::ImageError::UnknownImage { name, available }) => {
             HostErrorKind::UnknownImage {

@@ -428,7 +428,7 @@ impl Host for HostAgent {
 
     fn check_spec(&self, spec: &SandboxSpec) -> Result<(), HostError> {
         spec.validate(&self.manager.host())
-            .map_err(|reason| HostError::InvalidSpec { reason })
+            .map_err(HostError::InvalidSpec)
     }
 
     fn available_memory_mib(&self) -> u64 {

@@ -21,26 +21,17 @@ pub(crate) struct Tool {
     pub(crate) package: &'static str,
 }
 
-pub(crate) const APT_GET: Tool = Tool {
-    name: "apt-get",
-    package: "apt",
-};
-pub(crate) const APT_CACHE: Tool = Tool {
-    name: "apt-cache",
-    package: "apt",
-};
-pub(crate) const DPKG_DEB: Tool = Tool {
-    name: "dpkg-deb",
-    package: "dpkg",
-};
-pub(crate) const MKFS_EXT4: Tool = Tool {
-    name: "mkfs.ext4",
-    package: "e2fsprogs",
-};
-pub(crate) const MMDEBSTRAP: Tool = Tool {
-    name: "mmdebstrap",
-    package: "mmdebstrap",
-};
+impl Tool {
+    pub(crate) const fn new(name: &'static str, package: &'static str) -> Self {
+        Self { name, package }
+    }
+}
+
+pub(crate) const APT_GET: Tool = Tool::new("apt-get", "apt");
+pub(crate) const APT_CACHE: Tool = Tool::new("apt-cache", "apt");
+pub(crate) const DPKG_DEB: Tool = Tool::new("dpkg-deb", "dpkg");
+pub(crate) const MKFS_EXT4: Tool = Tool::new("mkfs.ext4", "e2fsprogs");
+pub(crate) const MMDEBSTRAP: Tool = Tool::new("mmdebstrap", "mmdebstrap");
 
 /// Directories searched after `$PATH`: a non-root user's `$PATH` often lacks
 /// the sbin directories where `mkfs.ext4` lives.

@@ -305,10 +305,7 @@ fn build_debian(
 
 /// `package version` lines of the packages installed in `root`.
 fn installed_packages(root: &Path) -> Result<Vec<String>, ImageError> {
-    const DPKG_QUERY: Tool = Tool {
-        name: "dpkg-query",
-        package: "dpkg",
-    };
+    const DPKG_QUERY: Tool = Tool::new("dpkg-query", "dpkg");
     let mut cmd = host::command(DPKG_QUERY)?;
     cmd.arg(format!(
         "--admindir={}",

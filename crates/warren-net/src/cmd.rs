@@ -44,16 +44,16 @@ pub(crate) struct Tool {
     package: &'static str,
 }
 
+impl Tool {
+    const fn new(program: &'static str, package: &'static str) -> Self {
+        Self { program, package }
+    }
+}
+
 /// iproute2's `ip`.
-pub(crate) const IP: Tool = Tool {
-    program: "ip",
-    package: "iproute2",
-};
+pub(crate) const IP: Tool = Tool::new("ip", "iproute2");
 /// nftables' `nft`.
-pub(crate) const NFT: Tool = Tool {
-    program: "nft",
-    package: "nftables",
-};
+pub(crate) const NFT: Tool = Tool::new("nft", "nftables");
 
 /// Runs `tool args...` with `stdin` as its input, returning stdout.
 pub(crate) fn run(tool: Tool, args: &[&str], stdin: Option<&str>) -> Result<String, CommandError> {

@@ -80,6 +80,22 @@ pub enum RangeError {
         "the sandbox network range {0} overlaps loopback, link-local or multicast addresses; pick a private block such as 10.231.0.0/16"
     )]
     Reserved(Ipv4Net),
+    /// Not an IPv4 CIDR at all.
+    #[error("{0:?} is not an IPv4 CIDR such as 10.231.0.0/16")]
+    Syntax(String, #[source] ipnet::AddrParseError),
+}
+
+impl std::str::FromStr for HostRange {
+    type Err = RangeError;
+
+    /// A range from CIDR text (`--net-range`, `WARREN_NET_RANGE`).
+    fn from_str(text: &str) -> Result<Self, RangeError> {
+        let net = text
+            .trim()
+            .parse()
+            .map_err(|source| RangeError::Syntax(text.to_owned(), source))?;
+        HostRange::new(net)
+    }
 }
 
 impl Default for HostRange {

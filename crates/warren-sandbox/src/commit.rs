@@ -373,27 +373,13 @@ mod tests {
 
     use super::*;
     use crate::chain::read_existing_header;
-    use crate::spec::SandboxSpec;
 
     const MIB: u32 = 4;
 
     fn meta() -> SandboxMeta {
-        SandboxMeta {
-            id: "sb-test".into(),
-            spec: SandboxSpec {
-                memory_mib: MIB,
-                ..SandboxSpec::default()
-            },
-            image_key: "key".into(),
-            created_unix_ms: 0,
-            owner_pid: 1,
-            ephemeral: false,
-            kernel: PathBuf::new(),
-            initramfs: PathBuf::new(),
-            base_disk: PathBuf::new(),
-            base_disk_format: "raw".into(),
-            template: None,
-        }
+        let mut meta = SandboxMeta::for_test("sb-test", false, 1);
+        meta.spec.memory_mib = MIB;
+        meta
     }
 
     fn block_of(dir: &Path, header: &SnapshotHeader, block: u64) -> Vec<u8> {

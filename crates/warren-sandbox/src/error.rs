@@ -12,8 +12,11 @@ use warren_vmm::VmExit;
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
     /// The request itself is wrong (sizes, names, env vars).
-    #[error("invalid sandbox request: {0}")]
-    InvalidSpec(String),
+    #[error("invalid sandbox request")]
+    InvalidSpec(#[source] crate::spec::SpecError),
+    /// The id the caller chose for the sandbox is not one.
+    #[error("{0:?} is not a sandbox id")]
+    InvalidId(String),
     /// The image could not be found or built.
     #[error(transparent)]
     Image(#[from] warren_image::ImageError),

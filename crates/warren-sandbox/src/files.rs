@@ -273,12 +273,7 @@ impl Sandbox {
                         info = Some(FileInfo::from_pb(stat));
                     }
                     if !chunk.data.is_empty() {
-                        sink.write_all(&chunk.data)
-                            .await
-                            .map_err(|source| FileError::Local {
-                                path: "<sink>".into(),
-                                source,
-                            })?;
+                        sink.write_all(&chunk.data).await.map_err(sink_error)?;
                         total += chunk.data.len() as u64;
                         progress.transferred(total);
                     }
@@ -287,10 +282,7 @@ impl Sandbox {
                 Err(status) => return Err(self.file_error(status).await),
             }
         }
-        sink.flush().await.map_err(|source| FileError::Local {
-            path: "<sink>".into(),
-            source,
-        })?;
+        sink.flush().await.map_err(sink_error)?;
         let info = info
             .ok_or_else(|| FileError::Protocol(format!("read of {path} returned no metadata")))?;
         Ok((total, info))
@@ -320,12 +312,7 @@ impl Sandbox {
         loop {
             match stream.message().await {
                 Ok(Some(chunk)) => {
-                    sink.write_all(&chunk.data)
-                        .await
-                        .map_err(|source| FileError::Local {
-                            path: "<sink>".into(),
-                            source,
-                        })?;
+                    sink.write_all(&chunk.data).await.map_err(sink_error)?;
                     total += chunk.data.len() as u64;
                 }
                 Ok(None) => return Ok(total),
@@ -412,70 +399,67 @@ impl Sandbox {
         // Pump the source into the stream (or the bulk transfer) while the
         // call runs. `tx.closed()` means the call already ended: the guest
         // refused, and its status says why.
-        let pump =
-            async {
-                if let Some(sender) = bulk.as_mut() {
-                    tokio::select! {
-                        ready = tokio::time::timeout(BULK_START_TIMEOUT, sender.ready()) => {
-                            if !matches!(ready, Ok(Ok(()))) {
+        let pump = async {
+            if let Some(sender) = bulk.as_mut() {
+                tokio::select! {
+                    ready = tokio::time::timeout(BULK_START_TIMEOUT, sender.ready()) => {
+                        if !matches!(ready, Ok(Ok(()))) {
+                            return Err(FileError::Protocol(format!(
+                                "the guest agent did not start the upload of {path} within \
+                                 {BULK_START_TIMEOUT:?} (its connection may have been \
+                                 replaced); retry"
+                            )));
+                        }
+                    }
+                    _ = tx.closed() => return Ok(0),
+                }
+            }
+            let mut total = 0u64;
+            loop {
+                let mut buf = vec![0u8; warren_proto::CHUNK_BYTES];
+                let mut filled = 0;
+                // Fill whole chunks: fewer, larger messages move faster.
+                while filled < buf.len() {
+                    let n = source
+                        .read(&mut buf[filled..])
+                        .await
+                        .map_err(source_error)?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                if filled == 0 {
+                    return Ok::<u64, FileError>(total);
+                }
+                buf.truncate(filled);
+                total += filled as u64;
+                match bulk.as_mut() {
+                    Some(sender) => {
+                        tokio::select! {
+                            sent = sender.send(&buf) => if let Err(error) = sent {
                                 return Err(FileError::Protocol(format!(
-                                    "the guest agent did not start the upload of {path} within \
-                                     {BULK_START_TIMEOUT:?} (its connection may have been \
-                                     replaced); retry"
+                                    "uploading {path}: {error}"
                                 )));
-                            }
+                            },
+                            _ = tx.closed() => return Ok(total),
                         }
-                        _ = tx.closed() => return Ok(0),
+                    }
+                    None => {
+                        let chunk = pb::WriteFileChunk {
+                            chunk: Some(pb::write_file_chunk::Chunk::Data(Bytes::from(buf))),
+                        };
+                        if tx.send(chunk).await.is_err() {
+                            return Ok(total);
+                        }
                     }
                 }
-                let mut total = 0u64;
-                loop {
-                    let mut buf = vec![0u8; warren_proto::CHUNK_BYTES];
-                    let mut filled = 0;
-                    // Fill whole chunks: fewer, larger messages move faster.
-                    while filled < buf.len() {
-                        let n = source.read(&mut buf[filled..]).await.map_err(|e| {
-                            FileError::Local {
-                                path: "<source>".into(),
-                                source: e,
-                            }
-                        })?;
-                        if n == 0 {
-                            break;
-                        }
-                        filled += n;
-                    }
-                    if filled == 0 {
-                        return Ok::<u64, FileError>(total);
-                    }
-                    buf.truncate(filled);
-                    total += filled as u64;
-                    match bulk.as_mut() {
-                        Some(sender) => {
-                            tokio::select! {
-                                sent = sender.send(&buf) => if let Err(error) = sent {
-                                    return Err(FileError::Protocol(format!(
-                                        "uploading {path}: {error}"
-                                    )));
-                                },
-                                _ = tx.closed() => return Ok(total),
-                            }
-                        }
-                        None => {
-                            let chunk = pb::WriteFileChunk {
-                                chunk: Some(pb::write_file_chunk::Chunk::Data(Bytes::from(buf))),
-                            };
-                            if tx.send(chunk).await.is_err() {
-                                return Ok(total);
-                            }
-                        }
-                    }
-                    progress.transferred(total);
-                    if filled < warren_proto::CHUNK_BYTES {
-                        return Ok(total);
-                    }
+                progress.transferred(total);
+                if filled < warren_proto::CHUNK_BYTES {
+                    return Ok(total);
                 }
-            };
+            }
+        };
         let pumped = pump.await;
         match pumped {
             Ok(total) => {
@@ -549,5 +533,21 @@ impl Sandbox {
         };
         self.write_file_from(path, &mut file, options, progress)
             .await
+    }
+}
+
+/// A local write of a download failed: the caller's sink, not a path.
+fn sink_error(source: std::io::Error) -> FileError {
+    FileError::Local {
+        path: "<sink>".into(),
+        source,
+    }
+}
+
+/// A local read of an upload failed: the caller's source, not a path.
+fn source_error(source: std::io::Error) -> FileError {
+    FileError::Local {
+        path: "<source>".into(),
+        source,
     }
 }

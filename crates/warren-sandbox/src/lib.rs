@@ -55,14 +55,16 @@ pub use exec::{
     Command, ExitStatus, Output, Process, ProcessEvent, ProcessInfo, ProcessInput, PtySize,
 };
 pub use files::{FileInfo, FileType, TransferProgress, WriteOptions};
-pub use manager::{Manager, ManagerConfig, SandboxMeta, parse_upstream, volatile_ram_dir_for};
+pub use manager::{
+    EnvConfigError, Manager, ManagerConfig, SandboxMeta, parse_upstream, volatile_ram_dir_for,
+};
 pub use memfs::{MEMFS_ENV, MemFs, MemFsError, daemons_under};
 pub use network::{NetworkConfig, NetworkError, Networking, SandboxNetwork, host_resolver};
 pub use pause::{DEFAULT_MERGE_CAP, PauseOptions, PauseReport};
 pub use recovery::{Fix, Recovery};
 pub use resume::ResumeReport;
 pub use sandbox::{GuestInfo, PauseHold, Sandbox};
-pub use spec::SandboxSpec;
+pub use spec::{SandboxSpec, SpecError};
 pub use template::{TemplateMeta, validate_template_name};
 pub use warren_image::{NoProgress, Progress};
 pub use warren_net::{NetworkPolicy, PolicyError};

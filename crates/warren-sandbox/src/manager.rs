@@ -51,14 +51,17 @@ impl ManagerConfig {
     /// `WARREN_GUEST_AGENT`, `WARREN_BOOT_TIMEOUT` (seconds),
     /// `WARREN_RAM_DIR`, and for networks `WARREN_NET` (`off`),
     /// `WARREN_NET_RANGE` (a CIDR) and `WARREN_DNS_UPSTREAM` (`IP[:PORT]`).
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, EnvConfigError> {
         let accel = match std::env::var("WARREN_ACCEL") {
             Ok(value) => value.parse::<AccelChoice>()?,
             Err(_) => AccelChoice::Auto,
         };
         let boot_timeout = match std::env::var("WARREN_BOOT_TIMEOUT") {
             Ok(value) => Some(Duration::from_secs(value.trim().parse::<u64>().map_err(
-                |_| format!("WARREN_BOOT_TIMEOUT={value:?} is not a number of seconds"),
+                |source| EnvConfigError::BootTimeout {
+                    value: value.clone(),
+                    source,
+                },
             )?)),
             Err(_) => None,
         };
@@ -78,23 +81,57 @@ impl ManagerConfig {
     }
 }
 
+/// A `WARREN_*` variable [`ManagerConfig::from_env`] cannot use; each
+/// names the variable and what it takes.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvConfigError {
+    /// `WARREN_ACCEL` names no accelerator.
+    #[error("WARREN_ACCEL is not usable")]
+    Accel(#[from] warren_vmm::UnknownAccel),
+    /// `WARREN_BOOT_TIMEOUT` is not whole seconds.
+    #[error("WARREN_BOOT_TIMEOUT={value:?} is not a number of seconds")]
+    BootTimeout {
+        /// The variable's value.
+        value: String,
+        /// Why it did not parse.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    /// `WARREN_RAM_DIR` is not on a tmpfs.
+    #[error(
+        "WARREN_RAM_DIR={} is not a directory on a tmpfs; point it at one \
+         (such as /dev/shm) or set WARREN_RAM_DIR=disk to keep guest RAM on disk",
+        .0.display()
+    )]
+    RamDirNotTmpfs(PathBuf),
+    /// `WARREN_NET_RANGE` is a CIDR sandbox networks cannot use.
+    #[error("WARREN_NET_RANGE={value:?} cannot hold sandbox networks")]
+    NetRange {
+        /// The variable's value.
+        value: String,
+        /// Why the range is refused.
+        #[source]
+        source: warren_net::layout::RangeError,
+    },
+    /// `WARREN_DNS_UPSTREAM` is not an address.
+    #[error("WARREN_DNS_UPSTREAM={0:?} is not an address such as 192.0.2.53 or 192.0.2.53:5353")]
+    DnsUpstream(String),
+}
+
 /// The network settings of [`ManagerConfig::from_env`].
-fn network_from_env() -> Result<Option<NetworkConfig>, String> {
+fn network_from_env() -> Result<Option<NetworkConfig>, EnvConfigError> {
     if std::env::var("WARREN_NET").is_ok_and(|v| v == "off") {
         return Ok(None);
     }
     let mut config = NetworkConfig::host_default();
     if let Ok(range) = std::env::var("WARREN_NET_RANGE") {
-        let net = range.parse().map_err(|_| {
-            format!("WARREN_NET_RANGE={range:?} is not a CIDR such as 10.231.0.0/16")
+        config.range = range.parse().map_err(|source| EnvConfigError::NetRange {
+            value: range,
+            source,
         })?;
-        config.range = warren_net::layout::HostRange::new(net)
-            .map_err(|e| format!("WARREN_NET_RANGE={range:?}: {e}"))?;
     }
     if let Ok(upstream) = std::env::var("WARREN_DNS_UPSTREAM") {
-        config.upstream = parse_upstream(&upstream).ok_or_else(|| {
-            format!("WARREN_DNS_UPSTREAM={upstream:?} is not an address such as 192.0.2.53 or 192.0.2.53:5353")
-        })?;
+        config.upstream = parse_upstream(&upstream).ok_or(EnvConfigError::DnsUpstream(upstream))?;
     }
     Ok(Some(config))
 }
@@ -110,18 +147,14 @@ pub fn parse_upstream(text: &str) -> Option<std::net::SocketAddr> {
 
 /// `$WARREN_RAM_DIR`: unset means `/dev/shm` if it is a tmpfs, `disk` (or
 /// empty) means none, anything else must be a directory on a tmpfs.
-fn volatile_ram_root_from_env() -> Result<Option<PathBuf>, String> {
+fn volatile_ram_root_from_env() -> Result<Option<PathBuf>, EnvConfigError> {
     match std::env::var_os("WARREN_RAM_DIR") {
         None => Ok(warren_vmm::host::default_ram_root()),
         Some(value) if value.is_empty() || value == "disk" => Ok(None),
         Some(value) => {
             let path = PathBuf::from(value);
             if !warren_vmm::host::is_tmpfs(&path) {
-                return Err(format!(
-                    "WARREN_RAM_DIR={} is not a directory on a tmpfs; point it at one \
-                     (such as /dev/shm) or set WARREN_RAM_DIR=disk to keep guest RAM on disk",
-                    path.display()
-                ));
+                return Err(EnvConfigError::RamDirNotTmpfs(path));
             }
             Ok(Some(path))
         }
@@ -131,7 +164,7 @@ fn volatile_ram_root_from_env() -> Result<Option<PathBuf>, String> {
 /// Where the VMs of data directory `data_dir` keep their RAM while they
 /// run, by `$WARREN_RAM_DIR` as a [`Manager`] reads it (None: on disk); for
 /// tools that audit a host.
-pub fn volatile_ram_dir_for(data_dir: &Path) -> Result<Option<PathBuf>, String> {
+pub fn volatile_ram_dir_for(data_dir: &Path) -> Result<Option<PathBuf>, EnvConfigError> {
     Ok(volatile_ram_root_from_env()?.map(|root| volatile_ram_dir(&root, data_dir)))
 }
 
@@ -213,6 +246,25 @@ pub struct SandboxMeta {
 }
 
 impl SandboxMeta {
+    /// The metadata of a sandbox that never ran (no image files), for unit
+    /// tests of the decisions made from metadata alone.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: &str, ephemeral: bool, owner_pid: u32) -> Self {
+        Self {
+            id: id.into(),
+            spec: SandboxSpec::default(),
+            image_key: "key".into(),
+            created_unix_ms: 0,
+            owner_pid,
+            ephemeral,
+            kernel: PathBuf::new(),
+            initramfs: PathBuf::new(),
+            base_disk: PathBuf::new(),
+            base_disk_format: "raw".into(),
+            template: None,
+        }
+    }
+
     /// Whether this is an ephemeral sandbox (one that dies with its owner)
     /// of another warren process that is still alive, and so not this
     /// process's to judge or clean. "Alive" is
@@ -464,9 +516,7 @@ impl Manager {
         progress: Arc<dyn Progress>,
     ) -> Result<Sandbox, CreateError> {
         if !is_valid_sandbox_id(&id) {
-            return Err(CreateError::InvalidSpec(format!(
-                "{id:?} is not a sandbox id"
-            )));
+            return Err(CreateError::InvalidId(id));
         }
         let _busy = self.mark_busy(&id);
         spec.validate(&self.host)
@@ -741,19 +791,7 @@ mod tests {
     use crate::fake_vmm::FakeVmm;
 
     fn meta(id: &str, ephemeral: bool, owner_pid: u32) -> SandboxMeta {
-        SandboxMeta {
-            id: id.into(),
-            spec: SandboxSpec::default(),
-            image_key: "key".into(),
-            created_unix_ms: 0,
-            owner_pid,
-            ephemeral,
-            kernel: PathBuf::new(),
-            initramfs: PathBuf::new(),
-            base_disk: PathBuf::new(),
-            base_disk_format: "raw".into(),
-            template: None,
-        }
+        SandboxMeta::for_test(id, ephemeral, owner_pid)
     }
 
     /// A child that has exited but is not reaped: its pid is taken

@@ -203,14 +203,7 @@ impl Manager {
                 return Err(error.into());
             }
         };
-        let sandbox = Sandbox::new(
-            id,
-            dir.to_path_buf(),
-            vm,
-            agent,
-            meta.spec.clone(),
-            meta.image_key.clone(),
-        );
+        let sandbox = Sandbox::from_meta(id, dir, &meta, vm, agent);
         sandbox.set_memfs(memfs);
         sandbox.set_network(network);
         phase("agent connected");

@@ -93,6 +93,25 @@ impl std::fmt::Debug for Sandbox {
 }
 
 impl Sandbox {
+    /// [`Sandbox::new`] for a sandbox that exists on disk (a resume or a
+    /// re-attach): its spec and image come from its metadata.
+    pub(crate) fn from_meta(
+        id: &str,
+        dir: &Path,
+        meta: &crate::manager::SandboxMeta,
+        vm: Box<dyn Vm>,
+        agent: AgentConnection,
+    ) -> Self {
+        Self::new(
+            id,
+            dir.to_path_buf(),
+            vm,
+            agent,
+            meta.spec.clone(),
+            meta.image_key.clone(),
+        )
+    }
+
     /// Wraps a VM whose agent answered: the one way boot, resume, clone
     /// and re-attach make a sandbox.
     pub(crate) fn new(

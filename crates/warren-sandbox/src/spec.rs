@@ -53,38 +53,74 @@ impl Default for SandboxSpec {
     }
 }
 
+/// What is wrong with a [`SandboxSpec`]: each says what to give instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// Less memory than the guest userland needs.
+    #[error("memory of {asked} MiB is too small; give at least {MIN_MEMORY_MIB} MiB")]
+    MemoryTooSmall {
+        /// The memory asked for, MiB.
+        asked: u32,
+    },
+    /// More memory than the host has at all.
+    #[error("memory of {asked} MiB is more than this host has ({total} MiB in total)")]
+    MemoryOverHost {
+        /// The memory asked for, MiB.
+        asked: u32,
+        /// The host's memory, MiB.
+        total: u64,
+    },
+    /// Zero vCPUs.
+    #[error("a sandbox needs at least 1 vCPU")]
+    NoVcpu,
+    /// More vCPUs than the host has CPUs.
+    #[error("{asked} vCPUs requested but this host has {cpus} CPUs")]
+    VcpusOverHost {
+        /// The vCPUs asked for.
+        asked: u32,
+        /// The host's CPUs.
+        cpus: u32,
+    },
+    /// No image name.
+    #[error("the image name is empty")]
+    EmptyImage,
+    /// An environment variable no process could be given.
+    #[error("invalid environment variable {name:?}: names must be non-empty without '=' or NUL")]
+    BadEnv {
+        /// The variable's name.
+        name: String,
+    },
+}
+
 impl SandboxSpec {
     /// Checks the request against itself and the host's capacity.
-    pub fn validate(&self, host: &warren_vmm::host::HostCapacity) -> Result<(), String> {
+    pub fn validate(&self, host: &warren_vmm::host::HostCapacity) -> Result<(), SpecError> {
         if self.memory_mib < MIN_MEMORY_MIB {
-            return Err(format!(
-                "memory of {} MiB is too small; give at least {MIN_MEMORY_MIB} MiB",
-                self.memory_mib
-            ));
+            return Err(SpecError::MemoryTooSmall {
+                asked: self.memory_mib,
+            });
         }
         if u64::from(self.memory_mib) > host.memory_total_mib {
-            return Err(format!(
-                "memory of {} MiB is more than this host has ({} MiB in total)",
-                self.memory_mib, host.memory_total_mib
-            ));
+            return Err(SpecError::MemoryOverHost {
+                asked: self.memory_mib,
+                total: host.memory_total_mib,
+            });
         }
         if self.vcpus == 0 {
-            return Err("a sandbox needs at least 1 vCPU".into());
+            return Err(SpecError::NoVcpu);
         }
         if self.vcpus > host.cpus {
-            return Err(format!(
-                "{} vCPUs requested but this host has {} CPUs",
-                self.vcpus, host.cpus
-            ));
+            return Err(SpecError::VcpusOverHost {
+                asked: self.vcpus,
+                cpus: host.cpus,
+            });
         }
         if self.image.is_empty() {
-            return Err("the image name is empty".into());
+            return Err(SpecError::EmptyImage);
         }
         for (key, value) in &self.env {
             if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
-                return Err(format!(
-                    "invalid environment variable {key:?}: names must be non-empty without '=' or NUL"
-                ));
+                return Err(SpecError::BadEnv { name: key.clone() });
             }
         }
         Ok(())
@@ -114,29 +150,30 @@ mod tests {
             vcpus,
             ..SandboxSpec::default()
         };
-        assert!(
-            spec(0, 1)
-                .validate(&HOST)
-                .unwrap_err()
-                .contains("at least 128")
-        );
-        assert!(
-            spec(8192, 1)
-                .validate(&HOST)
-                .unwrap_err()
-                .contains("4096 MiB")
-        );
-        assert!(
-            spec(512, 0)
-                .validate(&HOST)
-                .unwrap_err()
-                .contains("at least 1 vCPU")
-        );
-        assert!(
-            spec(512, 3)
-                .validate(&HOST)
-                .unwrap_err()
-                .contains("has 2 CPUs")
-        );
+        let refused = [
+            (
+                spec(0, 1),
+                SpecError::MemoryTooSmall { asked: 0 },
+                "at least 128",
+            ),
+            (
+                spec(8192, 1),
+                SpecError::MemoryOverHost {
+                    asked: 8192,
+                    total: 4096,
+                },
+                "4096 MiB",
+            ),
+            (spec(512, 0), SpecError::NoVcpu, "at least 1 vCPU"),
+            (
+                spec(512, 3),
+                SpecError::VcpusOverHost { asked: 3, cpus: 2 },
+                "has 2 CPUs",
+            ),
+        ];
+        for (spec, error, says) in refused {
+            assert_eq!(spec.validate(&HOST), Err(error.clone()));
+            assert!(error.to_string().contains(says), "{error}");
+        }
     }
 }

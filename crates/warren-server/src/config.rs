@@ -25,17 +25,20 @@ pub enum ShutdownAction {
     Kill,
 }
 
-impl std::str::FromStr for ShutdownAction {
-    type Err = String;
+/// A `--on-shutdown` value that names no [`ShutdownAction`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a shutdown action; use pause, keep or kill")]
+pub struct UnknownShutdownAction(pub String);
 
-    fn from_str(value: &str) -> Result<Self, String> {
+impl std::str::FromStr for ShutdownAction {
+    type Err = UnknownShutdownAction;
+
+    fn from_str(value: &str) -> Result<Self, UnknownShutdownAction> {
         match value.trim().to_ascii_lowercase().as_str() {
             "pause" => Ok(Self::Pause),
             "keep" => Ok(Self::Keep),
             "kill" => Ok(Self::Kill),
-            other => Err(format!(
-                "{other:?} is not a shutdown action; use pause, keep or kill"
-            )),
+            other => Err(UnknownShutdownAction(other.to_owned())),
         }
     }
 }

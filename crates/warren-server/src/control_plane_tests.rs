@@ -237,7 +237,10 @@ async fn create_with_a_timeout_over_a_day_or_unknown_template_is_invalid() {
         .await
         .expect_err("too many vCPUs");
     assert_eq!(error.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(error.body.message, "64 vCPUs; this host has 4");
+    assert_eq!(
+        error.body.message,
+        "64 vCPUs requested but this host has 4 CPUs"
+    );
     assert_eq!(p.host.with(|s| s.create_calls), 0);
 }
 

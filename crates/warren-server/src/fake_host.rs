@@ -95,12 +95,12 @@ impl Host for FakeHost {
     }
 
     fn check_spec(&self, spec: &SandboxSpec) -> Result<(), HostError> {
-        if spec.vcpus == 0 || spec.vcpus > 4 {
-            return Err(HostError::InvalidSpec {
-                reason: format!("{} vCPUs; this host has 4", spec.vcpus),
-            });
-        }
-        Ok(())
+        let host = warren_vmm::host::HostCapacity {
+            memory_total_mib: 16 * 1024,
+            memory_available_mib: self.with(|s| s.memory_left_mib),
+            cpus: 4,
+        };
+        spec.validate(&host).map_err(HostError::InvalidSpec)
     }
 
     fn available_memory_mib(&self) -> u64 {

@@ -134,10 +134,7 @@ impl AppState {
 
     /// `POST /v1/sandboxes/{id}/pause`.
     pub async fn pause_sandbox(&self, caller: &Caller, id: &str) -> ApiResult<PauseResult> {
-        let row = self.sandbox_row(caller, id).await?;
-        let lock = self.lock_for(id);
-        let _guard = lock.lock().await;
-        let row = self.db.sandbox(&caller.team_id, id).await?.unwrap_or(row);
+        let (row, _guard) = self.locked_row(caller, id).await?;
         if row.state != "running" {
             return Err(ApiError::conflict(format!(
                 "sandbox {id} is {}; only running sandboxes can be paused",
@@ -188,10 +185,7 @@ impl AppState {
 
     /// `POST /v1/sandboxes/{id}/resume`.
     pub async fn resume_sandbox(&self, caller: &Caller, id: &str) -> ApiResult<Sandbox> {
-        let row = self.sandbox_row(caller, id).await?;
-        let lock = self.lock_for(id);
-        let _guard = lock.lock().await;
-        let row = self.db.sandbox(&caller.team_id, id).await?.unwrap_or(row);
+        let (row, _guard) = self.locked_row(caller, id).await?;
         if row.state != "paused" {
             return Err(ApiError::conflict(format!(
                 "sandbox {id} is {}; only paused sandboxes can be resumed",
@@ -212,10 +206,7 @@ impl AppState {
         name: &str,
     ) -> ApiResult<Snapshot> {
         warren_host::validate_template_name(name)?;
-        let row = self.sandbox_row(caller, id).await?;
-        let lock = self.lock_for(id);
-        let _guard = lock.lock().await;
-        let row = self.db.sandbox(&caller.team_id, id).await?.unwrap_or(row);
+        let (row, _guard) = self.locked_row(caller, id).await?;
         if row.state == "stopped" {
             return Err(ApiError::conflict(format!(
                 "sandbox {id} is stopped; only running or paused sandboxes can be snapshotted"

@@ -149,6 +149,20 @@ impl AppState {
             .ok_or_else(|| ApiError::sandbox_not_found(id))
     }
 
+    /// The caller's sandbox record read again under the sandbox's lock (so
+    /// it is the state the operation acts on), with the lock held until
+    /// the guard drops; 404 for another team's or an unknown id.
+    pub(crate) async fn locked_row(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> ApiResult<(SandboxRow, tokio::sync::OwnedMutexGuard<()>)> {
+        let row = self.sandbox_row(caller, id).await?;
+        let guard = self.lock_for(id).lock_owned().await;
+        let row = self.db.sandbox(&caller.team_id, id).await?.unwrap_or(row);
+        Ok((row, guard))
+    }
+
     /// A team's running sandbox and its live handle; 404 or 409 otherwise.
     pub async fn live_sandbox(
         &self,
@@ -344,10 +358,7 @@ impl AppState {
 
     /// Kills a sandbox (idempotent for stopped ones).
     pub async fn kill_sandbox(&self, caller: &Caller, id: &str) -> ApiResult<()> {
-        let row = self.sandbox_row(caller, id).await?;
-        let lock = self.lock_for(id);
-        let _guard = lock.lock().await;
-        let row = self.db.sandbox(&caller.team_id, id).await?.unwrap_or(row);
+        let (row, _guard) = self.locked_row(caller, id).await?;
         if row.state == "stopped" {
             return Ok(());
         }
@@ -384,10 +395,7 @@ impl AppState {
                 "timeout_secs {timeout_secs} is over the limit of {MAX_TIMEOUT_SECS} (a day)"
             )));
         }
-        let row = self.sandbox_row(caller, id).await?;
-        let lock = self.lock_for(id);
-        let _guard = lock.lock().await;
-        let row = self.db.sandbox(&caller.team_id, id).await?.unwrap_or(row);
+        let (row, _guard) = self.locked_row(caller, id).await?;
         if row.state != "running" {
             return Err(ApiError::conflict(format!(
                 "sandbox {id} is {}; only running sandboxes have a timeout",

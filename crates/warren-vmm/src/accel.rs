@@ -46,17 +46,20 @@ pub enum AccelChoice {
     Tcg,
 }
 
+/// A `--accel` / `WARREN_ACCEL` value that names no accelerator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown accelerator {0:?}; use auto, kvm or tcg")]
+pub struct UnknownAccel(pub String);
+
 impl FromStr for AccelChoice {
-    type Err = String;
+    type Err = UnknownAccel;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "" | "auto" => Ok(Self::Auto),
             "kvm" => Ok(Self::Kvm),
             "tcg" => Ok(Self::Tcg),
-            other => Err(format!(
-                "unknown accelerator {other:?}; use auto, kvm or tcg"
-            )),
+            other => Err(UnknownAccel(other.to_owned())),
         }
     }
 }
@@ -120,12 +123,9 @@ mod tests {
     fn parses_choices() {
         assert_eq!("KVM".parse::<AccelChoice>(), Ok(AccelChoice::Kvm));
         assert_eq!("".parse::<AccelChoice>(), Ok(AccelChoice::Auto));
-        assert!(
-            "xen"
-                .parse::<AccelChoice>()
-                .unwrap_err()
-                .contains("auto, kvm or tcg")
-        );
+        let error = "xen".parse::<AccelChoice>().unwrap_err();
+        assert_eq!(error, UnknownAccel("xen".into()));
+        assert!(error.to_string().contains("auto, kvm or tcg"), "{error}");
     }
 
     #[test]

@@ -41,7 +41,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-pub use accel::{Accel, AccelChoice};
+pub use accel::{Accel, AccelChoice, UnknownAccel};
 pub use config::{DiskConfig, DiskFormat, NicConfig, VmConfig};
 pub use error::{KillError, LaunchError, SnapshotError};
 pub use qemu::QemuVmm;

@@ -184,7 +184,6 @@ mod tests {
     use super::*;
     use crate::fake_vmm::FakeVmm;
     use crate::manager::SandboxMeta;
-    use crate::spec::SandboxSpec;
     use std::path::Path;
     use warren_snapshot::SnapshotHeader;
 
@@ -202,19 +201,7 @@ mod tests {
     fn sandbox_dir(manager: &Manager, id: &str, ephemeral: bool, owner_pid: u32) -> PathBuf {
         let dir = manager.sandboxes_dir().join(id);
         std::fs::create_dir_all(&dir).unwrap();
-        let meta = SandboxMeta {
-            id: id.into(),
-            spec: SandboxSpec::default(),
-            image_key: "key".into(),
-            created_unix_ms: 0,
-            owner_pid,
-            ephemeral,
-            kernel: PathBuf::new(),
-            initramfs: PathBuf::new(),
-            base_disk: PathBuf::new(),
-            base_disk_format: "raw".into(),
-            template: None,
-        };
+        let meta = SandboxMeta::for_test(id, ephemeral, owner_pid);
         std::fs::write(
             dir.join(SandboxDir::META),
             serde_json::to_vec(&meta).unwrap(),

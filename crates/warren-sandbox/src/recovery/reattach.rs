@@ -109,14 +109,7 @@ impl Manager {
         let agent = connect_agent(id, vm.as_ref(), REATTACH_AGENT_TIMEOUT)
             .await
             .map_err(ReattachError::Agent)?;
-        let sandbox = Sandbox::new(
-            id,
-            dir.to_path_buf(),
-            vm,
-            agent,
-            meta.spec.clone(),
-            meta.image_key.clone(),
-        );
+        let sandbox = Sandbox::from_meta(id, dir, meta, vm, agent);
         if let Some(memfs) = memfs {
             sandbox.set_memfs(memfs);
         }
