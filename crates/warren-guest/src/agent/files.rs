@@ -445,6 +445,9 @@ pub fn commit_write(
                 .map_err(|e| FileError::io("setting the owner of", path, e))?;
         }
     }
+    // The written file's own metadata (fstat), not the path's: a process
+    // in the guest may move or remove the path the moment it appears.
+    let meta = file.metadata().map_err(io)?;
     drop(file);
     if let Some(temp) = guard.path.take() {
         if let Err(e) = std::fs::rename(&temp, path) {
@@ -455,7 +458,6 @@ pub fn commit_write(
             let _ = dir.sync_all();
         }
     }
-    let meta = std::fs::symlink_metadata(path).map_err(io)?;
     Ok(pb::WriteFileResponse {
         bytes_written: written,
         stat: Some(file_stat(path, &meta, users)),
