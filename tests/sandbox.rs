@@ -23,15 +23,7 @@ async fn boots_a_guest_that_knows_who_it_is_and_goes_away_cleanly() {
         info.mem_total_bytes
     );
     // The clock was set at create: within a few seconds of the host's.
-    let host_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    assert!(
-        (host_ms - info.unix_time_ms).abs() < 5_000,
-        "guest clock off by {} ms",
-        host_ms - info.unix_time_ms
-    );
+    warren_tests::assert_guest_clock_close(info.unix_time_ms, "after create");
     // The root disk is the overlay, writable, with the Debian userland.
     let output = sandbox
         .run(Command::shell(

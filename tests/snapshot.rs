@@ -42,27 +42,6 @@ async fn one_gib_sandbox(env: &TestEnv) -> Sandbox {
     within(300, "create", env.sandbox_with(spec)).await
 }
 
-/// Pids of processes that map a file under `dir` (QEMU mapping guest RAM).
-fn processes_mapping(dir: &Path) -> Vec<u32> {
-    let needle = dir.to_string_lossy().into_owned();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-            && maps.contains(&needle)
-        {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_running_counter_and_a_python_dict_survive_pause_and_resume() {
     let env = TestEnv::new();
@@ -152,15 +131,7 @@ while True:
     assert_eq!(sh(&sandbox, "echo $WARREN_TEST_VAR").await.trim(), "kept");
     let info = sandbox.info().await.unwrap();
     assert_eq!(info.hostname, id);
-    let host_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    assert!(
-        (host_ms - info.unix_time_ms).abs() < 5_000,
-        "guest clock off by {} ms after resume",
-        host_ms - info.unix_time_ms
-    );
+    warren_tests::assert_guest_clock_close(info.unix_time_ms, "after resume");
 
     // The same processes go on from where they were.
     let after_count: u64 = sh(&sandbox, "cat /tmp/counter")
@@ -279,9 +250,9 @@ async fn a_paused_1_gib_sandbox_gives_its_memory_back() {
         !Path::new(&format!("/proc/{pid}")).exists(),
         "QEMU survived the pause"
     );
-    let mut holders = processes_mapping(&dir);
+    let mut holders = warren_testkit::processes_mapping(&dir);
     if let Some(ram) = env.manager.volatile_ram_dir() {
-        holders.extend(processes_mapping(ram));
+        holders.extend(warren_testkit::processes_mapping(ram));
     }
     assert!(
         holders.is_empty(),

@@ -157,6 +157,20 @@ pub async fn within<T>(seconds: u64, what: &str, future: impl Future<Output = T>
     }
 }
 
+/// Asserts that a guest's clock (`unix_time_ms` of its info) is within
+/// five seconds of the host's: set at create, set again at resume.
+pub fn assert_guest_clock_close(guest_unix_ms: i64, when: &str) {
+    let host_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        (host_ms - guest_unix_ms).abs() < 5_000,
+        "guest clock off by {} ms {when}",
+        host_ms - guest_unix_ms
+    );
+}
+
 /// Hex SHA-256 of bytes.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;

@@ -31,15 +31,56 @@ pub struct BootBenchArgs {
     /// Size of the file transfers, MiB.
     #[arg(long, default_value_t = 64)]
     pub transfer_mib: u64,
-    /// Image to boot.
+    /// The sandboxes timed.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// The sandboxes a benchmark times (`--image`, `--memory`, `--cpus`), the
+/// same flags in every benchmark that creates them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SandboxArgs {
+    /// Image (or template) of the timed sandboxes.
     #[arg(long, default_value = warren_sandbox::spec::DEFAULT_IMAGE)]
     pub image: String,
-    /// Guest memory, MiB.
+    /// Guest memory of the timed sandboxes, MiB.
     #[arg(long, default_value_t = warren_sandbox::spec::DEFAULT_MEMORY_MIB)]
     pub memory: u32,
-    /// vCPUs of the sandboxes.
+    /// vCPUs of the timed sandboxes.
     #[arg(long, default_value_t = warren_sandbox::spec::DEFAULT_VCPUS)]
     pub cpus: u32,
+}
+
+impl SandboxArgs {
+    /// The spec every timed sandbox is created with.
+    pub fn spec(&self) -> SandboxSpec {
+        SandboxSpec {
+            image: self.image.clone(),
+            memory_mib: self.memory,
+            vcpus: self.cpus,
+            ..SandboxSpec::default()
+        }
+    }
+}
+
+/// Builds (or finds) `spec`'s image, showing progress, and creates and
+/// destroys one sandbox of it, so the host page cache is warm for every
+/// timed path alike.
+pub(crate) async fn prepare_and_warm(
+    manager: &Manager,
+    spec: &SandboxSpec,
+    bench: &str,
+) -> Result<warren_image::Image> {
+    eprintln!("warren bench {bench}: preparing image {:?}", spec.image);
+    let image = manager
+        .prepare_image(
+            &spec.image,
+            Arc::new(warren_cmdline::SpinnerProgress::new(false)),
+        )
+        .await?;
+    let warm = manager.create(spec.clone(), Arc::new(NoProgress)).await?;
+    warm.destroy().await?;
+    Ok(image)
 }
 
 /// Percentile of already-collected samples (nearest rank).
@@ -66,23 +107,8 @@ pub async fn boot(manager: Manager, args: BootBenchArgs) -> Result<Value> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let spec = SandboxSpec {
-        image: args.image.clone(),
-        memory_mib: args.memory,
-        vcpus: args.cpus,
-        ..SandboxSpec::default()
-    };
-    eprintln!("warren bench boot: preparing image {:?}", spec.image);
-    let image = manager
-        .prepare_image(
-            &spec.image,
-            Arc::new(warren_cmdline::SpinnerProgress::new(false)),
-        )
-        .await?;
-
-    // Warm the host page cache for both paths alike.
-    let warm = manager.create(spec.clone(), Arc::new(NoProgress)).await?;
-    warm.destroy().await?;
+    let spec = args.sandbox.spec();
+    let image = prepare_and_warm(&manager, &spec, "boot").await?;
 
     let mut create_ms = Vec::new();
     let mut raw_ms = Vec::new();
@@ -180,9 +206,9 @@ pub async fn boot(manager: Manager, args: BootBenchArgs) -> Result<Value> {
     Ok(json!({
         "benchmark": "boot",
         "accel": manager.accel().as_str(),
-        "image": args.image,
-        "memory_mib": args.memory,
-        "vcpus": args.cpus,
+        "image": args.sandbox.image,
+        "memory_mib": args.sandbox.memory,
+        "vcpus": args.sandbox.cpus,
         "runs": args.runs,
         "cold_create_ms_p50": round2(create_p50),
         "cold_create_ms_p99": round2(percentile(&create_ms, 99.0)),
@@ -353,15 +379,9 @@ pub struct ApiBenchArgs {
     /// Seconds to measure listing for.
     #[arg(long, default_value_t = 3)]
     pub list_secs: u64,
-    /// Template/image of the timed creates.
-    #[arg(long, default_value = warren_sandbox::spec::DEFAULT_IMAGE)]
-    pub image: String,
-    /// Guest memory of the timed creates, MiB.
-    #[arg(long, default_value_t = warren_sandbox::spec::DEFAULT_MEMORY_MIB)]
-    pub memory: u32,
-    /// vCPUs of the timed creates.
-    #[arg(long, default_value_t = warren_sandbox::spec::DEFAULT_VCPUS)]
-    pub cpus: u32,
+    /// The sandboxes timed.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
 }
 
 /// A `warren up` child process with its own data directory; stopped (and
@@ -425,20 +445,15 @@ pub async fn api(
         .clone()
         .unwrap_or_else(|| config.data_dir.join("images"));
     let manager = Manager::new(config).context("setting up warren")?;
-    let spec = SandboxSpec {
-        image: args.image.clone(),
-        memory_mib: args.memory,
-        vcpus: args.cpus,
-        ..SandboxSpec::default()
-    };
+    let spec = args.sandbox.spec();
     let request = warren_client::CreateSandbox {
-        template: Some(args.image.clone()),
-        cpus: Some(args.cpus),
-        memory_mib: Some(args.memory),
+        template: Some(args.sandbox.image.clone()),
+        cpus: Some(args.sandbox.cpus),
+        memory_mib: Some(args.sandbox.memory),
         ..warren_client::CreateSandbox::default()
     };
     eprintln!("warren bench api: preparing images");
-    for image in [args.image.as_str(), args.list_template.as_str()] {
+    for image in [args.sandbox.image.as_str(), args.list_template.as_str()] {
         manager
             .prepare_image(image, Arc::new(warren_cmdline::SpinnerProgress::new(false)))
             .await
@@ -625,9 +640,9 @@ pub async fn api(
     Ok(json!({
         "benchmark": "api",
         "accel": manager.accel().as_str(),
-        "image": args.image,
-        "memory_mib": args.memory,
-        "vcpus": args.cpus,
+        "image": args.sandbox.image,
+        "memory_mib": args.sandbox.memory,
+        "vcpus": args.sandbox.cpus,
         "runs": args.runs,
         "service": "warren up child process, loopback HTTP/1.1",
         "create_via_api_ms_p50": round2(api_p50),

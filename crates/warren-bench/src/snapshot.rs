@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use warren_sandbox::{Command, Manager, NoProgress, PauseOptions, Sandbox, SandboxSpec};
 
-use crate::bench::{agent_handshake, ms, percentile, round2};
+use crate::bench::{agent_handshake, ms, percentile, prepare_and_warm, round2};
 
 /// Options of `warren bench snapshot`.
 #[derive(Debug, clap::Args)]
@@ -78,15 +78,7 @@ pub async fn snapshot(manager: Manager, args: SnapshotBenchArgs) -> Result<Value
         image: args.image.clone(),
         ..SandboxSpec::default()
     };
-    eprintln!("warren bench snapshot: preparing image {:?}", base.image);
-    manager
-        .prepare_image(
-            &base.image,
-            Arc::new(warren_cmdline::SpinnerProgress::new(false)),
-        )
-        .await?;
-    let warm = manager.create(base.clone(), Arc::new(NoProgress)).await?;
-    warm.destroy().await?;
+    prepare_and_warm(&manager, &base, "snapshot").await?;
 
     // Cold creates, and the idle memory of a cold sandbox.
     let mut cold_ms = Vec::new();

@@ -151,13 +151,7 @@ enum ImagesCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    warren_cmdline::init_logging();
     let cli = Cli::parse();
     if let Commands::Bench { args } = &cli.command {
         // Before any thread starts: `exec` replaces this process.

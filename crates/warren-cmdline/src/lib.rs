@@ -15,6 +15,18 @@ use warren_sandbox::{AccelChoice, ManagerConfig};
 
 pub use progress::SpinnerProgress;
 
+/// Logs to stderr at the level `$WARREN_LOG` names (`warn` by default), so
+/// both binaries' output on stdout stays what scripts parse.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// The flags every subcommand of `warren` and `warren-bench` takes
 /// (`#[command(flatten)]` them into the top-level parser).
 #[derive(Debug, Clone, clap::Args)]

@@ -20,5 +20,5 @@ pub mod up;
 pub use bytes::pattern;
 pub use home::{DEFAULT_IMAGE_CACHE, image_cache, short_tempdir};
 pub use mounts::{mount_points, mounts_under};
-pub use procs::{HostProcess, host_processes, processes_mentioning};
+pub use procs::{HostProcess, host_processes, processes_mapping, processes_mentioning};
 pub use up::{Stopped, UpCommand, UpError, WarrenUp, free_port, health_ok};

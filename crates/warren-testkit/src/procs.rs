@@ -88,6 +88,20 @@ pub fn processes_mentioning(path: &Path) -> Vec<HostProcess> {
         .collect()
 }
 
+/// Processes that map a file under `dir` (a QEMU its guest RAM, a memory
+/// daemon its pages): what proves that nothing holds a paused sandbox's
+/// memory any more.
+pub fn processes_mapping(dir: &Path) -> Vec<HostProcess> {
+    let needle = dir.to_string_lossy();
+    host_processes()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{}/maps", p.pid))
+                .is_ok_and(|maps| maps.contains(&*needle))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
