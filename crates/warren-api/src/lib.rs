@@ -14,6 +14,7 @@
 
 pub mod local;
 pub mod message;
+pub mod ws;
 
 use std::collections::BTreeMap;
 

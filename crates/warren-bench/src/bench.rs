@@ -63,6 +63,23 @@ impl SandboxArgs {
     }
 }
 
+/// Plain QEMU (`$WARREN_QEMU`, or `qemu-system-x86_64` on the PATH) with
+/// `args` and no warren around it, killed on drop: the baseline the
+/// benchmarks time warren against.
+pub(crate) fn spawn_plain_qemu(
+    args: &[std::ffi::OsString],
+    stderr: std::process::Stdio,
+) -> std::io::Result<tokio::process::Child> {
+    let binary = std::env::var_os("WARREN_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into());
+    tokio::process::Command::new(binary)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+}
+
 /// Builds (or finds) `spec`'s image, showing progress, and creates and
 /// destroys one sandbox of it, so the host page cache is warm for every
 /// timed path alike.
@@ -319,17 +336,10 @@ async fn raw_qemu_boot_in(
     config.memory_file = volatile.clone();
     let args = warren_vmm::qemu::cmdline::build_args(&config);
     let _remove_ram = volatile.map(RemoveOnDrop);
-    let binary = std::env::var_os("WARREN_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into());
     let socket = dir.join(warren_vmm::config::files::AGENT_SOCKET);
 
     let start = Instant::now();
-    let mut child = tokio::process::Command::new(binary)
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut child = spawn_plain_qemu(&args, std::process::Stdio::null())?;
     let ready = async {
         agent_handshake(&socket, Duration::from_secs(300)).await?;
         anyhow::Ok(start.elapsed())

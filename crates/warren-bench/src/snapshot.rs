@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use warren_sandbox::{Command, Manager, NoProgress, PauseOptions, Sandbox, SandboxSpec};
 
-use crate::bench::{agent_handshake, ms, percentile, prepare_and_warm, round2};
+use crate::bench::{agent_handshake, ms, percentile, prepare_and_warm, round2, spawn_plain_qemu};
 
 /// Options of `warren bench snapshot`.
 #[derive(Debug, clap::Args)]
@@ -310,16 +310,9 @@ async fn raw_qemu_restore_in(
             }
         })
         .collect();
-    let binary = std::env::var_os("WARREN_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into());
     let socket = dir.join(warren_vmm::config::files::AGENT_SOCKET);
     let start = Instant::now();
-    let mut child = tokio::process::Command::new(binary)
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut child = spawn_plain_qemu(&args, std::process::Stdio::piped())?;
     // QEMU 7.2 takes `x-ignore-shared` only over QMP, so plain QEMU is
     // driven by the three QMP commands any user would send.
     let qmp_socket = dir.join(warren_vmm::config::files::QMP_SOCKET);

@@ -1,11 +1,8 @@
 //! Request and response bodies of the REST API: the service's own types,
-//! from `warren-api`, plus what only a client needs (query builders, the
-//! streamed-exec request, upload options).
+//! from `warren-api`, plus what only a client needs (query builders, upload
+//! options).
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
-
+pub use warren_api::ws::{PtySize, StreamExec};
 pub use warren_api::{
     ApiKey, CreateKey, CreateSandbox, CreateSnapshot, CreatedKey, Event, EventList, ExecRequest,
     ExecResult, ExitStatus, FileInfo, FileKind, FileList, Health, KeyList, NetworkPolicy,
@@ -34,74 +31,6 @@ impl ListSandboxes {
             query.push(("metadata", format!("{key}:{value}")));
         }
         query
-    }
-}
-
-/// Terminal size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PtySize {
-    /// Columns.
-    pub cols: u16,
-    /// Rows.
-    pub rows: u16,
-}
-
-impl Default for PtySize {
-    fn default() -> Self {
-        Self { cols: 80, rows: 24 }
-    }
-}
-
-/// A command to run with streamed input and output over the `exec/ws`
-/// WebSocket.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StreamExec {
-    /// Shell command line (or give `argv`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cmd: Option<String>,
-    /// Program and arguments (or give `cmd`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub argv: Option<Vec<String>>,
-    /// Extra environment variables.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub env: Option<BTreeMap<String, String>>,
-    /// Working directory.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cwd: Option<String>,
-    /// User to run as.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// Kill after this many seconds (0 = none).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout_secs: Option<u64>,
-    /// Give the process a stdin pipe (the service's default is yes);
-    /// `Some(false)` connects stdin to nothing.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stdin: Option<bool>,
-    /// Run under a terminal of this size.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pty: Option<PtySize>,
-}
-
-impl StreamExec {
-    /// Runs a program with arguments (no shell).
-    pub fn argv<I, S>(argv: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        Self {
-            argv: Some(argv.into_iter().map(Into::into).collect()),
-            ..Self::default()
-        }
-    }
-
-    /// Runs a shell command line with `/bin/sh -c`.
-    pub fn shell(cmd: impl Into<String>) -> Self {
-        Self {
-            cmd: Some(cmd.into()),
-            ..Self::default()
-        }
     }
 }
 

@@ -8,7 +8,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -18,6 +17,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::client::Client;
 use crate::error::{ApiError, Error, api_error_from_body, status_of_code};
 use crate::types::{ExitStatus, PtySize, StreamExec};
+use warren_api::ws::{
+    ProcessClientMessage as ClientMessage, ProcessServerMessage as ServerMessage,
+};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Sink = Arc<Mutex<SplitSink<Socket, Message>>>;
@@ -92,48 +94,6 @@ fn broken(url: &str, error: tungstenite::Error) -> Error {
     }
 }
 
-/// Messages the client sends on `exec/ws` and `attach`.
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ClientMessage<'a> {
-    Start(&'a StreamExec),
-    Stdin { data: String },
-    CloseStdin,
-    Signal { signal: i32 },
-    Resize { cols: u16, rows: u16 },
-}
-
-/// Messages the service sends on process WebSockets.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ServerMessage {
-    Started {
-        pid: u32,
-    },
-    Stdout {
-        data: String,
-    },
-    Stderr {
-        data: String,
-    },
-    Exit {
-        #[serde(default)]
-        exit_code: Option<i32>,
-        #[serde(default)]
-        signal: Option<i32>,
-        #[serde(default)]
-        timed_out: bool,
-    },
-    Error {
-        code: String,
-        message: String,
-        #[serde(default)]
-        hint: Option<String>,
-    },
-    #[serde(other)]
-    Unknown,
-}
-
 fn ws_api_error(code: String, message: String, hint: Option<String>) -> Error {
     Error::Api(ApiError {
         status: status_of_code(&code),
@@ -143,7 +103,7 @@ fn ws_api_error(code: String, message: String, hint: Option<String>) -> Error {
     })
 }
 
-async fn send_json(sink: &Sink, url: &str, message: &ClientMessage<'_>) -> Result<(), Error> {
+async fn send_json(sink: &Sink, url: &str, message: &ClientMessage) -> Result<(), Error> {
     let text = serde_json::to_string(message).expect("client messages serialize");
     sink.lock()
         .await
@@ -260,7 +220,12 @@ impl ExecSession {
             url: connected.url.into(),
         };
         if let Some(request) = request {
-            send_json(&input.sink, &input.url, &ClientMessage::Start(request)).await?;
+            send_json(
+                &input.sink,
+                &input.url,
+                &ClientMessage::Start(request.clone()),
+            )
+            .await?;
         }
         let mut session = Self {
             pid: 0,
@@ -595,7 +560,7 @@ mod tests {
             ..StreamExec::default()
         };
         assert_eq!(
-            serde_json::to_value(ClientMessage::Start(&start)).unwrap(),
+            serde_json::to_value(ClientMessage::Start(start)).unwrap(),
             serde_json::json!({"type": "start", "argv": ["sh"], "pty": {"cols": 100, "rows": 30}})
         );
         assert_eq!(

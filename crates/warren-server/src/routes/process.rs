@@ -14,7 +14,10 @@ use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::{SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use warren_api::ws::{
+    ProcessClientMessage as ClientMessage, ProcessServerMessage as ServerMessage, PtySize,
+};
 use warren_host::session::{Command, Process, ProcessEvent, Sandbox as LiveSandbox};
 
 use super::{ApiJson, ApiPath, ApiQuery, json_status, no_content};
@@ -161,59 +164,6 @@ fn append(buffer: &mut Vec<u8>, data: &[u8], truncated: &mut bool) {
     buffer.extend_from_slice(&data[..data.len().min(room)]);
 }
 
-/// Messages a client sends on the exec WebSocket.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ClientMessage {
-    Start(WsStart),
-    Stdin { data: String },
-    CloseStdin,
-    Signal { signal: i32 },
-    Resize { cols: u16, rows: u16 },
-}
-
-#[derive(Debug, Deserialize)]
-struct WsStart {
-    cmd: Option<String>,
-    argv: Option<Vec<String>>,
-    env: Option<BTreeMap<String, String>>,
-    cwd: Option<String>,
-    user: Option<String>,
-    timeout_secs: Option<u64>,
-    stdin: Option<bool>,
-    pty: Option<PtyDims>,
-}
-
-#[derive(Debug, Deserialize)]
-struct PtyDims {
-    cols: u16,
-    rows: u16,
-}
-
-/// Messages the server sends on process WebSockets.
-#[derive(Debug, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ServerMessage {
-    Started {
-        pid: u32,
-    },
-    Stdout {
-        data: String,
-    },
-    Stderr {
-        data: String,
-    },
-    Exit {
-        exit_code: Option<i32>,
-        signal: Option<i32>,
-        timed_out: bool,
-    },
-    Error {
-        code: String,
-        message: String,
-    },
-}
-
 fn text(message: &ServerMessage) -> Message {
     Message::Text(
         serde_json::to_string(message)
@@ -226,6 +176,7 @@ fn error_message(error: ApiError) -> Message {
     text(&ServerMessage::Error {
         code: error.body.code,
         message: error.body.message,
+        hint: error.body.hint,
     })
 }
 
@@ -293,7 +244,7 @@ async fn exec_session(mut socket: WebSocket, live: Arc<LiveSandbox>) {
         }
     };
     let command = match start.pty {
-        Some(PtyDims { cols, rows }) => command.pty(rows.max(1), cols.max(1)),
+        Some(PtySize { cols, rows }) => command.pty(rows.max(1), cols.max(1)),
         None => command.stdin(start.stdin.unwrap_or(true)),
     };
     let process = match live.exec(command).await {
