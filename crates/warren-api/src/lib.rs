@@ -12,6 +12,35 @@
 //! silently ignored option. The OpenAPI document still marks every field the
 //! service always sends as required (`schema(required = true)`).
 
+/// The two ways to name a command (`argv` or a shell line), as
+/// constructors of each request type that runs one.
+macro_rules! command_constructors {
+    ($request:ty) => {
+        impl $request {
+            /// Runs a program with arguments (no shell).
+            pub fn argv<I, S>(argv: I) -> Self
+            where
+                I: IntoIterator<Item = S>,
+                S: Into<String>,
+            {
+                Self {
+                    argv: Some(argv.into_iter().map(Into::into).collect()),
+                    ..Self::default()
+                }
+            }
+
+            /// Runs a shell command line with `/bin/sh -c`.
+            pub fn shell(cmd: impl Into<String>) -> Self {
+                Self {
+                    cmd: Some(cmd.into()),
+                    ..Self::default()
+                }
+            }
+        }
+    };
+}
+pub(crate) use command_constructors;
+
 pub mod local;
 pub mod message;
 pub mod ws;
@@ -263,27 +292,7 @@ pub struct ExecRequest {
     pub stdin: Option<String>,
 }
 
-impl ExecRequest {
-    /// Runs a program with arguments (no shell).
-    pub fn argv<I, S>(argv: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        Self {
-            argv: Some(argv.into_iter().map(Into::into).collect()),
-            ..Self::default()
-        }
-    }
-
-    /// Runs a shell command line with `/bin/sh -c`.
-    pub fn shell(cmd: impl Into<String>) -> Self {
-        Self {
-            cmd: Some(cmd.into()),
-            ..Self::default()
-        }
-    }
-}
+command_constructors!(ExecRequest);
 
 /// A background process to start.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

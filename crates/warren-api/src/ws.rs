@@ -58,27 +58,7 @@ pub struct StreamExec {
     pub pty: Option<PtySize>,
 }
 
-impl StreamExec {
-    /// Runs a program with arguments (no shell).
-    pub fn argv<I, S>(argv: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        Self {
-            argv: Some(argv.into_iter().map(Into::into).collect()),
-            ..Self::default()
-        }
-    }
-
-    /// Runs a shell command line with `/bin/sh -c`.
-    pub fn shell(cmd: impl Into<String>) -> Self {
-        Self {
-            cmd: Some(cmd.into()),
-            ..Self::default()
-        }
-    }
-}
+crate::command_constructors!(StreamExec);
 
 /// What a client sends on a process WebSocket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -132,24 +132,17 @@ pub async fn exec(client: &Client, args: ExecArgs) -> Result<i32> {
         input.close_stdin().await.ok();
         None
     } else {
-        let input = input.clone();
-        Some(tokio::spawn(async move {
-            let mut stdin = tokio::io::stdin();
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match stdin.read(&mut buf).await {
-                    Ok(0) | Err(_) => {
-                        let _ = input.close_stdin().await;
-                        return;
-                    }
-                    Ok(n) => {
-                        if input.write(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        }))
+        let (writer, closer) = (input.clone(), input.clone());
+        Some(crate::stdin::pump(
+            64 * 1024,
+            move |data| {
+                let input = writer.clone();
+                async move { input.write(&data).await.is_ok() }
+            },
+            move || async move {
+                let _ = closer.close_stdin().await;
+            },
+        ))
     };
 
     let mut stdout = std::io::stdout();
@@ -226,28 +219,21 @@ pub async fn shell(client: &Client, args: ShellArgs) -> Result<i32> {
     let stdin_is_terminal = std::io::stdin().is_terminal();
     let raw = RawMode::enter();
     let input = session.input();
-    let stdin_input = input.clone();
-    let stdin_task = tokio::spawn(async move {
-        let mut stdin = tokio::io::stdin();
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            match stdin.read(&mut buf).await {
-                Ok(0) | Err(_) => {
-                    // Piped input ran out: end-of-file for the shell, as
-                    // Ctrl-D at an empty prompt.
-                    if !stdin_is_terminal {
-                        let _ = stdin_input.write(&[0x04]).await;
-                    }
-                    return;
-                }
-                Ok(n) => {
-                    if stdin_input.write(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
+    let (writer, closer) = (input.clone(), input.clone());
+    let stdin_task = crate::stdin::pump(
+        16 * 1024,
+        move |data| {
+            let input = writer.clone();
+            async move { input.write(&data).await.is_ok() }
+        },
+        move || async move {
+            // Piped input ran out: end-of-file for the shell, as Ctrl-D
+            // at an empty prompt.
+            if !stdin_is_terminal {
+                let _ = closer.write(&[0x04]).await;
             }
-        }
-    });
+        },
+    );
     let mut winch = signal(SignalKind::window_change())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;

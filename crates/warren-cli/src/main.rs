@@ -8,6 +8,7 @@ mod output;
 
 mod remote;
 mod run;
+mod stdin;
 
 use std::process::ExitCode;
 use std::sync::Arc;

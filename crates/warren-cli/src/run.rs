@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 use warren_sandbox::{Command, ExecError, GuestErrorKind, Manager, ProcessEvent, SandboxSpec};
 
@@ -129,6 +128,18 @@ pub async fn run(manager: Manager, args: RunArgs) -> Result<i32> {
     Ok(status)
 }
 
+/// Starts `command`; a failure to is reported and becomes the shell-like
+/// exit status `warren run` ends with.
+async fn start(
+    sandbox: &warren_sandbox::Sandbox,
+    command: Command,
+) -> std::result::Result<warren_sandbox::Process, i32> {
+    sandbox.exec(command).await.map_err(|error| {
+        crate::exit::report_std(&error, "warren: ", "\n");
+        exec_failure_status(&error)
+    })
+}
+
 /// Maps a failure to start the command to a shell-like exit status.
 pub fn exec_failure_status(error: &ExecError) -> i32 {
     match error {
@@ -147,35 +158,22 @@ async fn run_piped(
     hangup: &mut tokio::signal::unix::Signal,
     interrupt: &mut tokio::signal::unix::Signal,
 ) -> Result<i32> {
-    let mut process = match sandbox.exec(command).await {
+    let mut process = match start(sandbox, command).await {
         Ok(process) => process,
-        Err(error) => {
-            crate::exit::report_std(&error, "warren: ", "\n");
-            return Ok(exec_failure_status(&error));
-        }
+        Err(status) => return Ok(status),
     };
     let input = process.input().expect("exec has input");
-    let stdin_task = tokio::spawn(async move {
-        let mut stdin = tokio::io::stdin();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match stdin.read(&mut buf).await {
-                Ok(0) | Err(_) => {
-                    let _ = input.close().await;
-                    return;
-                }
-                Ok(n) => {
-                    if input
-                        .write(bytes::Bytes::copy_from_slice(&buf[..n]))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    let closer = input.clone();
+    let stdin_task = crate::stdin::pump(
+        64 * 1024,
+        move |data| {
+            let input = input.clone();
+            async move { input.write(data).await.is_ok() }
+        },
+        move || async move {
+            let _ = closer.close().await;
+        },
+    );
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
     let mut interrupts = 0;
@@ -219,34 +217,21 @@ async fn run_tty(
     term: &mut tokio::signal::unix::Signal,
     hangup: &mut tokio::signal::unix::Signal,
 ) -> Result<i32> {
-    let mut process = match sandbox.exec(command).await {
+    let mut process = match start(sandbox, command).await {
         Ok(process) => process,
-        Err(error) => {
-            crate::exit::report_std(&error, "warren: ", "\n");
-            return Ok(exec_failure_status(&error));
-        }
+        Err(status) => return Ok(status),
     };
     let raw = RawMode::enter();
     let input = process.input().expect("exec has input");
     let stdin_input = input.clone();
-    let stdin_task = tokio::spawn(async move {
-        let mut stdin = tokio::io::stdin();
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            match stdin.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if stdin_input
-                        .write(bytes::Bytes::copy_from_slice(&buf[..n]))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    let stdin_task = crate::stdin::pump(
+        16 * 1024,
+        move |data| {
+            let input = stdin_input.clone();
+            async move { input.write(data).await.is_ok() }
+        },
+        || async {},
+    );
     let mut winch = signal(SignalKind::window_change())?;
     let mut stdout = std::io::stdout();
     let status = loop {

@@ -103,6 +103,28 @@ fn ws_api_error(code: String, message: String, hint: Option<String>) -> Error {
     })
 }
 
+/// `exit` and `error`, the messages that end an exchange, as what the
+/// caller gets (`Ok` with the outcome); any other message back (`Err`).
+fn ending(message: ServerMessage) -> Result<Result<ExitStatus, Error>, ServerMessage> {
+    match message {
+        ServerMessage::Exit {
+            exit_code,
+            signal,
+            timed_out,
+        } => Ok(Ok(ExitStatus {
+            exit_code,
+            signal,
+            timed_out,
+        })),
+        ServerMessage::Error {
+            code,
+            message,
+            hint,
+        } => Ok(Err(ws_api_error(code, message, hint))),
+        other => Err(other),
+    }
+}
+
 async fn send_json(sink: &Sink, url: &str, message: &ClientMessage) -> Result<(), Error> {
     let text = serde_json::to_string(message).expect("client messages serialize");
     sink.lock()
@@ -313,34 +335,18 @@ impl ExecSession {
                         message: format!("output that is not base64: {e}"),
                     })
             };
-            match self.next_message().await? {
-                Some(ServerMessage::Stdout { data }) => {
+            match self.next_message().await?.map(ending) {
+                Some(Err(ServerMessage::Stdout { data })) => {
                     return Ok(Some(ExecEvent::Stdout(decode(data, &self.input.url)?)));
                 }
-                Some(ServerMessage::Stderr { data }) => {
+                Some(Err(ServerMessage::Stderr { data })) => {
                     return Ok(Some(ExecEvent::Stderr(decode(data, &self.input.url)?)));
                 }
-                Some(ServerMessage::Exit {
-                    exit_code,
-                    signal,
-                    timed_out,
-                }) => {
+                Some(Ok(end)) => {
                     self.finished = true;
-                    return Ok(Some(ExecEvent::Exit(ExitStatus {
-                        exit_code,
-                        signal,
-                        timed_out,
-                    })));
+                    return end.map(|status| Some(ExecEvent::Exit(status)));
                 }
-                Some(ServerMessage::Error {
-                    code,
-                    message,
-                    hint,
-                }) => {
-                    self.finished = true;
-                    return Err(ws_api_error(code, message, hint));
-                }
-                Some(ServerMessage::Started { .. } | ServerMessage::Unknown) => continue,
+                Some(Err(_)) => continue,
                 None => {
                     self.finished = true;
                     return Err(Error::ClosedEarly {
@@ -488,28 +494,14 @@ impl PtySession {
             match self.events.next().await {
                 Some(Ok(Message::Binary(data))) => return Ok(Some(PtyEvent::Output(data))),
                 Some(Ok(Message::Text(text))) => {
-                    match serde_json::from_str::<ServerMessage>(&text) {
-                        Ok(ServerMessage::Exit {
-                            exit_code,
-                            signal,
-                            timed_out,
-                        }) => {
+                    match serde_json::from_str::<ServerMessage>(&text).map(ending) {
+                        Ok(Ok(end)) => {
                             self.finished = true;
-                            return Ok(Some(PtyEvent::Exit(ExitStatus {
-                                exit_code,
-                                signal,
-                                timed_out,
-                            })));
+                            return end.map(|status| Some(PtyEvent::Exit(status)));
                         }
-                        Ok(ServerMessage::Error {
-                            code,
-                            message,
-                            hint,
-                        }) => {
-                            self.finished = true;
-                            return Err(ws_api_error(code, message, hint));
-                        }
-                        Ok(ServerMessage::Stdout { data } | ServerMessage::Stderr { data }) => {
+                        Ok(Err(
+                            ServerMessage::Stdout { data } | ServerMessage::Stderr { data },
+                        )) => {
                             if let Ok(bytes) = BASE64.decode(data.as_bytes()) {
                                 return Ok(Some(PtyEvent::Output(bytes.into())));
                             }
