@@ -20,26 +20,8 @@ __version__ = "0.1.0"
 from ._config import ConnectionConfig, warren_home
 from .client import Warren
 from .commands import CommandHandle, Commands
-from .errors import (
-    AuthenticationError,
-    CapacityError,
-    CommandExitError,
-    CommandNotFoundError,
-    ConfigError,
-    ConflictError,
-    DiskFullError,
-    HostDiskFullError,
-    InvalidRequestError,
-    NotFoundError,
-    NotImplementedFeatureError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    RateLimitError,
-    ServerError,
-    WarrenConnectionError,
-    WarrenError,
-    WarrenTimeoutError,
-)
+from . import errors as _errors
+from .errors import *  # noqa: F403 (errors.__all__ names them, once)
 from .files import Files
 from .models import (
     ApiKey,
@@ -88,23 +70,5 @@ __all__ = [
     "SandboxState",
     "SnapshotInfo",
     "Template",
-    # errors
-    "WarrenError",
-    "ConfigError",
-    "WarrenConnectionError",
-    "WarrenTimeoutError",
-    "AuthenticationError",
-    "NotFoundError",
-    "ConflictError",
-    "InvalidRequestError",
-    "CommandNotFoundError",
-    "DiskFullError",
-    "HostDiskFullError",
-    "PayloadTooLargeError",
-    "PermissionDeniedError",
-    "RateLimitError",
-    "NotImplementedFeatureError",
-    "CapacityError",
-    "ServerError",
-    "CommandExitError",
 ]
+__all__ += _errors.__all__
