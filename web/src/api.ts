@@ -22,6 +22,8 @@ export type SandboxEvent = Schemas['Event'];
 export type Health = Schemas['Health'];
 export type CreateSandboxRequest = Schemas['CreateSandbox'];
 export type ExecRequest = Schemas['ExecRequest'];
+/** A sandbox's egress policy (`GET`/`PUT /v1/sandboxes/{id}/network`). */
+export type NetworkPolicy = Schemas['NetworkPolicy'];
 
 /** An error answered by the API (`{"code","message","hint"}`), or a network failure. */
 export class ApiError extends Error {
@@ -160,6 +162,13 @@ export class Api {
   async events(id: string): Promise<SandboxEvent[]> {
     const r = await this.json<Schemas['EventList']>('GET', `/v1/sandboxes/${enc(id)}/events`);
     return r.events;
+  }
+
+  network(id: string): Promise<NetworkPolicy> {
+    return this.json('GET', `/v1/sandboxes/${enc(id)}/network`);
+  }
+  setNetwork(id: string, policy: NetworkPolicy): Promise<NetworkPolicy> {
+    return this.json('PUT', `/v1/sandboxes/${enc(id)}/network`, { json: policy });
   }
 
   // --- templates ---

@@ -7,14 +7,16 @@ import { FilesPane } from './files';
 import { absoluteTime, formatBytes, formatMemory, relativeTime } from './format';
 import { metadataChips, stateBadge } from './list';
 import { LogsPane } from './logs';
+import { NetworkPane } from './network';
 import { TerminalPane } from './terminal';
 
-export type Tab = 'terminal' | 'exec' | 'files' | 'logs' | 'details';
+export type Tab = 'terminal' | 'exec' | 'files' | 'network' | 'logs' | 'details';
 
 const TABS: { id: Tab; label: string }[] = [
   { id: 'terminal', label: 'Terminal' },
   { id: 'exec', label: 'Run command' },
   { id: 'files', label: 'Files' },
+  { id: 'network', label: 'Network' },
   { id: 'logs', label: 'Console log' },
   { id: 'details', label: 'Details' },
 ];
@@ -131,6 +133,9 @@ export class DetailView {
           break;
         case 'files':
           p = new FilesPane(this.api, this.id);
+          break;
+        case 'network':
+          p = new NetworkPane(this.api, this.id);
           break;
         case 'logs':
           p = new LogsPane(this.api, this.id);

@@ -459,6 +459,34 @@ describe('warren web console (live server)', { timeout: 15 * 60_000 }, () => {
     await dirRow.waitFor({ state: 'detached' });
   }, 120_000, true);
 
+  step('network: show the policy, change it, refuse a bad rule', async () => {
+    await page.getByRole('tab', { name: 'Network' }).click();
+    const internet = page.getByLabel('Internet access', { exact: true });
+    await waitFor('the policy loaded', async () => /loaded/.test(await page.getByTestId('network-status').innerText()));
+    assert.equal(await internet.isChecked(), true, 'internet is on by default');
+    await page.getByLabel('Allowed destinations', { exact: true }).fill('PyPI.org\n\n198.51.100.7');
+    await page.getByLabel('Denied destinations', { exact: true }).fill('0.0.0.0/0');
+    await page.getByRole('button', { name: 'Save policy' }).click();
+    await waitFor('saved', async () => /saved/.test(await page.getByTestId('network-status').innerText()));
+    const saved = await (await api('GET', `/v1/sandboxes/${sandboxId}/network`)).json();
+    assert.deepEqual(saved.deny_out, ['0.0.0.0/0']);
+    assert.equal(saved.allow_out.length, 2, JSON.stringify(saved));
+    assert.ok(saved.allow_out.includes('pypi.org'), `rules come back in their normal form: ${JSON.stringify(saved)}`);
+    // The form shows what the service holds.
+    assert.equal(await page.getByLabel('Allowed destinations', { exact: true }).inputValue(), saved.allow_out.join('\n'));
+    // A bad rule: the error names it, and the policy stays as it was.
+    await page.getByLabel('Denied destinations', { exact: true }).fill('0.0.0.0/0\nnot a rule!');
+    await page.getByRole('button', { name: 'Save policy' }).click();
+    const err = page.getByTestId('network-error');
+    await err.waitFor({ state: 'visible' });
+    assert.match(await err.innerText(), /not a rule!/);
+    const after = await (await api('GET', `/v1/sandboxes/${sandboxId}/network`)).json();
+    assert.deepEqual(after, saved);
+    // Back to the default, so later steps see an ordinary sandbox.
+    const reset = await api('PUT', `/v1/sandboxes/${sandboxId}/network`, { internet: true, allow_out: [], deny_out: [] });
+    assert.equal(reset.status, 200);
+  }, 120_000, true);
+
   step('console log, timeout, pause and resume', async () => {
     // The guest kernel boots `quiet`: put a line on the serial console first.
     const marker = `warren-e2e-console-${Date.now()}`;
