@@ -134,6 +134,25 @@ struct UpArgs {
     /// Memory generations a paused sandbox keeps before they are merged.
     #[arg(long, env = "WARREN_SNAPSHOT_MERGE_CAP", default_value_t = warren_sandbox::snapshot::DEFAULT_MERGE_CAP)]
     snapshot_merge_cap: usize,
+    /// Host-side addresses of the sandbox networks, a CIDR: one /30 per
+    /// running sandbox (default 10.231.0.0/16, or $WARREN_NET_RANGE). Pick
+    /// one no network of this host uses.
+    #[arg(long, value_name = "CIDR")]
+    net_range: Option<warren_sandbox::HostRange>,
+    /// The DNS server sandboxes' names are resolved by, `IP` or `IP:PORT`
+    /// (default: the host's first nameserver, or $WARREN_DNS_UPSTREAM).
+    #[arg(long, value_name = "ADDR", value_parser = parse_dns_upstream)]
+    dns_upstream: Option<std::net::SocketAddr>,
+    /// No sandbox networks (as WARREN_NET=off): sandboxes get no network
+    /// card, and only `internet: false` policies without `allow_out` are
+    /// accepted.
+    #[arg(long, conflicts_with_all = ["net_range", "dns_upstream"])]
+    no_network: bool,
+}
+
+fn parse_dns_upstream(text: &str) -> Result<std::net::SocketAddr, String> {
+    warren_sandbox::parse_upstream(text)
+        .ok_or_else(|| format!("{text:?} is not an address such as 192.0.2.53 or 192.0.2.53:5353"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -319,6 +338,21 @@ async fn up(mut config: ManagerConfig, args: UpArgs) -> Result<i32> {
     // The service's VMs outlive it (a crash or `--on-shutdown keep`): the
     // next start re-attaches them.
     config.ephemeral = false;
+    if args.no_network {
+        config.network = None;
+    } else if args.net_range.is_some() || args.dns_upstream.is_some() {
+        let Some(network) = config.network.as_mut() else {
+            anyhow::bail!(
+                "--net-range and --dns-upstream configure sandbox networks, which WARREN_NET=off turns off"
+            );
+        };
+        if let Some(range) = args.net_range {
+            network.range = range;
+        }
+        if let Some(upstream) = args.dns_upstream {
+            network.upstream = upstream;
+        }
+    }
     let on_shutdown = args.on_shutdown;
     let server = warren_server::ServerConfig {
         listen: args.listen,

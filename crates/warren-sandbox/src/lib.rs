@@ -67,6 +67,7 @@ pub use sandbox::{GuestInfo, PauseHold, Sandbox};
 pub use spec::{SandboxSpec, SpecError};
 pub use template::{TemplateMeta, validate_template_name};
 pub use warren_image::{NoProgress, Progress};
+pub use warren_net::layout::HostRange;
 pub use warren_net::{NetworkPolicy, PolicyError};
 pub use warren_vmm::{Accel, AccelChoice};
 
