@@ -28,14 +28,7 @@ export class NetworkPane {
     private readonly api: Api,
     private readonly id: string,
   ) {
-    const form = h(
-      'form',
-      { class: 'network-form', 'aria-label': 'Network policy' },
-      h('div', { class: 'check' }, field('Internet access', this.internet, 'Destinations no rule names are reachable.')),
-      field('Allowed destinations', this.allow, 'Always reachable, whatever is denied. One IP, CIDR or domain a line.'),
-      field('Denied destinations', this.deny, 'Blocked unless allowed. 0.0.0.0/0 denies everything not allowed.'),
-      h('div', { class: 'pane-toolbar' }, this.saveBtn, this.reloadBtn, h('span', { class: 'spacer' }), this.status),
-    );
+    const form = this.buildForm();
     form.addEventListener('submit', (ev) => {
       ev.preventDefault();
       void busy(this.saveBtn, 'Saving…', () => this.save());
@@ -51,6 +44,18 @@ export class NetworkPane {
       ),
       this.err.el,
       form,
+    );
+  }
+
+  /** The policy's fields and the save and reload buttons. */
+  private buildForm(): HTMLFormElement {
+    return h(
+      'form',
+      { class: 'network-form', 'aria-label': 'Network policy' },
+      h('div', { class: 'check' }, field('Internet access', this.internet, 'Destinations no rule names are reachable.')),
+      field('Allowed destinations', this.allow, 'Always reachable, whatever is denied. One IP, CIDR or domain a line.'),
+      field('Denied destinations', this.deny, 'Blocked unless allowed. 0.0.0.0/0 denies everything not allowed.'),
+      h('div', { class: 'pane-toolbar' }, this.saveBtn, this.reloadBtn, h('span', { class: 'spacer' }), this.status),
     );
   }
 
