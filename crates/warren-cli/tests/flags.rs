@@ -14,11 +14,7 @@ fn up_refuses_bad_network_flags_with_what_to_give() {
             None,
             "overlaps loopback",
         ),
-        (
-            vec!["up", "--net-range", "10.9.0.0/30"],
-            None,
-            "too small",
-        ),
+        (vec!["up", "--net-range", "10.9.0.0/30"], None, "too small"),
         (vec!["up", "--net-range", "ten"], None, "not an IPv4 CIDR"),
         (
             vec!["up", "--dns-upstream", "resolver"],

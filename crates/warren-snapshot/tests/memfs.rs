@@ -144,18 +144,27 @@ impl Daemon {
         }
     }
 
-    /// `fusermount3 -u`, then the exit status.
+    /// Unmounts (as `fusermount3 -u` would; these tests run as root),
+    /// then the exit status. A mount can be busy for a moment after its
+    /// last descriptor closed (a child another test is forking holds a
+    /// copy until its exec closes it), so EBUSY is retried for a while.
     fn unmount(&mut self) -> ExitStatus {
-        let out = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.mount)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "fusermount3 -u: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let path = std::ffi::CString::new(self.mount.as_os_str().as_encoded_bytes()).unwrap();
+        let started = Instant::now();
+        loop {
+            // SAFETY: umount2 reads a NUL-terminated path we own.
+            if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
+                break;
+            }
+            let error = std::io::Error::last_os_error();
+            assert!(
+                error.raw_os_error() == Some(libc::EBUSY)
+                    && started.elapsed() < Duration::from_secs(10),
+                "unmounting {}: {error}",
+                self.mount.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let status = self.wait(Duration::from_secs(30));
         status.unwrap_or_else(|| panic!("daemon did not exit; stderr: {}", self.stderr()))
     }
