@@ -9,22 +9,11 @@ use std::process::Command as Host;
 use std::time::Duration;
 
 use warren_sandbox::{Command, NetworkPolicy, Sandbox};
+use warren_testkit::netns::ip;
 use warren_tests::{TestEnv, within};
 
 const PEER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 66);
 const PEER_HOST_SIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 65);
-
-fn ip(args: &str) {
-    let out = Host::new("ip")
-        .args(args.split_whitespace())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ip {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The peer namespace and its link, removed when the test ends.
 struct Peer {

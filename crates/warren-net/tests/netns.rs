@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use warren_net::layout::{HostRange, guest};
 use warren_net::{DEFAULT_CLAIMS_DIR, HostNet, NetworkPolicy, SandboxNet, run_in};
+use warren_testkit::netns::ip;
 
 /// Each test's peer link is its own /28 of 198.51.100.0/24, so tests
 /// running at once do not share a route.
@@ -42,18 +43,6 @@ impl std::ops::Deref for Net<'_> {
     fn deref(&self) -> &SandboxNet {
         &self.1
     }
-}
-
-fn ip(args: &str) {
-    let out = Command::new("ip")
-        .args(args.split_whitespace())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ip {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn usable() -> bool {

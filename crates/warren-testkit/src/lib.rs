@@ -14,6 +14,7 @@
 pub mod bytes;
 pub mod home;
 pub mod mounts;
+pub mod netns;
 pub mod procs;
 pub mod up;
 
