@@ -1,6 +1,7 @@
 //! Things going wrong: bad requests, VMs killed from outside.
 
 use std::sync::Arc;
+use warren_api::message::one_line;
 
 use warren_sandbox::{Command, CreateError, ExecError, NoProgress, SandboxSpec, Unavailable};
 use warren_tests::{TestEnv, within};
@@ -29,7 +30,7 @@ async fn bad_requests_fail_clearly_and_leave_nothing_behind() {
     .await
     .unwrap_err();
     assert!(matches!(err, CreateError::InvalidSpec(_)), "{err}");
-    assert!(chain(&err).contains("at least"), "{err}");
+    assert!(one_line(&err).contains("at least"), "{err}");
 
     let too_much = (env.manager.host().memory_total_mib + 1024) as u32;
     let err = create(SandboxSpec {
@@ -39,7 +40,7 @@ async fn bad_requests_fail_clearly_and_leave_nothing_behind() {
     .await
     .unwrap_err();
     assert!(matches!(err, CreateError::InvalidSpec(_)), "{err}");
-    assert!(chain(&err).contains("more than this host has"), "{err}");
+    assert!(one_line(&err).contains("more than this host has"), "{err}");
 
     let err = create(SandboxSpec {
         vcpus: 0,
@@ -47,7 +48,7 @@ async fn bad_requests_fail_clearly_and_leave_nothing_behind() {
     })
     .await
     .unwrap_err();
-    assert!(chain(&err).contains("vCPU"), "{err}");
+    assert!(one_line(&err).contains("vCPU"), "{err}");
 
     let err = create(SandboxSpec {
         env: [("BAD=NAME".to_string(), "x".to_string())].into(),
@@ -55,7 +56,7 @@ async fn bad_requests_fail_clearly_and_leave_nothing_behind() {
     })
     .await
     .unwrap_err();
-    assert!(chain(&err).contains("BAD=NAME"), "{err}");
+    assert!(one_line(&err).contains("BAD=NAME"), "{err}");
     env.assert_clean();
 }
 
@@ -126,16 +127,4 @@ async fn a_create_abandoned_midway_leaves_nothing_behind() {
         result.unwrap().destroy().await.unwrap();
     }
     env.assert_clean();
-}
-
-/// An error and its sources, as the CLI prints them.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -128,7 +128,29 @@ pub async fn run(manager: Manager, args: RunArgs) -> Result<i32> {
     Ok(status)
 }
 
-/// Starts `command`; a failure to is reported and becomes the shell-like
+/// Local stdin into a process started by `warren run`; `close` closes the
+/// process's stdin when local stdin ends.
+fn pump_stdin(
+    input: warren_sandbox::ProcessInput,
+    chunk: usize,
+    close: bool,
+) -> tokio::task::JoinHandle<()> {
+    let closer = input.clone();
+    crate::stdin::pump(
+        chunk,
+        move |data| {
+            let input = input.clone();
+            async move { input.write(data).await.is_ok() }
+        },
+        move || async move {
+            if close {
+                let _ = closer.close().await;
+            }
+        },
+    )
+}
+
+/// Starts `command`; a failure to start is reported and becomes the shell-like
 /// exit status `warren run` ends with.
 async fn start(
     sandbox: &warren_sandbox::Sandbox,
@@ -163,17 +185,7 @@ async fn run_piped(
         Err(status) => return Ok(status),
     };
     let input = process.input().expect("exec has input");
-    let closer = input.clone();
-    let stdin_task = crate::stdin::pump(
-        64 * 1024,
-        move |data| {
-            let input = input.clone();
-            async move { input.write(data).await.is_ok() }
-        },
-        move || async move {
-            let _ = closer.close().await;
-        },
-    );
+    let stdin_task = pump_stdin(input, 64 * 1024, true);
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
     let mut interrupts = 0;
@@ -223,15 +235,8 @@ async fn run_tty(
     };
     let raw = RawMode::enter();
     let input = process.input().expect("exec has input");
-    let stdin_input = input.clone();
-    let stdin_task = crate::stdin::pump(
-        16 * 1024,
-        move |data| {
-            let input = stdin_input.clone();
-            async move { input.write(data).await.is_ok() }
-        },
-        || async {},
-    );
+    // Under a terminal the shell ends on Ctrl-D, not when stdin closes.
+    let stdin_task = pump_stdin(input.clone(), 16 * 1024, false);
     let mut winch = signal(SignalKind::window_change())?;
     let mut stdout = std::io::stdout();
     let status = loop {

@@ -125,7 +125,7 @@ impl Networking {
         .map_err(|e| {
             tracing::warn!(
                 "sandbox networking is unavailable: {}",
-                warren_net_chain(&e)
+                crate::error::with_causes(&e)
             );
             Arc::new(e)
         });
@@ -266,7 +266,7 @@ impl Drop for SandboxNetwork {
             tracing::warn!(
                 sandbox = self.id,
                 "removing the sandbox's network: {}",
-                warren_net_chain(&e)
+                crate::error::with_causes(&e)
             );
         }
     }
@@ -312,17 +312,6 @@ impl SandboxNetwork {
     pub fn net(&self) -> &SandboxNet {
         &self.net
     }
-}
-
-fn warren_net_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
 }
 
 #[cfg(test)]
