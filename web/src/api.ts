@@ -24,6 +24,8 @@ export type CreateSandboxRequest = Schemas['CreateSandbox'];
 export type ExecRequest = Schemas['ExecRequest'];
 /** A sandbox's egress policy (`GET`/`PUT /v1/sandboxes/{id}/network`). */
 export type NetworkPolicy = Schemas['NetworkPolicy'];
+/** A TCP port something in a sandbox listens on (`GET /v1/sandboxes/{id}/ports`). */
+export type ListeningPort = Schemas['ListeningPort'];
 
 /** An error answered by the API (`{"code","message","hint"}`), or a network failure. */
 export class ApiError extends Error {
@@ -169,6 +171,13 @@ export class Api {
   }
   setNetwork(id: string, policy: NetworkPolicy): Promise<NetworkPolicy> {
     return this.json('PUT', `/v1/sandboxes/${enc(id)}/network`, { json: policy });
+  }
+  async listeningPorts(id: string): Promise<ListeningPort[]> {
+    const r = await this.json<Schemas['ListeningPortList']>('GET', `/v1/sandboxes/${enc(id)}/ports`);
+    return r.ports;
+  }
+  setPublicPorts(id: string, ports: number[]): Promise<Sandbox> {
+    return this.json('PUT', `/v1/sandboxes/${enc(id)}/public-ports`, { json: { ports } satisfies Schemas['PublicPorts'] });
   }
 
   // --- templates ---

@@ -1,9 +1,20 @@
-// A sandbox's egress policy: GET and PUT /v1/sandboxes/{id}/network.
-// Rules are IPs, CIDRs or domain names (`pypi.org`, `*.github.com`), one a
-// line; `allow_out` wins over `deny_out`, both over the internet default.
+// A sandbox's network: its egress policy (GET and PUT
+// /v1/sandboxes/{id}/network; rules are IPs, CIDRs or domain names, one a
+// line; `allow_out` wins over `deny_out`, both over the internet default)
+// and links to the ports something in it listens on.
 
-import type { Api, NetworkPolicy } from './api';
-import { ErrorBox, busy, field, h } from './dom';
+import type { Api, ListeningPort, NetworkPolicy, Sandbox } from './api';
+import { ErrorBox, busy, field, h, mount } from './dom';
+
+/** The host-form URL of a port: `{port}-{id}.{domain}`, with the access
+ * token once in the query unless the port is public (the service then
+ * keeps it in a cookie of that host). Null without a domain. */
+export function portUrl(sandbox: Sandbox, port: number, scheme = location.protocol): string | null {
+  if (!sandbox.domain) return null;
+  let url = `${scheme}//${port}-${sandbox.id}.${sandbox.domain}/`;
+  if (!sandbox.public_ports.includes(port) && sandbox.access_token) url += `?warren_token=${encodeURIComponent(sandbox.access_token)}`;
+  return url;
+}
 
 /** The rules of a textarea: one a line, blank lines and spaces dropped. */
 export function parseRules(text: string): string[] {
@@ -22,6 +33,9 @@ export class NetworkPane {
   private readonly reloadBtn = h('button', { type: 'button' }, 'Reload');
   private readonly status = h('span', { class: 'muted small', role: 'status', 'data-testid': 'network-status' });
   private readonly err = new ErrorBox('network-error');
+  private readonly portsList = h('div', { class: 'ports-list', 'data-testid': 'ports-list' });
+  private readonly portsBtn = h('button', { type: 'button' }, 'Refresh ports');
+  private readonly portsErr = new ErrorBox('ports-error');
   private loaded = false;
 
   constructor(
@@ -34,6 +48,7 @@ export class NetworkPane {
       void busy(this.saveBtn, 'Saving…', () => this.save());
     });
     this.reloadBtn.addEventListener('click', () => void busy(this.reloadBtn, 'Loading…', () => this.load()));
+    this.portsBtn.addEventListener('click', () => void busy(this.portsBtn, 'Loading…', () => this.loadPorts()));
     this.el = h(
       'div',
       { class: 'network-pane' },
@@ -44,7 +59,55 @@ export class NetworkPane {
       ),
       this.err.el,
       form,
+      h('h3', null, 'Ports'),
+      h(
+        'p',
+        { class: 'muted small' },
+        'Servers in the sandbox that listen on 0.0.0.0, opened through warren. A private port opens with the sandbox\'s access token (in the link); a public one needs nothing.',
+      ),
+      this.portsErr.el,
+      h('div', { class: 'pane-toolbar' }, this.portsBtn),
+      this.portsList,
     );
+  }
+
+  /** The listening ports, each with its link and a public switch. */
+  private async loadPorts(): Promise<void> {
+    try {
+      const [sandbox, ports] = await Promise.all([this.api.getSandbox(this.id), this.api.listeningPorts(this.id)]);
+      this.showPorts(sandbox, ports);
+      this.portsErr.clear();
+    } catch (e) {
+      this.portsErr.show(e, 'Cannot list the ports');
+    }
+  }
+
+  private showPorts(sandbox: Sandbox, ports: ListeningPort[]): void {
+    if (ports.length === 0) {
+      mount(this.portsList, h('p', { class: 'muted small' }, 'Nothing listens on a TCP port yet.'));
+      return;
+    }
+    const rows = ports.map((p) => {
+      const url = p.loopback_only ? null : portUrl(sandbox, p.port);
+      const link = url
+        ? h('a', { href: url, target: '_blank', rel: 'noopener', 'data-testid': `port-link-${p.port}` }, url.split('?')[0])
+        : h('span', { class: 'muted' }, p.loopback_only ? 'listens on 127.0.0.1 only: listen on 0.0.0.0 to reach it' : 'no host form');
+      const pub = h('input', { type: 'checkbox', checked: p.public, disabled: p.loopback_only, 'aria-label': `Port ${p.port} public` });
+      pub.addEventListener('change', () => void this.setPublic(sandbox, p.port, pub.checked));
+      return h('tr', null, h('td', { class: 'mono' }, String(p.port)), h('td', null, link), h('td', null, h('label', { class: 'check' }, pub, ' public')));
+    });
+    mount(this.portsList, h('table', { class: 'ports' }, h('tbody', null, rows)));
+  }
+
+  private async setPublic(sandbox: Sandbox, port: number, on: boolean): Promise<void> {
+    const ports = sandbox.public_ports.filter((p) => p !== port);
+    if (on) ports.push(port);
+    try {
+      await this.api.setPublicPorts(this.id, ports);
+      await this.loadPorts();
+    } catch (e) {
+      this.portsErr.show(e, 'The port was not changed');
+    }
   }
 
   /** The policy's fields and the save and reload buttons. */
@@ -60,7 +123,10 @@ export class NetworkPane {
   }
 
   show(): void {
-    if (!this.loaded) void this.load();
+    if (!this.loaded) {
+      void this.load();
+      void this.loadPorts();
+    }
   }
 
   private fill(policy: NetworkPolicy): void {

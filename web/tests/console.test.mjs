@@ -255,17 +255,23 @@ describe('warren web console (live server)', { timeout: 15 * 60_000 }, () => {
       viewport: { width: 1440, height: 900 },
       acceptDownloads: true,
     });
-    // The browser may talk to the server's origin only.
+    // The browser may talk to the server's origin only, and to the port
+    // hosts of the same listener (`{port}-{id}.localhost:<its port>`).
     const origin = new URL(base).origin;
+    const ours = (url) => {
+      if (url.startsWith('data:') || url.startsWith('blob:')) return true;
+      const u = new URL(url);
+      return u.origin === origin || (u.hostname.endsWith('.localhost') && u.port === new URL(base).port);
+    };
     await context.route('**/*', (route) => {
       const url = route.request().url();
-      if (url.startsWith('data:') || url.startsWith('blob:') || new URL(url).origin === origin) return route.continue();
+      if (ours(url)) return route.continue();
       external.push(url);
       return route.abort('blockedbyclient');
     });
     context.on('request', (req) => {
       const url = req.url();
-      if (!url.startsWith('data:') && !url.startsWith('blob:') && new URL(url).origin !== origin && !external.includes(url)) {
+      if (!ours(url) && !external.includes(url)) {
         external.push(url);
       }
     });
@@ -484,6 +490,43 @@ describe('warren web console (live server)', { timeout: 15 * 60_000 }, () => {
     assert.deepEqual(after, saved);
     // Back to the default, so later steps see an ordinary sandbox.
     const reset = await api('PUT', `/v1/sandboxes/${sandboxId}/network`, { internet: true, allow_out: [], deny_out: [] });
+    assert.equal(reset.status, 200);
+  }, 120_000, true);
+
+  step('network: a server in the sandbox opens from its port link', async () => {
+    const started = await api('POST', `/v1/sandboxes/${sandboxId}/processes`, {
+      cmd: "mkdir -p /srv/e2e && echo 'hello from port 8000' > /srv/e2e/index.html && cd /srv/e2e && exec python3 -m http.server 8000 --bind 0.0.0.0",
+    });
+    assert.equal(started.status, 201, await started.text());
+    const refresh = page.getByRole('button', { name: 'Refresh ports' });
+    const link = page.getByTestId('port-link-8000');
+    await waitFor('port 8000 listed with a link', async () => {
+      await refresh.click();
+      return (await link.count()) > 0;
+    }, 60_000, 500);
+    const href = await link.getAttribute('href');
+    const sandbox = await (await api('GET', `/v1/sandboxes/${sandboxId}`)).json();
+    assert.equal(href, `http://8000-${sandboxId}.${sandbox.domain}/?warren_token=${sandbox.access_token}`);
+    // The browser opens it: the token moves into a cookie of that host.
+    const app = await context.newPage();
+    try {
+      const resp = await app.goto(href);
+      assert.equal(resp?.status(), 200);
+      assert.equal(new URL(app.url()).search, '', 'the token left the address bar');
+      assert.match(await app.locator('body').innerText(), /hello from port 8000/);
+      const reload = await app.reload();
+      assert.equal(reload?.status(), 200, 'the cookie opens it again');
+    } finally {
+      await app.close();
+    }
+    // Made public from the console, the port needs no token.
+    await page.getByLabel('Port 8000 public', { exact: true }).check();
+    await waitFor('the port is public', async () => {
+      const sb = await (await api('GET', `/v1/sandboxes/${sandboxId}`)).json();
+      return sb.public_ports.includes(8000);
+    });
+    await waitFor('the link lost its token', async () => !(await link.getAttribute('href')).includes('warren_token'));
+    const reset = await api('PUT', `/v1/sandboxes/${sandboxId}/public-ports`, { ports: [] });
     assert.equal(reset.status, 200);
   }, 120_000, true);
 

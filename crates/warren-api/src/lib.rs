@@ -152,6 +152,22 @@ pub struct Sandbox {
     /// Why it stopped: `killed`, `timeout`, `vm_exited`, `host_restart`,
     /// `host_shutdown`.
     pub stop_reason: Option<String>,
+    /// Where its ports are served by host name: port P of this sandbox is
+    /// `{P}-{id}.{domain}` on warren's listener (with the listener's port
+    /// when the domain names one), so an app that must sit at `/` works.
+    /// Null from a service that serves no host form.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Opens this sandbox's ports without an API key, and nothing else:
+    /// send it as the `X-Warren-Access-Token` header, or once as
+    /// `?warren_token=` in a browser (which then keeps it in a cookie for
+    /// that port's host). Null for sandboxes from before ports.
+    #[serde(default)]
+    pub access_token: Option<String>,
+    /// Ports anyone may open through warren, with no key or token.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub public_ports: Vec<u16>,
 }
 
 /// Request to create a sandbox; every field is optional.
@@ -196,7 +212,45 @@ pub struct CreateSandbox {
     /// Its network: internet on by default; egress allow and deny lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkPolicy>,
+    /// Ports anyone may open without a key or token (at most 64; change
+    /// them later with `PUT /v1/sandboxes/{id}/public-ports`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_ports: Option<Vec<u16>>,
 }
+
+/// The ports of a sandbox that anyone may open, replacing the previous set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PublicPorts {
+    /// TCP ports, 1 to 65535, at most 64 (empty: every port needs a key or
+    /// the sandbox's access token).
+    pub ports: Vec<u16>,
+}
+
+/// A TCP port something in a running sandbox listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ListeningPort {
+    /// The port.
+    pub port: u16,
+    /// Every listener on it is bound to loopback (127.0.0.1, ::1), so
+    /// warren cannot reach it: the server must listen on 0.0.0.0.
+    pub loopback_only: bool,
+    /// Whether anyone may open it (it is in the sandbox's `public_ports`).
+    pub public: bool,
+}
+
+/// The ports a sandbox listens on, lowest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ListeningPortList {
+    /// Each port once.
+    pub ports: Vec<ListeningPort>,
+}
+
+/// At most this many public ports per sandbox.
+pub const MAX_PUBLIC_PORTS: usize = 64;
 
 /// A sandbox's network policy. `allow_out` wins over `deny_out`, and both
 /// over `internet` (the default for what no rule names), so

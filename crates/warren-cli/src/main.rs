@@ -5,6 +5,7 @@ mod cp;
 mod exec;
 mod exit;
 mod output;
+mod ports;
 
 mod remote;
 mod run;
@@ -60,6 +61,13 @@ enum Commands {
     /// Show a running sandbox's network policy, or replace it with the
     /// given flags (new connections follow it at once).
     Network(remote::NetworkCommandArgs),
+    /// Print the URL a browser opens a sandbox's port at (the access token
+    /// included unless the port is public); --public/--private change who
+    /// may open it.
+    Port(ports::PortArgs),
+    /// Forward a local TCP port to a port of a sandbox (like `kubectl
+    /// port-forward`), until Ctrl-C.
+    PortForward(ports::PortForwardArgs),
     /// Pause a sandbox to disk (memory and disk): it then uses no RAM or
     /// CPU; prints what the pause wrote.
     Pause(remote::IdArgs),
@@ -148,6 +156,13 @@ struct UpArgs {
     /// accepted.
     #[arg(long, conflicts_with_all = ["net_range", "dns_upstream"])]
     no_network: bool,
+    /// Where sandbox ports are served by host name: port P of a sandbox
+    /// is `http://P-ID.DOMAIN/` on this listener. NAME or NAME:PORT, the
+    /// way clients reach warren (default localhost:<listen port>, which
+    /// browsers resolve with no DNS set-up; behind a proxy, its domain with
+    /// a wildcard DNS record).
+    #[arg(long, env = "WARREN_DOMAIN", value_name = "DOMAIN")]
+    domain: Option<warren_server::port_host::PortDomain>,
 }
 
 fn parse_dns_upstream(text: &str) -> Result<std::net::SocketAddr, String> {
@@ -250,6 +265,8 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             Commands::Logs(args) => remote::logs(&client, args).await,
             Commands::Timeout(args) => remote::timeout(&client, args).await,
             Commands::Network(args) => remote::network(&client, args).await,
+            Commands::Port(args) => ports::port(&client, args).await,
+            Commands::PortForward(args) => ports::port_forward(&client, args).await,
             Commands::Pause(args) => remote::pause(&client, args).await,
             Commands::Resume(args) => remote::resume(&client, args).await,
             Commands::Snapshot(args) => remote::snapshot(&client, args).await,
@@ -363,6 +380,9 @@ async fn up(mut config: ManagerConfig, args: UpArgs) -> Result<i32> {
         host_name: warren_server::config::host_name(),
         on_shutdown,
         reconcile_interval: std::time::Duration::from_secs_f64(args.reconcile_interval),
+        domain: args
+            .domain
+            .unwrap_or_else(|| warren_server::port_host::PortDomain::localhost(args.listen.port())),
         manager: config,
     };
     let shutdown = async move {

@@ -80,6 +80,10 @@ pub struct CreateArgs {
     pub keep_disk: bool,
     #[command(flatten)]
     pub network: NetworkArgs,
+    /// A port anyone may open through warren with no key or token
+    /// (repeatable; see `warren port`).
+    #[arg(long, value_name = "PORT")]
+    pub public_port: Vec<u16>,
     #[command(flatten)]
     pub out: JsonFlag,
 }
@@ -129,6 +133,7 @@ pub async fn create(client: &Client, args: CreateArgs) -> Result<i32> {
         auto_resume: args.auto_resume.then_some(true),
         keep_disk: args.keep_disk.then_some(true),
         network: args.network.given().then(|| args.network.policy()),
+        public_ports: (!args.public_port.is_empty()).then(|| args.public_port.clone()),
     };
     let spinner = spinner(format!(
         "creating a sandbox from template {}",
@@ -290,6 +295,16 @@ fn print_sandbox(sandbox: &Sandbox) {
     let yes_no = |on: bool| if on { "yes" } else { "no" }.to_string();
     line("auto pause", yes_no(sandbox.auto_pause));
     line("auto resume", yes_no(sandbox.auto_resume));
+    if !sandbox.public_ports.is_empty() {
+        let ports: Vec<String> = sandbox.public_ports.iter().map(u16::to_string).collect();
+        line("public ports", ports.join(" "));
+    }
+    if let Some(domain) = &sandbox.domain {
+        line(
+            "ports at",
+            format!("PORT-{}.{domain} (see `warren port`)", sandbox.id),
+        );
+    }
     table.print();
 }
 

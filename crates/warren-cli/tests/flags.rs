@@ -31,6 +31,16 @@ fn up_refuses_bad_network_flags_with_what_to_give() {
             Some("off"),
             "WARREN_NET=off",
         ),
+        (
+            vec!["up", "--domain", "http://sandboxes.example.com"],
+            None,
+            "is not a domain such as localhost:7700",
+        ),
+        (
+            vec!["up", "--domain", "example.com:0"],
+            None,
+            "an optional :PORT",
+        ),
     ] {
         let mut command = Command::new(WARREN);
         command

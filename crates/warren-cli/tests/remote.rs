@@ -759,3 +759,238 @@ fn without_a_service_the_error_says_how_to_fix_it() {
         text(&output.stderr)
     );
 }
+
+/// A WebSocket echo server (Python's standard library only, text frames
+/// under 126 bytes), for the port proxy's upgrade path.
+const WS_ECHO: &str = r#"
+import base64, hashlib, socket, threading
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+def serve(c):
+    f = c.makefile("rb")
+    key = None
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"sec-websocket-key":
+            key = value.strip()
+    if key is None:
+        return
+    accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    while True:
+        head = f.read(2)
+        if len(head) < 2:
+            return
+        op, n = head[0] & 15, head[1] & 127
+        if n == 126:
+            n = int.from_bytes(f.read(2), "big")
+        elif n == 127:
+            n = int.from_bytes(f.read(8), "big")
+        mask = f.read(4) if head[1] & 128 else b"\0\0\0\0"
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(f.read(n)))
+        if op == 8:
+            return
+        if op == 1:
+            out = b"echo " + payload
+            c.sendall(bytes([0x81, len(out)]) + out)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8765))
+s.listen()
+while True:
+    conn, _ = s.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"#;
+
+/// Polls `port` inside the sandbox until something listens there.
+fn wait_for_listener(service: &Service, id: &str, port: u16) {
+    let probe = format!("import socket; socket.create_connection(('127.0.0.1', {port}), 1)");
+    for _ in 0..200 {
+        let output = service.warren(&["exec", id, "--", "python3", "-c", &probe], b"");
+        if output.status.code() == Some(0) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!("nothing listens on port {port} in {id}");
+}
+
+#[test]
+fn a_server_in_a_sandbox_is_reached_by_its_url_and_through_port_forward() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    let service = Service::start();
+    let work = tempfile::tempdir().unwrap();
+    let created = service.warren(&["create", "--memory", "256"], b"");
+    expect_code(&created, 0);
+    let id = text(&created.stdout).trim().to_string();
+
+    // Two servers in the guest: python's http.server and a WebSocket echo,
+    // started detached (their output goes nowhere, so exec returns).
+    let script = work.path().join("ws_echo.py");
+    std::fs::write(&script, WS_ECHO).unwrap();
+    expect_code(
+        &service.warren(
+            &[
+                "cp",
+                script.to_str().unwrap(),
+                &format!("{id}:/srv/ws_echo.py"),
+            ],
+            b"",
+        ),
+        0,
+    );
+    let start = "mkdir -p /srv/www && echo 'served from the sandbox' > /srv/www/index.txt \
+        && cd /srv/www && (setsid python3 -m http.server 8000 --bind 0.0.0.0 >/dev/null 2>&1 </dev/null &) \
+        && (setsid python3 /srv/ws_echo.py >/dev/null 2>&1 </dev/null &)";
+    expect_code(
+        &service.warren(&["exec", &id, "--", "sh", "-c", start], b""),
+        0,
+    );
+    wait_for_listener(&service, &id, 8000);
+    wait_for_listener(&service, &id, 8765);
+    // One more on loopback only, which the port forms cannot reach.
+    let local_only =
+        "(setsid python3 -m http.server 8001 --bind 127.0.0.1 >/dev/null 2>&1 </dev/null &)";
+    expect_code(
+        &service.warren(&["exec", &id, "--", "sh", "-c", local_only], b""),
+        0,
+    );
+    wait_for_listener(&service, &id, 8001);
+
+    // `warren port ID` lists what listens, from the guest's own tables.
+    let listed = json(&service.warren(&["port", &id, "--json"], b""));
+    let ports = listed["ports"].as_array().unwrap();
+    let find = |port: u16| {
+        ports
+            .iter()
+            .find(|p| p["port"] == port)
+            .unwrap_or_else(|| panic!("port {port} not listed: {listed}"))
+    };
+    assert_eq!(find(8000)["loopback_only"], false);
+    assert_eq!(find(8765)["loopback_only"], false);
+    assert_eq!(find(8001)["loopback_only"], true);
+    let table = text(&service.warren(&["port", &id], b"").stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("8001") && l.contains("unreachable")),
+        "{table}"
+    );
+
+    // `warren port` prints the host-form URL with the access token; a
+    // browser (here reqwest, told that *.localhost is loopback, as
+    // browsers know) follows it into a cookie and gets the file.
+    let printed = service.warren(&["port", &id, "8000"], b"");
+    expect_code(&printed, 0);
+    let url = text(&printed.stdout).trim().to_string();
+    let listener: std::net::SocketAddr = service.url.trim_start_matches("http://").parse().unwrap();
+    let host = format!("8000-{id}.localhost");
+    assert!(
+        url.starts_with(&format!(
+            "http://{host}:{}/?warren_token=wat_",
+            listener.port()
+        )),
+        "{url}"
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let browser = reqwest::Client::builder()
+            .resolve(&host, listener)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let index = url.replace("/?", "/index.txt?");
+        let first = browser.get(&index).send().await.unwrap();
+        assert_eq!(first.status(), 303);
+        assert_eq!(first.headers()["location"], "/index.txt");
+        let cookie = first.headers()["set-cookie"].to_str().unwrap().to_string();
+        let cookie = cookie.split(';').next().unwrap().to_string();
+        assert!(cookie.starts_with("warren_token=wat_"), "{cookie}");
+        // The cookie alone opens it now.
+        let page = browser
+            .get(format!("http://{host}:{}/index.txt", listener.port()))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        assert_eq!(page.text().await.unwrap(), "served from the sandbox\n");
+        // Without the token: not public.
+        let stranger = reqwest::Client::builder()
+            .resolve(&host, listener)
+            .build()
+            .unwrap();
+        let refused = stranger
+            .get(format!("http://{host}:{}/index.txt", listener.port()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401);
+
+        // A WebSocket through the path form, with the API key.
+        let ws_url = format!("ws://{listener}/v1/sandboxes/{id}/ports/8765/");
+        let mut request = ws_url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", service.key).parse().unwrap(),
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        socket.send(Message::Text("hi there".into())).await.unwrap();
+        let reply = socket.next().await.unwrap().unwrap();
+        assert_eq!(reply.into_text().unwrap().as_str(), "echo hi there");
+    });
+
+    // `--public` opens the port to anyone, `--private` closes it again.
+    let public = service.warren(&["port", &id, "8000", "--public", "--json"], b"");
+    expect_code(&public, 0);
+    let public = json(&public);
+    assert_eq!(public["public"], true);
+    assert_eq!(
+        public["url"].as_str().unwrap(),
+        format!("http://{host}:{}/", listener.port())
+    );
+    let got = json(&service.warren(&["get", &id, "--json"], b""));
+    assert_eq!(got["public_ports"], serde_json::json!([8000]));
+    expect_code(&service.warren(&["port", &id, "8000", "--private"], b""), 0);
+    let got = json(&service.warren(&["get", &id, "--json"], b""));
+    assert_eq!(got["public_ports"], serde_json::json!([]));
+
+    // `warren port-forward ID 8000:0`: a local port joined to the sandbox's.
+    let mut forward = Command::new(WARREN)
+        .args(["port-forward", &id, "8000:0"])
+        .env("WARREN_URL", &service.url)
+        .env("WARREN_API_KEY", &service.key)
+        .env("WARREN_HOME", service.elsewhere.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(forward.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let local: std::net::SocketAddr = line.trim().parse().unwrap_or_else(|_| panic!("{line:?}"));
+    assert!(local.ip().is_loopback() && local.port() != 0, "{local}");
+    runtime.block_on(async {
+        for _ in 0..3 {
+            let page = reqwest::get(format!("http://{local}/index.txt"))
+                .await
+                .unwrap();
+            assert_eq!(page.status(), 200);
+            assert_eq!(page.text().await.unwrap(), "served from the sandbox\n");
+        }
+    });
+    forward.kill().unwrap();
+    forward.wait().unwrap();
+
+    // A wrong id fails at once, before anything listens.
+    let output = service.warren(&["port-forward", "sb-nosuchsandbo", "80"], b"");
+    expect_code(&output, 3);
+    expect_code(&service.warren(&["kill", &id], b""), 0);
+}

@@ -18,7 +18,7 @@ use tokio_util::io::ReaderStream;
 use crate::discover::{Discovery, Endpoint, Origin};
 use crate::error::{ApiError, Error, api_error_from_body};
 use crate::types::*;
-use crate::ws::{self, ExecSession, PtySession};
+use crate::ws::{self, ExecSession, PtySession, Tunnel};
 
 /// Chunk size of uploads read from an `AsyncRead`.
 const UPLOAD_CHUNK: usize = 256 * 1024;
@@ -406,6 +406,51 @@ impl Client {
             Some(policy),
         )
         .await
+    }
+
+    /// `GET /v1/sandboxes/{id}/ports`: the TCP ports something in the
+    /// running sandbox listens on.
+    pub async fn listening_ports(&self, id: &str) -> Result<ListeningPortList, Error> {
+        self.get_json(&["v1", "sandboxes", id, "ports"], &[]).await
+    }
+
+    /// `PUT /v1/sandboxes/{id}/public-ports`: replaces the ports anyone may
+    /// open with no key or token; returns the sandbox.
+    pub async fn set_public_ports(&self, id: &str, ports: &[u16]) -> Result<Sandbox, Error> {
+        self.send_json(
+            Method::PUT,
+            &["v1", "sandboxes", id, "public-ports"],
+            Some(&PublicPorts {
+                ports: ports.to_vec(),
+            }),
+        )
+        .await
+    }
+
+    /// `GET /v1/sandboxes/{id}/tunnel/{port}`: a raw TCP connection to a
+    /// port of the sandbox (what `warren port-forward` carries each local
+    /// connection over).
+    pub async fn tunnel(&self, id: &str, port: u16) -> Result<Tunnel, Error> {
+        let port = port.to_string();
+        let socket = ws::connect(self, &["v1", "sandboxes", id, "tunnel", &port], &[]).await?;
+        Ok(Tunnel::new(socket))
+    }
+
+    /// The URL a browser opens port `port` of `sandbox` at: the host form
+    /// `{port}-{id}.{domain}` with this client's scheme, and the
+    /// sandbox's access token once in the query unless the port is public
+    /// (the service then keeps it in a cookie of that host). `None` from a
+    /// service that serves no host form.
+    pub fn port_url(&self, sandbox: &Sandbox, port: u16) -> Option<String> {
+        let domain = sandbox.domain.as_deref()?;
+        let mut url = format!("{}://{port}-{}.{domain}/", self.base.scheme(), sandbox.id);
+        if !sandbox.public_ports.contains(&port)
+            && let Some(token) = &sandbox.access_token
+        {
+            url.push_str("?warren_token=");
+            url.push_str(token);
+        }
+        Some(url)
     }
 
     /// `POST /v1/admin/reconcile` (admin keys): runs the reconciler now

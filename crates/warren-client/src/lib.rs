@@ -35,7 +35,9 @@ pub use client::{Client, Download, PtyOptions, is_retryable};
 pub use discover::{Discovery, Endpoint, Origin};
 pub use error::{ApiError, ConfigError, Error, status_of_code};
 pub use types::*;
-pub use ws::{ExecEvent, ExecInput, ExecOutput, ExecSession, PtyEvent, PtyInput, PtySession};
+pub use ws::{
+    ExecEvent, ExecInput, ExecOutput, ExecSession, PtyEvent, PtyInput, PtySession, Tunnel,
+};
 
 /// Result of a client call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,10 +5,10 @@
 pub use warren_api::ws::{PtySize, StreamExec};
 pub use warren_api::{
     ApiKey, CreateKey, CreateSandbox, CreateSnapshot, CreatedKey, Event, EventList, ExecRequest,
-    ExecResult, ExitStatus, FileInfo, FileKind, FileList, Health, KeyList, NetworkPolicy,
-    PauseResult, ProcessEntry, ProcessList, ProcessStarted, ReconcileFix, ReconcileReport, Sandbox,
-    SandboxList, SandboxState, Snapshot, SnapshotList, StartProcess, Template, TemplateList,
-    UnknownState,
+    ExecResult, ExitStatus, FileInfo, FileKind, FileList, Health, KeyList, ListeningPort,
+    ListeningPortList, NetworkPolicy, PauseResult, ProcessEntry, ProcessList, ProcessStarted,
+    PublicPorts, ReconcileFix, ReconcileReport, Sandbox, SandboxList, SandboxState, Snapshot,
+    SnapshotList, StartProcess, Template, TemplateList, UnknownState,
 };
 
 /// Filters of a sandbox listing.

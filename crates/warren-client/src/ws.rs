@@ -537,6 +537,85 @@ impl PtySession {
     }
 }
 
+/// A raw TCP connection to a port of a sandbox, carried over a WebSocket
+/// (binary messages each way).
+pub struct Tunnel {
+    socket: Socket,
+    url: String,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tunnel {
+    pub(crate) fn new(connected: Connected) -> Self {
+        Self {
+            socket: connected.socket,
+            url: connected.url,
+        }
+    }
+
+    /// Copies bytes between the tunnel and `local` until both directions
+    /// end: EOF from `local` ends the tunnel's sending half, and the
+    /// sandbox's side closing ends `local`'s. Returns the bytes sent each
+    /// way (to the sandbox, from it).
+    pub async fn join<S>(self, local: S) -> Result<(u64, u64), Error>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let url = self.url;
+        let (mut sink, mut source) = self.socket.split();
+        let (mut local_rx, mut local_tx) = tokio::io::split(local);
+        let upstream = async {
+            let mut sent = 0u64;
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                let n = local_rx.read(&mut buffer).await.map_err(|e| Error::Io {
+                    what: "reading the local connection".into(),
+                    source: e,
+                })?;
+                if n == 0 {
+                    break;
+                }
+                sink.send(Message::Binary(Bytes::copy_from_slice(&buffer[..n])))
+                    .await
+                    .map_err(|e| broken(&url, e))?;
+                sent += n as u64;
+            }
+            let _ = sink.send(Message::Close(None)).await;
+            Ok::<u64, Error>(sent)
+        };
+        let downstream = async {
+            let mut received = 0u64;
+            while let Some(message) = source.next().await {
+                match message {
+                    Ok(Message::Binary(bytes)) => {
+                        local_tx.write_all(&bytes).await.map_err(|e| Error::Io {
+                            what: "writing the local connection".into(),
+                            source: e,
+                        })?;
+                        received += bytes.len() as u64;
+                    }
+                    Ok(Message::Close(_)) => break,
+                    Ok(_) => {}
+                    Err(tungstenite::Error::ConnectionClosed) => break,
+                    Err(error) => return Err(broken(&url, error)),
+                }
+            }
+            let _ = local_tx.shutdown().await;
+            Ok::<u64, Error>(received)
+        };
+        let (sent, received) = tokio::join!(upstream, downstream);
+        Ok((sent?, received?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,7 @@ mod cmd;
 mod egress;
 mod host;
 pub mod layout;
+mod listeners;
 mod netns;
 mod nft;
 mod policy;
@@ -28,6 +29,7 @@ pub use claims::{Claim, ClaimError, Claims, DEFAULT_CLAIMS_DIR};
 pub use cmd::CommandError;
 pub use egress::Egress;
 pub use host::{HostNet, HostNetError, warren_namespaces};
+pub use listeners::{ListeningPort, listening_ports};
 pub use netns::{EnterError, run_in};
 pub use nft::{PROXY_PORT, RESOLVER_PORT};
 pub use policy::{

@@ -312,13 +312,53 @@ impl Sandbox {
         loop {
             match stream.message().await {
                 Ok(Some(chunk)) => {
-                    sink.write_all(&chunk.data).await.map_err(sink_error)?;
-                    total += chunk.data.len() as u64;
+                    // A guest that sends more than was asked for gets cut
+                    // off at the length (its bytes are untrusted).
+                    let room = if length == 0 {
+                        u64::MAX
+                    } else {
+                        length - total
+                    };
+                    let take = chunk
+                        .data
+                        .len()
+                        .min(usize::try_from(room).unwrap_or(usize::MAX));
+                    sink.write_all(&chunk.data[..take])
+                        .await
+                        .map_err(sink_error)?;
+                    total += take as u64;
+                    if length != 0 && total >= length {
+                        return Ok(total);
+                    }
                 }
                 Ok(None) => return Ok(total),
                 Err(status) => return Err(self.file_error(status).await),
             }
         }
+    }
+
+    /// The TCP ports something in the sandbox listens on (its kernel's
+    /// socket tables, read through the agent, at most 1 MiB of each), so
+    /// a client can offer links to them.
+    pub async fn listening_ports(&self) -> Result<Vec<warren_net::ListeningPort>, FileError> {
+        const TABLE_LIMIT: u64 = 1 << 20;
+        let mut tables = Vec::new();
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let mut text = Vec::new();
+            match self
+                .read_file_range_to(table, 0, TABLE_LIMIT, &mut text)
+                .await
+            {
+                Ok(_) => tables.push(text),
+                // A guest kernel without IPv6 has no tcp6 table.
+                Err(error)
+                    if table.ends_with('6')
+                        && error.guest_kind() == Some(crate::error::GuestErrorKind::NotFound) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        let tables: Vec<&[u8]> = tables.iter().map(Vec::as_slice).collect();
+        Ok(warren_net::listening_ports(&tables))
     }
 
     /// Reads a whole (small) file into memory.

@@ -20,6 +20,25 @@ pub struct Caller {
     pub is_admin: bool,
 }
 
+impl Caller {
+    /// Whoever opens a port of a sandbox of `team_id` with its access token
+    /// or because the port is public: acts on that sandbox's ports only
+    /// (the port routes are the only ones that make such a caller).
+    pub fn port_visitor(team_id: &str) -> Self {
+        Caller {
+            key_id: "access_token".into(),
+            team_id: team_id.to_owned(),
+            team_name: String::new(),
+            is_admin: false,
+        }
+    }
+}
+
+/// Whether the request presents an API key at all (then it must be valid).
+pub fn presents_key(parts: &Parts) -> bool {
+    presented_key(parts).is_some()
+}
+
 /// Finds the key in `Authorization: Bearer`, `X-API-Key`, or the
 /// `api_key` query parameter (for WebSockets, where browsers cannot set
 /// headers).

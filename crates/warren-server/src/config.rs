@@ -64,6 +64,10 @@ pub struct ServerConfig {
     pub on_shutdown: ShutdownAction,
     /// How often the reconciler compares database, disk and processes.
     pub reconcile_interval: std::time::Duration,
+    /// Where sandbox ports are served by host name (`{port}-{id}.{domain}`
+    /// on this listener); `localhost:<listen port>` by default, which
+    /// browsers resolve with no DNS set-up.
+    pub domain: crate::port_host::PortDomain,
     /// The sandbox manager's settings.
     pub manager: ManagerConfig,
 }

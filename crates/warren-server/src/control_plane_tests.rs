@@ -43,6 +43,7 @@ async fn plane(max_sandboxes: u32, memory_left_mib: u64) -> Plane {
         host_name: "fake-host".into(),
         on_shutdown: ShutdownAction::Kill,
         reconcile_interval: crate::config::DEFAULT_RECONCILE_INTERVAL,
+        domain: "localhost".parse().expect("domain"),
         manager,
     };
     let state = AppState::new(db, host.clone(), config);
@@ -128,6 +129,8 @@ impl Plane {
                 stopped_at: None,
                 stop_reason: None,
                 host: "fake-host".into(),
+                access_token: None,
+                public_ports: None,
             })
             .await
             .expect("insert record");

@@ -95,6 +95,10 @@ pub struct SandboxRow {
     /// Why it is paused when warren paused it on its own
     /// (`host_shutdown`); such sandboxes resume on demand.
     pub pause_reason: Option<String>,
+    /// The token that opens its ports (NULL for records from before ports).
+    pub access_token: Option<String>,
+    /// JSON array of the ports anyone may open (NULL: none).
+    pub public_ports: Option<String>,
 }
 
 impl SandboxRow {
@@ -106,6 +110,15 @@ impl SandboxRow {
     /// Environment as a map.
     pub fn env_map(&self) -> BTreeMap<String, String> {
         serde_json::from_str(&self.env).unwrap_or_default()
+    }
+
+    /// The ports anyone may open (none if the stored JSON is damaged: a
+    /// damaged record closes ports rather than opening them).
+    pub fn public_port_list(&self) -> Vec<u16> {
+        self.public_ports
+            .as_deref()
+            .and_then(|json| serde_json::from_str(json).ok())
+            .unwrap_or_default()
     }
 }
 
@@ -152,7 +165,7 @@ pub struct EventRow {
 }
 
 const KEY_COLUMNS: &str = "k.id, k.team_id, t.name AS team_name, t.is_admin, k.name, k.prefix, k.created_at, k.last_used_at, k.revoked_at";
-const SANDBOX_COLUMNS: &str = "id, team_id, template_id, state, cpus, memory_mib, metadata, env, auto_pause, timeout_secs, created_at, expires_at, stopped_at, stop_reason, host, auto_resume, pause_reason";
+const SANDBOX_COLUMNS: &str = "id, team_id, template_id, state, cpus, memory_mib, metadata, env, auto_pause, timeout_secs, created_at, expires_at, stopped_at, stop_reason, host, auto_resume, pause_reason, access_token, public_ports";
 const TEMPLATE_COLUMNS: &str =
     "id, team_id, name, kind, description, image, cpus, memory_mib, created_at";
 
@@ -407,7 +420,7 @@ impl Db {
     /// Records a new running sandbox.
     pub async fn insert_sandbox(&self, row: &SandboxRow) -> Result<(), sqlx::Error> {
         sqlx::query(&format!(
-            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
         ))
         .bind(&row.id)
         .bind(&row.team_id)
@@ -426,6 +439,8 @@ impl Db {
         .bind(&row.host)
         .bind(row.auto_resume)
         .bind(&row.pause_reason)
+        .bind(&row.access_token)
+        .bind(&row.public_ports)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -539,6 +554,36 @@ impl Db {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Any team's sandbox by id: for a port request that presents the
+    /// sandbox's access token (or none, for a public port) instead of a key.
+    pub async fn sandbox_by_id(&self, id: &str) -> Result<Option<SandboxRow>, sqlx::Error> {
+        sqlx::query_as::<_, SandboxRow>(&format!(
+            "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Replaces the ports of a team's sandbox that anyone may open; false
+    /// if the team has no such sandbox.
+    pub async fn set_public_ports(
+        &self,
+        team_id: &str,
+        id: &str,
+        ports: &[u16],
+    ) -> Result<bool, sqlx::Error> {
+        let json = serde_json::to_string(ports).expect("ports serialize");
+        let done =
+            sqlx::query("UPDATE sandboxes SET public_ports = $1 WHERE team_id = $2 AND id = $3")
+                .bind(json)
+                .bind(team_id)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
         Ok(done.rows_affected() > 0)
     }
 

@@ -23,6 +23,19 @@ pub fn new_api_key() -> String {
     format!("wrn_{}", random_from(ALPHANUMERIC, 40))
 }
 
+/// A fresh per-sandbox access token: `wat_` and 40 random characters. It
+/// opens that sandbox's ports and nothing else, so it can sit in a browser
+/// cookie where an API key must not.
+pub fn new_access_token() -> String {
+    format!("wat_{}", random_from(ALPHANUMERIC, 40))
+}
+
+/// Whether a presented token is the stored one. Compares digests, so the
+/// time taken says nothing about how much of the token was right.
+pub fn token_matches(presented: &str, stored: &str) -> bool {
+    Sha256::digest(presented.as_bytes()) == Sha256::digest(stored.as_bytes())
+}
+
 /// What the database stores for a key. Keys are long random strings, so a
 /// plain SHA-256 is enough: there is nothing to brute-force.
 pub fn hash_api_key(key: &str) -> String {
@@ -49,5 +62,10 @@ mod tests {
         assert_ne!(hash_api_key(&a), hash_api_key(&b));
         assert_eq!(key_prefix(&a).len(), 8);
         assert!(new_id("ev").starts_with("ev_"));
+        let token = new_access_token();
+        assert!(token.starts_with("wat_") && token.len() == 44);
+        assert!(token_matches(&token, &token));
+        assert!(!token_matches(&token, &new_access_token()));
+        assert!(!token_matches("", &token));
     }
 }

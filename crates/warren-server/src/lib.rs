@@ -18,6 +18,7 @@ mod fake_host;
 mod ids;
 mod metrics;
 pub mod model;
+pub mod port_host;
 mod port_proxy;
 mod routes;
 mod snapshots;

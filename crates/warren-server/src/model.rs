@@ -48,6 +48,9 @@ impl From<&SandboxRow> for Sandbox {
             expires_at: row.expires_at.map(time),
             stopped_at: row.stopped_at.map(time),
             stop_reason: row.stop_reason.clone(),
+            domain: None,
+            access_token: row.access_token.clone(),
+            public_ports: row.public_port_list(),
         }
     }
 }

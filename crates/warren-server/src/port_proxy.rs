@@ -32,7 +32,22 @@ pub const ACCESS_TOKEN_HEADER: &str = "x-warren-access-token";
 /// an upgrade request, which needs them).
 fn scrub(headers: &mut HeaderMap, upgrading: bool) {
     headers.remove(header::AUTHORIZATION);
+    headers.remove("x-api-key");
     headers.remove(ACCESS_TOKEN_HEADER);
+    let cookies: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| {
+            crate::port_host::cookie_header_without(v, crate::port_host::ACCESS_TOKEN_PARAM)
+        })
+        .collect();
+    headers.remove(header::COOKIE);
+    for value in cookies {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.append(header::COOKIE, value);
+        }
+    }
     for hop in [
         "keep-alive",
         "proxy-connection",
@@ -141,9 +156,15 @@ mod tests {
                 "/{*rest}",
                 any(|req: Request<Body>| async move {
                     let saw_key = req.headers().contains_key(header::AUTHORIZATION)
+                        || req.headers().contains_key("x-api-key")
                         || req.headers().contains_key(ACCESS_TOKEN_HEADER);
+                    let cookies = req
+                        .headers()
+                        .get(header::COOKIE)
+                        .map(|v| v.to_str().unwrap().to_owned())
+                        .unwrap_or_default();
                     let line = format!(
-                        "{} {} host={} key={saw_key} ",
+                        "{} {} host={} key={saw_key} cookies={cookies:?} ",
                         req.method(),
                         req.uri(),
                         req.headers()[header::HOST].to_str().unwrap()
@@ -195,6 +216,8 @@ mod tests {
             .post(format!("http://{proxy}/p/api/items?x=1"))
             .header("authorization", "Bearer wrn_secret")
             .header(ACCESS_TOKEN_HEADER, "tok")
+            .header("x-api-key", "wrn_secret")
+            .header(header::COOKIE, "warren_token=wat_x; theme=dark")
             .body("hello")
             .send()
             .await
@@ -204,7 +227,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             text,
-            "POST /api/items?x=1 host=localhost:8000 key=false hello"
+            "POST /api/items?x=1 host=localhost:8000 key=false cookies=\"theme=dark\" hello"
         );
     }
 

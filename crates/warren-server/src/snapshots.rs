@@ -100,7 +100,7 @@ impl AppState {
                     .await?
                     .unwrap_or_else(|| row.clone());
                 Ok(PauseResult {
-                    sandbox: Sandbox::from(&row),
+                    sandbox: self.view(&row),
                     memory_bytes: report.memory_bytes,
                     full: report.full,
                     chain_length: report.chain_length as u32,
@@ -194,7 +194,7 @@ impl AppState {
         }
         self.resume_locked(&row, &caller.key_id).await?;
         let row = self.sandbox_row(caller, id).await?;
-        Ok(Sandbox::from(&row))
+        Ok(self.view(&row))
     }
 
     /// `POST /v1/sandboxes/{id}/snapshots`: a running sandbox is paused for

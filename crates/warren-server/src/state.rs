@@ -92,6 +92,14 @@ impl AppState {
         }))
     }
 
+    /// A record as the API shows it, with where its ports are served.
+    pub fn view(&self, row: &SandboxRow) -> Sandbox {
+        Sandbox {
+            domain: Some(self.config.domain.to_string()),
+            ..Sandbox::from(row)
+        }
+    }
+
     /// Records that a key was used (at most once a minute per key).
     pub async fn note_key_use(&self, key_id: &str) {
         let due = {
@@ -262,6 +270,8 @@ impl AppState {
                 &request.network.clone().unwrap_or_default(),
             )?),
         };
+        let public_ports =
+            crate::routes::public_port_set(request.public_ports.as_deref().unwrap_or(&[]))?;
         self.host.check_spec(&spec)?;
         for (key, value) in &spec.metadata {
             if key.len() > 256 || value.len() > 4096 {
@@ -339,6 +349,8 @@ impl AppState {
             stopped_at: None,
             stop_reason: None,
             host: self.config.host_name.clone(),
+            access_token: Some(crate::ids::new_access_token()),
+            public_ports: Some(serde_json::to_string(&public_ports).expect("ports serialize")),
         };
         if let Err(error) = self.db.insert_sandbox(&row).await {
             let _ = self.host.kill(&id).await;
@@ -353,7 +365,7 @@ impl AppState {
             json!({"template": template_id, "cpus": spec.vcpus, "memory_mib": spec.memory_mib, "boot_ms": started.elapsed().as_millis() as u64}),
         )
         .await;
-        Ok(Sandbox::from(&row))
+        Ok(self.view(&row))
     }
 
     /// Kills a sandbox (idempotent for stopped ones).
@@ -415,7 +427,7 @@ impl AppState {
         )
         .await;
         let row = self.sandbox_row(caller, id).await?;
-        Ok(Sandbox::from(&row))
+        Ok(self.view(&row))
     }
 
     /// Marks a record stopped and logs the event (for exits noticed by the

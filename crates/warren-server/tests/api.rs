@@ -641,10 +641,14 @@ async fn teams_never_see_each_other() {
         ("GET", format!("/v1/sandboxes/{id}/files/list?path=/")),
         ("POST", format!("/v1/sandboxes/{id}/timeout")),
         ("GET", format!("/v1/sandboxes/{id}/events")),
+        ("GET", format!("/v1/sandboxes/{id}/ports")),
+        ("PUT", format!("/v1/sandboxes/{id}/public-ports")),
+        ("GET", format!("/v1/sandboxes/{id}/ports/8000/")),
     ] {
         let body = match method {
             "POST" if path.ends_with("exec") => Some(json!({"cmd": "true"})),
             "POST" => Some(json!({"timeout_secs": 5})),
+            "PUT" => Some(json!({"ports": [8000]})),
             _ => None,
         };
         let (status, answer) = bob.call(method.parse().unwrap(), &path, body).await;
@@ -681,6 +685,73 @@ async fn teams_never_see_each_other() {
         )
         .await;
     assert_eq!(body["stdout"], "mine\n");
+
+    // Ports: closed to strangers (and an unknown sandbox looks the same),
+    // opened by the sandbox's access token, which opens nothing else.
+    let (_, sandbox) = alice.get(&format!("/v1/sandboxes/{id}")).await;
+    let token = sandbox["access_token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("wat_"), "{sandbox}");
+    assert_eq!(sandbox["public_ports"], json!([]));
+    let http = reqwest::Client::new();
+    let port_url = |sandbox: &str| format!("{}/v1/sandboxes/{sandbox}/ports/8000/", server.url);
+    for target in [id.as_str(), "sb-nosuchsandbo"] {
+        let stranger = http.get(port_url(target)).send().await.unwrap();
+        assert_eq!(stranger.status(), StatusCode::UNAUTHORIZED, "{target}");
+    }
+    let by_host = http
+        .get(format!("{}/", server.url))
+        .header("host", format!("8000-{id}.localhost"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_host.status(), StatusCode::UNAUTHORIZED);
+    let wrong = http
+        .get(port_url(&id))
+        .header("x-warren-access-token", "wat_wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    // The token gets through to the sandbox (where nothing listens).
+    let opened = http
+        .get(port_url(&id))
+        .header("x-warren-access-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), StatusCode::BAD_GATEWAY);
+    let opened: Value = opened.json().await.unwrap();
+    assert_eq!(opened["code"], "port_unreachable", "{opened}");
+    let as_key = Api::new(&server.url, &token);
+    let (status, body) = as_key.get(&format!("/v1/sandboxes/{id}")).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    // Public ports: validated, then open to anyone.
+    let public = format!("/v1/sandboxes/{id}/public-ports");
+    for bad in [
+        json!({"ports": [0]}),
+        json!({"ports": (1..=65).collect::<Vec<u16>>()}),
+        json!({"ports": "8000"}),
+    ] {
+        let (status, body) = alice
+            .call(reqwest::Method::PUT, &public, Some(bad.clone()))
+            .await;
+        assert!(status.is_client_error(), "{bad} -> {status} {body}");
+    }
+    let (status, body) = alice
+        .call(
+            reqwest::Method::PUT,
+            &public,
+            Some(json!({"ports": [9000, 8000, 8000]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["public_ports"], json!([8000, 9000]));
+    let anyone = http.get(port_url(&id)).send().await.unwrap();
+    assert_eq!(
+        anyone.status(),
+        StatusCode::BAD_GATEWAY,
+        "a public port needs no key"
+    );
 
     // A revoked key stops working at once.
     let (_, created) = alice.post("/v1/keys", json!({"name": "temp"})).await;

@@ -61,6 +61,7 @@ MODELS: dict[type[Any], Mapped] = {
     # One model for a listed key and a created one (only that has `key`).
     models.ApiKey: Mapped(("ApiKey", "CreatedKey"), {"key_id": "id"}),
     models.Health: Mapped(("Health",)),
+    models.NetworkPolicy: Mapped(("NetworkPolicy",)),
 }
 
 ENUMS: dict[type[enum.StrEnum], str] = {

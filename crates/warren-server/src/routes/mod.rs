@@ -4,10 +4,12 @@
 mod admin;
 mod files;
 mod network;
+mod ports;
 mod process;
 mod sandboxes;
 
 pub(crate) use network::host_policy;
+pub(crate) use ports::public_port_set;
 
 use std::time::Instant;
 
@@ -118,6 +120,9 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(sandboxes::sandbox_logs))
         .routes(routes!(sandboxes::sandbox_events))
         .routes(routes!(network::get_network, network::set_network))
+        .routes(routes!(ports::set_public_ports))
+        .routes(routes!(ports::listening_ports))
+        .routes(routes!(ports::tunnel))
         .routes(routes!(process::exec))
         .routes(routes!(process::exec_ws))
         .routes(routes!(process::list_processes, process::start_process))
@@ -161,7 +166,7 @@ pub fn router(state: AppState) -> Router {
     // clients that put every call under `/v1` (documented beside `/health`).
     // The port proxy takes every method and any path below the port, so it
     // is not in the OpenAPI document (docs/api.md describes it).
-    let ports = axum::routing::any(network::port_request);
+    let ports = axum::routing::any(ports::port_request);
     api.route("/v1/health", get(admin::health))
         .route("/v1/sandboxes/{id}/ports/{port}", ports.clone())
         .route("/v1/sandboxes/{id}/ports/{port}/", ports.clone())
@@ -177,6 +182,12 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(crate::console::serve)
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        // Outermost: a request to `{port}-{id}.<domain>` is a sandbox's,
+        // whatever its path.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ports::host_form,
+        ))
         .with_state(state)
 }
 

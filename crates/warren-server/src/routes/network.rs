@@ -1,11 +1,8 @@
-//! A sandbox's network: its egress policy (read and changed while it
-//! runs) and its ports, reached from outside through warren's own
-//! listener (`/v1/sandboxes/{id}/ports/{port}/{path}`).
+//! A sandbox's network: its egress policy, read and changed while it runs
+//! (its ports are in `ports`).
 
 use axum::Json;
-use axum::body::Body;
-use axum::extract::{Path, Request, State};
-use axum::response::Response;
+use axum::extract::State;
 use warren_api::message::one_line;
 use warren_host::session::{NetworkError, NetworkPolicy as HostPolicy, PolicyError};
 
@@ -31,7 +28,7 @@ pub fn api_policy(policy: &HostPolicy) -> NetworkPolicy {
     }
 }
 
-fn network_error(id: &str, error: NetworkError) -> ApiError {
+pub(super) fn network_error(id: &str, error: NetworkError) -> ApiError {
     match error {
         NetworkError::NoNetwork => ApiError::conflict(format!(
             "sandbox {id} has no network card (it was made from a template from before networks)"
@@ -78,6 +75,7 @@ pub async fn get_network(
         (status = 401, description = "No or bad API key", body = ErrorBody),
         (status = 404, description = "No such sandbox", body = ErrorBody),
         (status = 409, description = "Not running, or it has no network card", body = ErrorBody),
+        (status = 422, description = "The body is not JSON of the documented shape", body = ErrorBody),
         (status = 500, description = "Server failure", body = ErrorBody),
     )
 )]
@@ -96,51 +94,4 @@ pub async fn set_network(
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| network_error(&id2, e))?;
     Ok(Json(api_policy(&policy)))
-}
-
-/// Any request to a port of a running sandbox: forwarded to whatever
-/// listens there (HTTP/1.1, WebSocket and other upgrades included).
-pub async fn port_request(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(params): Path<Vec<(String, String)>>,
-    request: Request,
-) -> ApiResult<Response<Body>> {
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
-    let id = get("id").unwrap_or_default();
-    let port: u16 = get("port")
-        .and_then(|p| p.parse().ok())
-        .filter(|p| *p > 0)
-        .ok_or_else(|| ApiError::bad_request("the port must be a number from 1 to 65535"))?;
-    let rest = get("rest").unwrap_or_default();
-    let query = request
-        .uri()
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
-    let target = format!("/{rest}{query}");
-    let (_, live) = state.live_sandbox(&caller, &id).await?;
-    let stream = live.connect_port(port).await.map_err(|e| match e {
-        NetworkError::NoNetwork => network_error(&id, e),
-        other => ApiError::new(
-            axum::http::StatusCode::BAD_GATEWAY,
-            "port_unreachable",
-            format!("nothing answers on port {port} of sandbox {id}: {}", one_line(&other)),
-        )
-        .hint("start a server in the sandbox that listens on 0.0.0.0 (not only 127.0.0.1) and that port"),
-    })?;
-    crate::port_proxy::forward(request, &target, &format!("localhost:{port}"), stream)
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::BAD_GATEWAY,
-                "port_unreachable",
-                one_line(&e),
-            )
-        })
 }

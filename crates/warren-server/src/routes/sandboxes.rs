@@ -70,7 +70,7 @@ pub async fn list_sandboxes(
         .await?;
     let sandboxes = rows
         .iter()
-        .map(Sandbox::from)
+        .map(|row| state.view(row))
         .filter(|s| metadata.iter().all(|(k, v)| s.metadata.get(k) == Some(v)))
         .collect();
     Ok(Json(SandboxList { sandboxes }))
@@ -118,7 +118,7 @@ pub async fn get_sandbox(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Sandbox>> {
     let row = state.sandbox_row(&caller, &id).await?;
-    Ok(Json(Sandbox::from(&row)))
+    Ok(Json(state.view(&row)))
 }
 
 /// Kills a sandbox. The record stays, in state `stopped`.

@@ -40,6 +40,7 @@ impl TestServer {
             host_name: "test-host".into(),
             on_shutdown: warren_server::config::ShutdownAction::Kill,
             reconcile_interval: warren_server::config::DEFAULT_RECONCILE_INTERVAL,
+            domain: "localhost".parse().expect("domain"),
             manager,
         };
         let (url_tx, url_rx) = oneshot::channel();

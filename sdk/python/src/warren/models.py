@@ -17,6 +17,7 @@ from .errors import CommandExitError
 __all__ = [
     "SandboxState",
     "SandboxInfo",
+    "NetworkPolicy",
     "PauseResult",
     "SnapshotInfo",
     "CommandResult",
@@ -93,6 +94,15 @@ class SandboxInfo:
     auto_resume: bool = False
     """While paused, any operation (commands, files, terminals) resumes it
     first."""
+    domain: str | None = None
+    """Where its ports are served by host name: port P is
+    ``{P}-{sandbox_id}.{domain}`` (see :meth:`Sandbox.get_host`)."""
+    access_token: str | None = None
+    """Opens this sandbox's ports (and nothing else) without an API key:
+    the ``X-Warren-Access-Token`` header, or ``?warren_token=`` once in a
+    browser."""
+    public_ports: list[int] = field(default_factory=list)
+    """Ports anyone may open through warren, with no key or token."""
 
     @property
     def is_running(self) -> bool:
@@ -119,6 +129,35 @@ class SandboxInfo:
             stopped_at=_dt(d.get("stopped_at")),
             stop_reason=_opt_str(d.get("stop_reason")),
             auto_resume=bool(d.get("auto_resume", False)),
+            domain=_opt_str(d.get("domain")),
+            access_token=_opt_str(d.get("access_token")),
+            public_ports=[p for p in d.get("public_ports") or [] if isinstance(p, int)],
+        )
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """A sandbox's egress policy. ``allow_out`` wins over ``deny_out``, and
+    both over ``internet`` (the default for what no rule names), so
+    ``NetworkPolicy(deny_out=["0.0.0.0/0"], allow_out=["pypi.org"])``
+    reaches pypi.org and nothing else. Rules are IPv4 addresses, CIDRs,
+    domain names, or ``*.domain``. Whatever it says, a sandbox never
+    reaches the host, link-local and metadata addresses, or another
+    sandbox."""
+
+    internet: bool = True
+    allow_out: list[str] = field(default_factory=list)
+    deny_out: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"internet": self.internet, "allow_out": list(self.allow_out), "deny_out": list(self.deny_out)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> NetworkPolicy:
+        return cls(
+            internet=bool(d.get("internet", True)),
+            allow_out=[str(r) for r in d.get("allow_out") or []],
+            deny_out=[str(r) for r in d.get("deny_out") or []],
         )
 
 

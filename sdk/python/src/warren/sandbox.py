@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
@@ -13,7 +13,7 @@ from ._http import ApiClient
 from .commands import Commands
 from .errors import ConflictError, NotFoundError, WarrenError
 from .files import Files
-from .models import Event, PauseResult, SandboxInfo, SandboxState, SnapshotInfo
+from .models import Event, NetworkPolicy, PauseResult, SandboxInfo, SandboxState, SnapshotInfo
 from .pty import Pty
 
 __all__ = ["Sandbox"]
@@ -134,6 +134,8 @@ class Sandbox:
         auto_pause: bool = False,
         auto_resume: bool = False,
         keep_disk: bool = False,
+        network: NetworkPolicy | None = None,
+        public_ports: Iterable[int] | None = None,
         api_key: str | None = None,
         base_url: str | None = None,
         request_timeout: float | None = None,
@@ -151,6 +153,10 @@ class Sandbox:
         (commands, files, terminals) resumes it first. ``keep_disk``: if
         its VM is lost before it has a snapshot to fall back to (a crash),
         the host keeps its disk under ``<data>/kept/`` instead of deleting it.
+        ``network``: its egress policy (default: internet on, no rules;
+        change it later with :meth:`set_network`). ``public_ports``: ports
+        anyone may open through warren with no key or token (see
+        :meth:`get_host`).
         ``envs`` are set for every command. ``api_key`` / ``base_url``
         override ``WARREN_API_KEY`` / ``WARREN_URL`` and local discovery;
         ``request_timeout`` is the default for this sandbox's API calls.
@@ -174,6 +180,10 @@ class Sandbox:
             body["auto_resume"] = True
         if keep_disk:
             body["keep_disk"] = True
+        if network is not None:
+            body["network"] = network.to_json()
+        if public_ports is not None:
+            body["public_ports"] = [int(p) for p in public_ports]
         api = _api(api_key, base_url, request_timeout)
         try:
             create_timeout = max(DEFAULT_CREATE_TIMEOUT, request_timeout or 0.0)
@@ -306,6 +316,56 @@ class Sandbox:
                 timeout=_slow_timeout(self._api),
             )
         )
+
+    # -- network -------------------------------------------------------------
+
+    def get_network(self) -> NetworkPolicy:
+        """The egress policy in force (rules in their normal form).
+        :class:`~warren.ConflictError` unless the sandbox is running, or if
+        it has no network card (a clone of a template from before
+        networks)."""
+        return NetworkPolicy.from_json(self._api.get_json(f"/v1/sandboxes/{self.sandbox_id}/network"))
+
+    def set_network(self, policy: NetworkPolicy) -> NetworkPolicy:
+        """Replaces the egress policy of the running sandbox in one step:
+        new connections follow it at once, open ones stay open. Returns
+        the policy in force; :class:`~warren.InvalidRequestError` names a
+        rule that is not an address, CIDR, domain or ``*.domain``."""
+        response = self._api.request("PUT", f"/v1/sandboxes/{self.sandbox_id}/network", json_body=policy.to_json())
+        return NetworkPolicy.from_json(response.json())
+
+    def get_host(self, port: int) -> str:
+        """The host name port ``port`` of this sandbox is served at through
+        warren (``{port}-{id}.{domain}``, with the listener's port): an app
+        that must sit at ``/`` works there. Without an API key, a request
+        needs the port to be public (:meth:`set_public_ports`) or the
+        sandbox's :attr:`SandboxInfo.access_token`; :meth:`get_url` gives
+        a URL a browser can open."""
+        if not 0 < port < 65536:
+            raise ValueError(f"{port} is not a TCP port (1 to 65535)")
+        if self._info.domain is None:
+            raise WarrenError("the service does not serve sandbox ports by host name (it is older than this SDK)")
+        return f"{port}-{self.sandbox_id}.{self._info.domain}"
+
+    def get_url(self, port: int) -> str:
+        """A URL a browser opens port ``port`` at: :meth:`get_host` with the
+        service's scheme, and the access token once in the query unless
+        the port is public (the service then keeps it in a cookie of that
+        host only)."""
+        scheme = "https" if self._api.config.base_url.startswith("https:") else "http"
+        url = f"{scheme}://{self.get_host(port)}/"
+        if port not in self._info.public_ports and self._info.access_token:
+            url += f"?warren_token={self._info.access_token}"
+        return url
+
+    def set_public_ports(self, ports: Iterable[int]) -> SandboxInfo:
+        """Replaces the ports anyone may open with no key or token (an
+        empty list makes every port need one again)."""
+        response = self._api.request(
+            "PUT", f"/v1/sandboxes/{self.sandbox_id}/public-ports", json_body={"ports": [int(p) for p in ports]}
+        )
+        self._info = SandboxInfo.from_json(response.json())
+        return self._info
 
     def logs(self, tail_bytes: int | None = None) -> str:
         """The guest's serial console (kernel and init messages), the last
