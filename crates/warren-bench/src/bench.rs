@@ -396,14 +396,14 @@ pub struct ApiBenchArgs {
 
 /// A `warren up` child process with its own data directory; stopped (and
 /// the directory removed) when dropped, even on error.
-struct ServiceChild {
+pub(crate) struct ServiceChild {
     up: Option<warren_testkit::WarrenUp>,
     home: std::path::PathBuf,
 }
 
 impl ServiceChild {
     /// Starts `warren` `up` on a free loopback port, sharing `image_cache`.
-    fn start(warren: &Path, accel: &str, image_cache: &Path) -> Result<Self> {
+    pub(crate) fn start(warren: &Path, accel: &str, image_cache: &Path) -> Result<Self> {
         let home = std::env::temp_dir().join(format!("warren-bench-api-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&home);
         std::fs::create_dir_all(&home)?;
@@ -417,13 +417,13 @@ impl ServiceChild {
     }
 
     /// Waits until the service answers, and returns a client of it.
-    fn client(&mut self) -> Result<warren_client::Client> {
+    pub(crate) fn client(&mut self) -> Result<warren_client::Client> {
         let up = self.up.as_mut().context("`warren up` was stopped")?;
         let key = tokio::task::block_in_place(|| up.wait_ready(Duration::from_secs(120)))?;
         Ok(warren_client::Client::new(up.url(), key)?)
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut up) = self.up.take() {
             up.terminate(Duration::from_secs(30));
         }

@@ -10,6 +10,7 @@
 
 mod bench;
 mod faults;
+mod net;
 mod snapshot;
 
 use std::path::PathBuf;
@@ -44,6 +45,9 @@ enum BenchCommand {
     /// Pause (full and diff), resume at several memory sizes vs plain QEMU
     /// restoring the same snapshot, clones, idle memory of clones.
     Snapshot(snapshot::SnapshotBenchArgs),
+    /// What a sandbox network costs: create and clone with vs without one,
+    /// network set-up, policy changes, the port proxy vs a direct request.
+    Net(net::NetBenchArgs),
     /// Fault injection: kills warren and VMs in the middle of operations
     /// and checks that nothing acknowledged is lost or left behind; exits
     /// non-zero on any violation.
@@ -107,6 +111,11 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         }
         BenchCommand::Faults(args) => {
             faults::faults(config, &warren_exe()?, &cli.global.accel, args).await
+        }
+        BenchCommand::Net(args) => {
+            let report = net::net(config, &warren_exe()?, &cli.global.accel, args).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(0)
         }
         BenchCommand::Api(args) => {
             let report = bench::api(config, &warren_exe()?, &cli.global.accel, args).await?;
