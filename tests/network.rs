@@ -15,10 +15,15 @@ use warren_tests::{TestEnv, within};
 const PEER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 66);
 const PEER_HOST_SIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 65);
 
+/// One peer at a time: every peer has the same address (the tests'
+/// documentation range), so two would fight over the host's route.
+static PEER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The peer namespace and its link, removed when the test ends.
 struct Peer {
     ns: String,
     link: String,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Drop for Peer {
@@ -80,11 +85,13 @@ fn dns(ns: &str) -> SocketAddr {
     addr
 }
 
-fn peer() -> Peer {
+async fn peer() -> Peer {
+    let turn = PEER_TURN.lock().await;
     let tag = std::process::id() % 100_000;
     let peer = Peer {
         ns: format!("wtvp-{tag}"),
         link: format!("wtvp{tag}"),
+        _turn: turn,
     };
     ip(&format!("netns add {}", peer.ns));
     ip(&format!(
@@ -139,7 +146,7 @@ fn policy(internet: bool, allow: &[&str], deny: &[&str]) -> NetworkPolicy {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sandbox_reaches_what_its_policy_allows_and_never_the_host() {
-    let peer = peer();
+    let peer = peer().await;
     let upstream = dns(&peer.ns);
     let env = TestEnv::with_config(|config| {
         if let Some(network) = config.network.as_mut() {
@@ -280,4 +287,101 @@ async fn a_sandbox_made_without_a_network_has_no_card_and_no_namespace() {
     );
     within(60, "destroy", sandbox.destroy()).await.unwrap();
     env.assert_clean();
+}
+
+/// What TCP connections to `port` of the peer carried first (a TLS
+/// ClientHello names its server in clear), each as lossy text.
+fn record_first_bytes(ns: &str, port: u16) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = warren_net::run_in(ns, move || TcpListener::bind((PEER, port))).unwrap();
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            log.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    });
+    seen
+}
+
+/// A TLS handshake from the guest to the peer's address with `name` as
+/// its SNI (the peer never answers it: only what reached it counts).
+async fn tls_hello(sandbox: &Sandbox, name: &str) {
+    let script = format!(
+        "import socket, ssl\n\
+         try:\n    s = socket.create_connection(('{PEER}', 443), timeout=3)\n    ssl.create_default_context().wrap_socket(s, server_hostname='{name}')\n\
+         except Exception:\n    pass\n"
+    );
+    sandbox
+        .run(Command::from_argv(["python3", "-c", &script]))
+        .await
+        .expect("python3 runs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_names_are_judged_and_a_clone_of_a_networked_template_reaches_the_peer() {
+    let peer = peer().await;
+    let upstream = dns(&peer.ns);
+    let env = TestEnv::with_config(|config| {
+        if let Some(network) = config.network.as_mut() {
+            network.upstream = upstream;
+        }
+    });
+    let hellos = record_first_bytes(&peer.ns, 443);
+    let source = within(300, "create", env.sandbox()).await;
+    source
+        .set_network_policy(policy(true, &[], &["evil.cdn.test"]))
+        .unwrap();
+
+    // Both names are the same address: the ClientHello's SNI decides.
+    tls_hello(&source, "good.cdn.test").await;
+    tls_hello(&source, "evil.cdn.test").await;
+    let seen = hellos.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|h| h.contains("good.cdn.test")),
+        "the allowed name never reached the peer: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|h| h.contains("evil.cdn.test")),
+        "the denied name reached the peer: {seen:?}"
+    );
+
+    // A template of the networked sandbox: its clone has a network of its
+    // own (another slot, the same guest address) and reaches the peer.
+    within(300, "pause", source.pause(&Default::default()))
+        .await
+        .expect("pause");
+    let source_id = source.id().to_string();
+    drop(source);
+    let name = format!("net-template-{}", std::process::id());
+    within(
+        300,
+        "template",
+        env.manager.create_template(&source_id, &name),
+    )
+    .await
+    .expect("template");
+    env.manager.remove_paused(&source_id).unwrap();
+    let (clone, _) = within(
+        300,
+        "clone",
+        env.manager
+            .clone_template(&name, &warren_sandbox::SandboxSpec::default()),
+    )
+    .await
+    .expect("clone");
+    assert!(clone.network_policy().is_some(), "the clone has a network");
+    assert_eq!(env.networks().len(), 1, "{:?}", env.networks());
+    let url = format!("http://{PEER}:8080/");
+    assert_eq!(fetch(&clone, &url, None).await, "hello from the peer");
+    assert_eq!(resolve(&clone, "peer.test").await, PEER.to_string());
+    within(60, "destroy", clone.destroy()).await.unwrap();
+    env.manager.delete_template(&name).unwrap();
+    env.assert_clean();
+    drop(peer);
 }

@@ -156,6 +156,17 @@ fn presented_token(parts: &Parts, host_form: bool) -> Option<String> {
         .find_map(|v| cookie(v, ACCESS_TOKEN_PARAM))
 }
 
+/// What opened a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// The port is public.
+    Public,
+    /// An API key.
+    Key,
+    /// The sandbox's access token, checked against its record.
+    Token,
+}
+
 /// Who opens port `port` of sandbox `id`: anyone for a public port, else
 /// the caller's key (its team must own the sandbox, checked when the
 /// sandbox is looked up), else the sandbox's access token. Without a
@@ -167,7 +178,7 @@ async fn port_caller(
     id: &str,
     port: u16,
     host_form: bool,
-) -> ApiResult<Caller> {
+) -> ApiResult<(Caller, Access)> {
     let row = if warren_host::is_valid_sandbox_id(id) {
         state.db.sandbox_by_id(id).await?
     } else {
@@ -176,10 +187,11 @@ async fn port_caller(
     if let Some(row) = &row
         && row.public_port_list().contains(&port)
     {
-        return Ok(Caller::port_visitor(&row.team_id));
+        return Ok((Caller::port_visitor(&row.team_id), Access::Public));
     }
     if crate::auth::presents_key(parts) {
-        return Caller::from_request_parts(parts, state).await;
+        let caller = Caller::from_request_parts(parts, state).await?;
+        return Ok((caller, Access::Key));
     }
     let closed = || {
         ApiError::unauthorized(format!("port {port} of sandbox {id} is not public"))
@@ -195,7 +207,7 @@ async fn port_caller(
                 .as_deref()
                 .is_some_and(|stored| token_matches(&token, stored)) =>
         {
-            Ok(Caller::port_visitor(&row.team_id))
+            Ok((Caller::port_visitor(&row.team_id), Access::Token))
         }
         _ => Err(ApiError::unauthorized(format!(
             "the access token is not the one of sandbox {id}"
@@ -277,7 +289,7 @@ pub async fn port_request(
         request.uri().query(),
     );
     let (mut parts, body) = request.into_parts();
-    let caller = port_caller(&state, &mut parts, &id, port, false).await?;
+    let (caller, _) = port_caller(&state, &mut parts, &id, port, false).await?;
     let request = Request::from_parts(parts, body);
     forward_to_port(
         &state,
@@ -315,20 +327,23 @@ pub async fn host_form(State(state): State<AppState>, request: Request, next: Ne
     };
     let (id, port) = (target.sandbox_id, target.port);
     let (mut parts, body) = request.into_parts();
-    let caller = match port_caller(&state, &mut parts, &id, port, true).await {
-        Ok(caller) => caller,
+    let (caller, access) = match port_caller(&state, &mut parts, &id, port, true).await {
+        Ok(opened) => opened,
         Err(error) => return error.into_response(),
     };
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().map(str::to_owned);
     let app_path = app_target(&path, query.as_deref());
-    if let Some(token) = query
-        .as_deref()
-        .and_then(|q| query_param(q, ACCESS_TOKEN_PARAM))
+    if access == Access::Token
+        && let Some(token) = query
+            .as_deref()
+            .and_then(|q| query_param(q, ACCESS_TOKEN_PARAM))
         && matches!(parts.method, Method::GET | Method::HEAD)
+        && presented_token(&parts, true).as_deref() == Some(token.as_str())
     {
-        // Only a token that opened the port gets here; keep it for the
-        // port's host (no Domain attribute: no other sandbox sees it).
+        // This very token opened the port (a header is read before the
+        // query); keep it for the port's host (no Domain attribute: no
+        // other sandbox sees it).
         let cookie = format!("{ACCESS_TOKEN_PARAM}={token}; Path=/; HttpOnly; SameSite=Lax");
         let mut response = StatusCode::SEE_OTHER.into_response();
         if let (Ok(location), Ok(cookie)) = (
@@ -372,7 +387,7 @@ pub async fn tunnel(
 ) -> ApiResult<Response> {
     let port = port_number(Some(&port))?;
     let (mut parts, _) = request.into_parts();
-    let caller = port_caller(&state, &mut parts, &id, port, false).await?;
+    let (caller, _) = port_caller(&state, &mut parts, &id, port, false).await?;
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state)
         .await
         .map_err(|e| ApiError::bad_request(format!("not a WebSocket request: {e}")))?;
