@@ -155,14 +155,16 @@ pub struct Sandbox {
     /// Where its ports are served by host name: port P of this sandbox is
     /// `{P}-{id}.{domain}` on warren's listener (with the listener's port
     /// when the domain names one), so an app that must sit at `/` works.
-    /// Null from a service that serves no host form.
-    #[serde(default)]
+    /// Absent for a stopped sandbox, and from a service that serves no
+    /// host form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     /// Opens this sandbox's ports without an API key, and nothing else:
     /// send it as the `X-Warren-Access-Token` header, or once as
     /// `?warren_token=` in a browser (which then keeps it in a cookie for
-    /// that port's host). Null for sandboxes from before ports.
-    #[serde(default)]
+    /// that port's host). Absent for a stopped sandbox (it has no ports)
+    /// and for sandboxes from before ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_token: Option<String>,
     /// Ports anyone may open through warren, with no key or token.
     #[serde(default)]

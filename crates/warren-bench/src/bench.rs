@@ -49,16 +49,28 @@ pub struct SandboxArgs {
     /// vCPUs of the timed sandboxes.
     #[arg(long, default_value_t = warren_sandbox::spec::DEFAULT_VCPUS)]
     pub cpus: u32,
+    /// Time sandboxes without a network card (as before networks
+    /// existed; `warren bench net` measures what a network costs).
+    #[arg(long)]
+    pub no_network: bool,
 }
 
 impl SandboxArgs {
     /// The spec every timed sandbox is created with.
     pub fn spec(&self) -> SandboxSpec {
-        SandboxSpec {
+        let spec = SandboxSpec {
             image: self.image.clone(),
             memory_mib: self.memory,
             vcpus: self.cpus,
             ..SandboxSpec::default()
+        };
+        if self.no_network {
+            SandboxSpec {
+                network: None,
+                ..spec
+            }
+        } else {
+            spec
         }
     }
 }

@@ -458,6 +458,25 @@ fn vm_processes(home: &Path) -> Vec<(i32, String)> {
 
 /// `warren-memfs` processes of this data directory, with the sandbox their
 /// `--mount` belongs to.
+/// The sandbox networks the service of `home` holds: `(namespace, sandbox
+/// id)` for each slot claimed under its data directory (a claim stands for
+/// its namespace, veth, TAP and rules, which are made and removed with it).
+fn networks_of(home: &Path) -> Vec<(String, String)> {
+    let owner = home.display().to_string();
+    warren_net::Claims::new(warren_net::DEFAULT_CLAIMS_DIR)
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, claim)| claim.owner == owner)
+        .map(|(slot, claim)| {
+            (
+                format!("{}{slot}", warren_net::layout::NETNS_PREFIX),
+                claim.sandbox,
+            )
+        })
+        .collect()
+}
+
 fn memfs_processes(home: &Path) -> Vec<(i32, String)> {
     processes_of(home)
         .into_iter()
@@ -1228,6 +1247,7 @@ impl Report {
             "unexpected_states": self.unexpected_states,
             "orphans_after_reconcile": self.orphans_after_reconcile,
             "orphans_at_exit": self.orphans_at_exit,
+            "network_orphans": self.orphans.values().filter(|o| o.kind == "network").count(),
             "orphans": orphans,
             "extra_fault_failures": self.extra_fault_failures,
             "operations_hung": self.operations_hung,
@@ -2378,6 +2398,15 @@ impl Harness {
                 ));
             }
         }
+        for (namespace, id) in networks_of(home) {
+            if !is(&id, SandboxState::Running) {
+                found.push(orphan(
+                    "network",
+                    format!("{namespace} ({id})"),
+                    format!("a network is claimed for it but it is {}", state_of(&id)),
+                ));
+            }
+        }
         let ram_dir = warren_sandbox::volatile_ram_dir_for(home)?;
         for entry in ram_dir
             .iter()
@@ -3083,6 +3112,18 @@ impl Harness {
                     kind: "memfs".into(),
                     subject: format!("{id} (pid {pid})"),
                     reason: "still runs after every sandbox was deleted and warren stopped".into(),
+                    phase: phase.clone(),
+                },
+                true,
+            );
+        }
+        for (namespace, id) in networks_of(&home) {
+            self.report.orphan(
+                Orphan {
+                    kind: "network".into(),
+                    subject: format!("{namespace} ({id})"),
+                    reason: "still claimed after every sandbox was deleted and warren stopped"
+                        .into(),
                     phase: phase.clone(),
                 },
                 true,

@@ -200,12 +200,13 @@ pub async fn net(
         "  policy update p50 {:.1} ms",
         percentile(&policy_update, 50.0)
     );
+    let effective_accel = manager.accel().to_string();
     drop(manager);
 
     let http = proxy_overhead(warren, accel, &image_cache, &args).await?;
 
     Ok(json!({
-        "accel": accel,
+        "accel": effective_accel,
         "image": args.sandbox.image,
         "runs": args.runs,
         "create_with_network_ms_p50": round2(percentile(&create_with, 50.0)),

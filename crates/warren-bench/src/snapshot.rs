@@ -74,8 +74,11 @@ pub async fn snapshot(manager: Manager, args: SnapshotBenchArgs) -> Result<Value
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    // No network card: the plain-QEMU restore it is compared with has
+    // none either (`warren bench net` measures what a network adds).
     let base = SandboxSpec {
         image: args.image.clone(),
+        network: None,
         ..SandboxSpec::default()
     };
     prepare_and_warm(&manager, &base, "snapshot").await?;

@@ -140,6 +140,7 @@ fn bounded_faults_lose_nothing_and_leave_nothing_behind() {
         "sandboxes_lost",
         "orphans_after_reconcile",
         "orphans_at_exit",
+        "network_orphans",
         "unexpected_states",
         "extra_fault_failures",
         "operations_hung",

@@ -108,6 +108,25 @@ async fn sh(client: &Client, id: &str, script: &str) -> String {
     result.stdout.trim().to_string()
 }
 
+/// `path` of the server on port 8000 of sandbox `id`, through the
+/// service's port proxy (the path form, with the admin key).
+async fn via_port(service: &Service, id: &str, path: &str) -> String {
+    let key = std::fs::read_to_string(service.home.join("admin.key")).unwrap();
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/sandboxes/{id}/ports/8000/{path}",
+            service.url
+        ))
+        .bearer_auth(key.trim())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 200, "port 8000 of {id}: {body}");
+    body
+}
+
 async fn state_of(client: &Client, id: &str) -> SandboxState {
     client.get_sandbox(id).await.unwrap().state
 }
@@ -154,6 +173,10 @@ fn sandboxes_survive_crashes_and_restarts_of_warren() {
         )
         .await;
         let boot_id = sh(&client, &a, "cat /proc/sys/kernel/random/boot_id").await;
+        // A server in A (busybox httpd daemonizes), reached through its
+        // network from outside.
+        sh(&client, &a, "busybox httpd -p 8000 -h /root").await;
+        assert_eq!(via_port(&service, &a, "a.txt").await, "alpha\n");
         sh(&client, &b, "echo beta > /dev/shm/b; echo disk > /root/b.txt").await;
         client.pause_sandbox(&b).await.unwrap();
         (a, b, boot_id)
@@ -192,6 +215,8 @@ fn sandboxes_survive_crashes_and_restarts_of_warren() {
         let second: u64 = sh(&client, &a, "cat /tmp/count").await.parse().unwrap();
         assert!(second > first, "A's counter stopped: {first} then {second}");
         assert_eq!(sh(&client, &a, "cat /root/a.txt").await, "alpha");
+        // Its network was re-adopted: the server is still reached.
+        assert_eq!(via_port(&service, &a, "a.txt").await, "alpha\n");
         client.resume_sandbox(&b).await.unwrap();
         assert_eq!(
             sh(&client, &b, "cat /dev/shm/b /root/b.txt").await,

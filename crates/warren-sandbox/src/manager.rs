@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use warren_image::{Image, ImageStore, Progress};
 use warren_vmm::host::HostCapacity;
-use warren_vmm::{Accel, AccelChoice, DiskConfig, DiskFormat, QemuVmm, Vm, VmConfig, Vmm, process};
+use warren_vmm::{
+    Accel, AccelChoice, DiskConfig, DiskFormat, NicConfig, QemuVmm, Vm, VmConfig, Vmm, process,
+};
 
 use crate::agent::{AgentConnection, ConnectError};
 use crate::busy::{Busy, BusyGuard};
@@ -567,14 +569,22 @@ impl Manager {
             source,
         })?;
 
+        // The disk layer and the network side by side (an error of either
+        // drops the other's result, which removes the network).
         let disk = SandboxDir::new(dir).disk();
-        warren_vmm::disk::create_overlay(&image.rootfs, "raw", &disk).await?;
+        let (overlay, network) = tokio::join!(
+            warren_vmm::disk::create_overlay(&image.rootfs, "raw", &disk),
+            self.attach_network(id, &spec)
+        );
+        overlay?;
+        let network = network?;
 
         let mut config = self.vm_config(id, dir, &spec, image, &disk);
-        let network = self.attach_network(id, &spec, &mut config)?;
-        if network.is_some() {
+        let network = network.map(|(network, nic)| {
+            config.nic = Some(nic);
             config.kernel_args.push(crate::network::kernel_arg());
-        }
+            network
+        });
         let vm = self.vmm.launch(config).await?;
         let connected = connect_agent(id, vm.as_ref(), self.boot_timeout()).await;
         let agent = match connected {
@@ -602,24 +612,27 @@ impl Manager {
         &self.networking
     }
 
-    /// Makes the network a sandbox's spec asks for, if any: the NIC for
-    /// its VM, and the network to hand to the [`Sandbox`] (dropping it
-    /// removes it, so an error on the way leaves nothing behind).
-    pub(crate) fn attach_network(
+    /// Makes the network a sandbox's spec asks for, if any: the network to
+    /// hand to the [`Sandbox`] and the NIC for its VM. It runs `ip` and
+    /// `nft`, so on a blocking thread, which lets a create make it while
+    /// the disk layer (and a resume's memory daemon) are made. Dropping the
+    /// network removes it, so an error on the way, or this future dropped
+    /// midway, leaves nothing behind.
+    pub(crate) async fn attach_network(
         &self,
         id: &str,
         spec: &SandboxSpec,
-        config: &mut VmConfig,
-    ) -> Result<Option<SandboxNetwork>, CreateError> {
-        let Some(policy) = &spec.network else {
+    ) -> Result<Option<(SandboxNetwork, NicConfig)>, CreateError> {
+        let Some(policy) = spec.network.clone() else {
             return Ok(None);
         };
-        let (network, nic) = self
-            .networking
-            .attach(id, policy)
-            .map_err(CreateError::Network)?;
-        config.nic = Some(nic);
-        Ok(Some(network))
+        let networking = self.networking.clone();
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || networking.attach(&id, &policy))
+            .await
+            .expect("the network set-up thread panicked")
+            .map(Some)
+            .map_err(CreateError::Network)
     }
 
     /// Whether VMs die with this process.

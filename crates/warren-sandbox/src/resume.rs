@@ -144,12 +144,23 @@ impl Manager {
                     .map_err(CreateError::from)
             }
         };
-        let (memfs, overlay) = tokio::join!(start_memfs, overlay);
+        // The snapshot has a network card exactly when its spec has a
+        // network; the card gets a new namespace (slot) of its own, made
+        // beside the memory daemon and the disk layer.
+        let network = self.attach_network(id, &meta.spec);
+        let (memfs, overlay, network) = tokio::join!(start_memfs, overlay, network);
         let memfs = memfs?;
-        phase("memory daemon and disk layer ready");
+        phase("memory daemon, disk layer and network ready");
         if let Err(error) = overlay {
             return Err(error.into());
         }
+        let network = match network {
+            Ok(network) => network,
+            Err(error) => {
+                let _ = std::fs::remove_file(&disk);
+                return Err(error.into());
+            }
+        };
         let mut config = self.vm_config(id, dir, &meta.spec, &image, &disk);
         config.memory_file = Some(memfs.memory_file());
         config.incoming = true;
@@ -165,15 +176,10 @@ impl Manager {
                 .into());
             }
         };
-        // The snapshot has a network card exactly when its spec has a
-        // network; the card gets a new namespace (slot) of its own.
-        let network = match self.attach_network(id, &meta.spec, &mut config) {
-            Ok(network) => network,
-            Err(error) => {
-                let _ = std::fs::remove_file(&disk);
-                return Err(error.into());
-            }
-        };
+        let network = network.map(|(network, nic)| {
+            config.nic = Some(nic);
+            network
+        });
         let vm = match self.vmm().launch(config).await {
             Ok(vm) => vm,
             Err(error) => {

@@ -14,7 +14,7 @@ use crate::config::{ServerConfig, ShutdownAction};
 use crate::db::{Db, SandboxRow, now_ms};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
-use crate::model::{CreateSandbox, Sandbox};
+use crate::model::{CreateSandbox, Sandbox, SandboxState};
 
 /// Longest timeout a sandbox may have (a day).
 pub const MAX_TIMEOUT_SECS: u64 = 86_400;
@@ -92,11 +92,20 @@ impl AppState {
         }))
     }
 
-    /// A record as the API shows it, with where its ports are served.
+    /// A record as the API shows it, with where its ports are served; a
+    /// stopped sandbox has no ports, so no domain or token either (which
+    /// also keeps long listings of old records small).
     pub fn view(&self, row: &SandboxRow) -> Sandbox {
+        let sandbox = Sandbox::from(row);
+        if sandbox.state == SandboxState::Stopped {
+            return Sandbox {
+                access_token: None,
+                ..sandbox
+            };
+        }
         Sandbox {
             domain: Some(self.config.domain.to_string()),
-            ..Sandbox::from(row)
+            ..sandbox
         }
     }
 
