@@ -139,6 +139,16 @@ async fn resolve(sandbox: &Sandbox, name: &str) -> String {
         .stdout_text()
 }
 
+/// A manager whose sandboxes' names are resolved by `upstream` (the
+/// test's DNS server).
+fn resolving_through(upstream: SocketAddr) -> TestEnv {
+    TestEnv::with_config(|config| {
+        if let Some(network) = config.network.as_mut() {
+            network.upstream = upstream;
+        }
+    })
+}
+
 fn policy(internet: bool, allow: &[&str], deny: &[&str]) -> NetworkPolicy {
     let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     NetworkPolicy::parse(internet, &v(allow), &v(deny)).unwrap()
@@ -148,11 +158,7 @@ fn policy(internet: bool, allow: &[&str], deny: &[&str]) -> NetworkPolicy {
 async fn a_sandbox_reaches_what_its_policy_allows_and_never_the_host() {
     let peer = peer().await;
     let upstream = dns(&peer.ns);
-    let env = TestEnv::with_config(|config| {
-        if let Some(network) = config.network.as_mut() {
-            network.upstream = upstream;
-        }
-    });
+    let env = resolving_through(upstream);
     // What the host serves on every address (warren's API would be one).
     let on_host = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
     let host_port = on_host.local_addr().unwrap().port();
@@ -327,11 +333,7 @@ async fn tls_hello(sandbox: &Sandbox, name: &str) {
 async fn tls_names_are_judged_and_a_clone_of_a_networked_template_reaches_the_peer() {
     let peer = peer().await;
     let upstream = dns(&peer.ns);
-    let env = TestEnv::with_config(|config| {
-        if let Some(network) = config.network.as_mut() {
-            network.upstream = upstream;
-        }
-    });
+    let env = resolving_through(upstream);
     let hellos = record_first_bytes(&peer.ns, 443);
     let source = within(300, "create", env.sandbox()).await;
     source

@@ -48,6 +48,33 @@ fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
     percentile(&ratios, 50.0)
 }
 
+/// `runs` rounds of `once(true)` (with a network) and `once(false)`
+/// (without), alternating which goes first; the samples of each kind.
+async fn alternate<F, Fut>(runs: usize, what: &str, mut once: F) -> Result<(Vec<f64>, Vec<f64>)>
+where
+    F: FnMut(bool) -> Fut,
+    Fut: std::future::Future<Output = Result<f64>>,
+{
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        for networked in [run % 2 == 0, run % 2 != 0] {
+            let took = once(networked).await?;
+            if networked {
+                with.push(took);
+            } else {
+                without.push(took);
+            }
+        }
+        eprintln!(
+            "  {what} {}/{runs}: with network {:.0} ms, without {:.0} ms",
+            run + 1,
+            with[run],
+            without[run]
+        );
+    }
+    Ok((with, without))
+}
+
 /// Runs the network benchmark and returns its JSON report.
 pub async fn net(
     config: ManagerConfig,
@@ -79,29 +106,17 @@ pub async fn net(
     prepare_and_warm(&manager, &without, "net").await?;
 
     // Cold creates, with and without a network, alternating.
-    let mut create_with = Vec::new();
-    let mut create_without = Vec::new();
-    for run in 0..args.runs {
-        for networked in [run % 2 == 0, run % 2 != 0] {
-            let spec = if networked { &with } else { &without };
+    let (create_with, create_without) = alternate(args.runs, "create", |networked| {
+        let (manager, spec) = (&manager, if networked { &with } else { &without });
+        async move {
             let start = Instant::now();
             let sandbox = manager.create(spec.clone(), Arc::new(NoProgress)).await?;
             let took = ms(start.elapsed());
             sandbox.destroy().await?;
-            if networked {
-                create_with.push(took);
-            } else {
-                create_without.push(took);
-            }
+            Ok(took)
         }
-        eprintln!(
-            "  create {}/{}: with network {:.0} ms, without {:.0} ms",
-            run + 1,
-            args.runs,
-            create_with[run],
-            create_without[run]
-        );
-    }
+    })
+    .await?;
 
     // Clones of a template made with a network and of one made without.
     let pid = std::process::id();
@@ -118,31 +133,19 @@ pub async fn net(
         manager.remove_paused(&id)?;
         templates.push(name);
     }
-    let mut clone_with = Vec::new();
-    let mut clone_without = Vec::new();
-    for run in 0..args.runs {
-        for networked in [run % 2 == 0, run % 2 != 0] {
-            let name = &templates[usize::from(!networked)];
+    let (clone_with, clone_without) = alternate(args.runs, "clone", |networked| {
+        let (manager, name) = (&manager, &templates[usize::from(!networked)]);
+        async move {
             let start = Instant::now();
             let (clone, _) = manager
                 .clone_template(name, &SandboxSpec::default())
                 .await?;
             let took = ms(start.elapsed());
             clone.destroy().await?;
-            if networked {
-                clone_with.push(took);
-            } else {
-                clone_without.push(took);
-            }
+            Ok(took)
         }
-        eprintln!(
-            "  clone {}/{}: with network {:.0} ms, without {:.0} ms",
-            run + 1,
-            args.runs,
-            clone_with[run],
-            clone_without[run]
-        );
-    }
+    })
+    .await?;
     for name in &templates {
         manager.delete_template(name)?;
     }
