@@ -271,7 +271,7 @@ const TRANSFER_ROUNDS: usize = 5;
 
 /// The median of `a[i] / b[i]`: samples of round `i` were taken back to
 /// back, so each pair shares the host's speed of that moment.
-fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
     let ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
     percentile(&ratios, 50.0)
 }

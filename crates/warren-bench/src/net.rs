@@ -20,7 +20,9 @@ use warren_sandbox::{
     Manager, ManagerConfig, NetworkPolicy, Networking, NoProgress, PauseOptions, SandboxSpec,
 };
 
-use crate::bench::{SandboxArgs, ServiceChild, ms, percentile, prepare_and_warm, round2};
+use crate::bench::{
+    SandboxArgs, ServiceChild, ms, paired_ratio, percentile, prepare_and_warm, round2,
+};
 
 /// Options of `warren bench net`.
 #[derive(Debug, clap::Args)]
@@ -40,12 +42,6 @@ pub struct NetBenchArgs {
     /// The sandboxes timed (the HTTP part needs python3 in the image).
     #[command(flatten)]
     pub sandbox: SandboxArgs,
-}
-
-/// The median of `a[i] / b[i]` (pairs taken back to back).
-fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
-    let ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
-    percentile(&ratios, 50.0)
 }
 
 /// `runs` rounds of `once(true)` (with a network) and `once(false)`

@@ -56,10 +56,7 @@ fn presented_key(parts: &Parts) -> Option<String> {
     {
         return Some(value.trim().to_string());
     }
-    let query = parts.uri.query()?;
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(name, _)| name == "api_key")
-        .map(|(_, value)| value.into_owned())
+    crate::port_host::query_param(parts.uri.query()?, crate::port_host::API_KEY_PARAM)
 }
 
 impl FromRequestParts<AppState> for Caller {
